@@ -1,0 +1,95 @@
+//! Errors of a run.
+
+use std::time::Duration;
+
+use crate::graph::GraphError;
+
+/// The error type a step may return: any error that is `Send + Sync`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The result of a run.
+pub type Result<T, E = WorkflowError> = std::result::Result<T, E>;
+
+/// Why a run did not produce its output.
+///
+/// ```
+/// use workflow_core::WorkflowError;
+/// let err = WorkflowError::Cancelled;
+/// assert_eq!(err.to_string(), "the run was cancelled");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkflowError {
+    /// A step returned an error (after its retries, if it has any); the step's error is the source.
+    #[error("step `{step}` failed after {attempts} attempt(s)")]
+    StepFailed {
+        /// The step's name.
+        step: &'static str,
+        /// How many times the step ran on this event.
+        attempts: u32,
+        /// The step's own error.
+        #[source]
+        source: BoxError,
+    },
+    /// A step panicked; the panic is caught and ends the run like an error.
+    #[error("step `{step}` panicked: {message}")]
+    StepPanicked {
+        /// The step's name.
+        step: &'static str,
+        /// The panic message, when it was a string.
+        message: String,
+    },
+    /// One invocation of a step ran longer than its `timeout`.
+    #[error("step `{step}` timed out after {timeout:?}")]
+    StepTimedOut {
+        /// The step's name.
+        step: &'static str,
+        /// The step's time limit.
+        timeout: Duration,
+    },
+    /// The whole run ran longer than the runner's timeout.
+    #[error("the run timed out after {timeout:?}; steps still active: {}", list(active))]
+    TimedOut {
+        /// The run's time limit.
+        timeout: Duration,
+        /// The steps that were running or had queued events when time ran out.
+        active: Vec<&'static str>,
+    },
+    /// The run was cancelled through its handler.
+    #[error("the run was cancelled")]
+    Cancelled,
+    /// Nothing is running, nothing is queued and nothing waits for outside input: the run could
+    /// never finish.
+    #[error("the run is stuck: {diagnostic}")]
+    Stuck {
+        /// What the executor saw last.
+        diagnostic: String,
+    },
+    /// An event was sent that no step of the workflow (or not the named step) accepts.
+    #[error("event `{event}` cannot be delivered: {reason}")]
+    Undeliverable {
+        /// The event's stable name.
+        event: &'static str,
+        /// Why not.
+        reason: String,
+    },
+    /// The workflow's graph breaks the graph rules (only possible for graphs built by hand;
+    /// `#[workflow]` rejects these at compile time).
+    #[error("the workflow graph is invalid: {}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidGraph {
+        /// Every rule broken.
+        errors: Vec<GraphError>,
+    },
+}
+
+fn list(steps: &[&'static str]) -> String {
+    if steps.is_empty() {
+        "none".to_string()
+    } else {
+        steps
+            .iter()
+            .map(|s| format!("`{s}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}

@@ -1,0 +1,323 @@
+//! Events: the typed values that flow between steps.
+
+use std::any::{Any, TypeId};
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+
+/// A value that flows between the steps of a workflow.
+///
+/// Derive it with `#[derive(Event)]`; the derive gives the type a stable [`NAME`](Event::NAME)
+/// (`crate::module::Type`) used in diagnostics, the stream and, later, serialization.
+/// Events are plain values: an event that several steps accept is cloned for each of them
+/// (broadcast), so events are `Clone`, and `Debug` so that a failure can show its input.
+///
+/// ```
+/// use workflow_core::prelude::*;
+///
+/// #[derive(Debug, Clone, Event)]
+/// struct Draft {
+///     text: String,
+/// }
+///
+/// assert!(<Draft as Event>::NAME.ends_with("::Draft"));
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an event",
+    label = "not an event",
+    note = "add `#[derive(Debug, Clone, Event)]` to the type to use it as a workflow event"
+)]
+pub trait Event: fmt::Debug + Clone + Send + 'static {
+    /// The stable name of the event type: its module path and its name.
+    const NAME: &'static str;
+    /// The identity of the event type, derived from [`NAME`](Event::NAME). Equal names, equal ids.
+    const ID: EventId = EventId::of(Self::NAME);
+    /// What the event means to the executor; `Regular` for every derived event.
+    #[doc(hidden)]
+    const KIND: EventKind = EventKind::Regular;
+}
+
+/// The compile-time identity of an event type: an FNV-1a hash of its stable name.
+///
+/// ```
+/// use workflow_core::EventId;
+/// assert_eq!(EventId::of("a::B"), EventId::of("a::B"));
+/// assert_ne!(EventId::of("a::B"), EventId::of("a::C"));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId(u64);
+
+impl EventId {
+    /// Hashes a stable event name into its id; usable in constants.
+    pub const fn of(name: &str) -> EventId {
+        let bytes = name.as_bytes();
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut i = 0;
+        while i < bytes.len() {
+            hash ^= bytes[i] as u64;
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+            i += 1;
+        }
+        EventId(hash)
+    }
+
+    /// Compares two ids in a constant context.
+    pub const fn eq(self, other: EventId) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl fmt::Debug for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EventId({:#018x})", self.0)
+    }
+}
+
+/// The role an event type plays in the graph.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// An ordinary event between steps.
+    Regular,
+    /// [`StartEvent`]: enters the run with its input.
+    Start,
+    /// [`StopEvent`]: ends the run with its output.
+    Stop,
+}
+
+impl EventKind {
+    /// Compares two kinds in a constant context.
+    pub const fn is(self, other: EventKind) -> bool {
+        self as u8 == other as u8
+    }
+}
+
+/// The event that starts a run; it carries the workflow's typed input.
+///
+/// Exactly one step type takes `StartEvent<Input>`; `runner.run(input)` wraps the input in it.
+///
+/// ```
+/// use workflow_core::StartEvent;
+/// let ev = StartEvent("pirates".to_string());
+/// assert_eq!(ev.len(), 7); // derefs to the input
+/// assert_eq!(ev.into_inner(), "pirates");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartEvent<T>(pub T);
+
+/// The event that ends a run; it carries the workflow's typed output.
+///
+/// A step that returns it finishes the run: the first `StopEvent` wins and the steps still running
+/// are cancelled.
+///
+/// ```
+/// use workflow_core::StopEvent;
+/// let ev = StopEvent(42_u32);
+/// assert_eq!(*ev, 42);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StopEvent<T>(pub T);
+
+macro_rules! payload_event {
+    ($ty:ident, $name:literal, $kind:ident) => {
+        impl<T> $ty<T> {
+            /// Takes the payload out of the event.
+            pub fn into_inner(self) -> T {
+                self.0
+            }
+        }
+
+        impl<T> Deref for $ty<T> {
+            type Target = T;
+            fn deref(&self) -> &T {
+                &self.0
+            }
+        }
+
+        impl<T> DerefMut for $ty<T> {
+            fn deref_mut(&mut self) -> &mut T {
+                &mut self.0
+            }
+        }
+
+        impl<T: fmt::Debug + Clone + Send + 'static> Event for $ty<T> {
+            const NAME: &'static str = $name;
+            const KIND: EventKind = EventKind::$kind;
+        }
+    };
+}
+
+payload_event!(StartEvent, "workflow_core::StartEvent", Start);
+payload_event!(StopEvent, "workflow_core::StopEvent", Stop);
+
+/// One of two events: the way a step spells a branch in its return type (or, as a parameter,
+/// a step that accepts two event types). Nest it for more: `Either<A, Either<B, C>>`.
+///
+/// ```
+/// use workflow_core::prelude::*;
+///
+/// #[derive(Debug, Clone, Event)]
+/// struct Retry;
+///
+/// fn judge(ok: bool) -> Either<Retry, StopEvent<&'static str>> {
+///     if ok { Either::Right(StopEvent("done")) } else { Either::Left(Retry) }
+/// }
+/// assert!(matches!(judge(true), Either::Right(_)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Either<L, R> {
+    /// The first event type.
+    Left(L),
+    /// The second event type.
+    Right(R),
+}
+
+/// A type-erased event, as it travels inside the executor and on the stream.
+///
+/// ```
+/// use workflow_core::prelude::*;
+/// use workflow_core::DynEvent;
+///
+/// #[derive(Debug, Clone, Event, PartialEq)]
+/// struct Progress(u32);
+///
+/// let ev = DynEvent::new(Progress(3));
+/// assert!(ev.is::<Progress>());
+/// assert_eq!(ev.downcast_ref::<Progress>(), Some(&Progress(3)));
+/// assert_eq!(ev.downcast::<Progress>().ok(), Some(Progress(3)));
+/// ```
+pub struct DynEvent(Box<dyn ErasedEvent>);
+
+/// The object-safe face of [`Event`].
+trait ErasedEvent: Any + Send {
+    fn meta(&self) -> EventMeta;
+    fn clone_box(&self) -> Box<dyn ErasedEvent>;
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_box(self: Box<Self>) -> Box<dyn Any>;
+    fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
+}
+
+impl<E: Event> ErasedEvent for E {
+    fn meta(&self) -> EventMeta {
+        EventMeta::of::<E>()
+    }
+    fn clone_box(&self) -> Box<dyn ErasedEvent> {
+        Box::new(self.clone())
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_box(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+    fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl DynEvent {
+    /// Erases the type of an event.
+    pub fn new<E: Event>(event: E) -> DynEvent {
+        DynEvent(Box::new(event))
+    }
+
+    /// The stable name of the event's type.
+    pub fn name(&self) -> &'static str {
+        self.0.meta().name
+    }
+
+    /// The id of the event's type.
+    pub fn id(&self) -> EventId {
+        self.0.meta().id
+    }
+
+    #[doc(hidden)]
+    pub fn kind(&self) -> EventKind {
+        self.0.meta().kind
+    }
+
+    /// Is this event an `E`?
+    pub fn is<E: Event>(&self) -> bool {
+        self.0.as_any().type_id() == TypeId::of::<E>()
+    }
+
+    /// Borrows the event as an `E`, if it is one.
+    pub fn downcast_ref<E: Event>(&self) -> Option<&E> {
+        self.0.as_any().downcast_ref()
+    }
+
+    /// Takes the event back as an `E`, or returns it unchanged if it is another type.
+    ///
+    /// # Errors
+    /// The event itself, when it is not an `E`.
+    pub fn downcast<E: Event>(self) -> Result<E, DynEvent> {
+        if self.is::<E>() {
+            match self.0.as_any_box().downcast::<E>() {
+                Ok(event) => Ok(*event),
+                Err(_) => unreachable!("type id checked above"),
+            }
+        } else {
+            Err(self)
+        }
+    }
+}
+
+impl Clone for DynEvent {
+    fn clone(&self) -> Self {
+        DynEvent(self.0.clone_box())
+    }
+}
+
+impl fmt::Debug for DynEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.debug(f)
+    }
+}
+
+/// What the graph knows about one event type, built in constants by the generated code.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventMeta {
+    /// The stable name.
+    pub name: &'static str,
+    /// The id derived from the name.
+    pub id: EventId,
+    /// Start, stop or regular.
+    pub kind: EventKind,
+    /// The Rust type's identity, for run-time checks the constants cannot make.
+    pub type_id: fn() -> TypeId,
+}
+
+impl EventMeta {
+    /// The metadata of `E`.
+    pub const fn of<E: Event>() -> EventMeta {
+        EventMeta {
+            name: E::NAME,
+            id: E::ID,
+            kind: E::KIND,
+            type_id: TypeId::of::<E>,
+        }
+    }
+}
+
+/// Converts a type-erased event into what a step's parameter expects: one event type or an
+/// [`Either`] of several. Used by the generated code.
+#[doc(hidden)]
+pub trait StepInput: Sized + Send + 'static {
+    /// Takes the event if it is one of the accepted types.
+    fn from_dyn(event: DynEvent) -> Result<Self, DynEvent>;
+}
+
+impl<E: Event> StepInput for E {
+    fn from_dyn(event: DynEvent) -> Result<Self, DynEvent> {
+        event.downcast()
+    }
+}
+
+impl<L: StepInput, R: StepInput> StepInput for Either<L, R> {
+    fn from_dyn(event: DynEvent) -> Result<Self, DynEvent> {
+        match L::from_dyn(event) {
+            Ok(left) => Ok(Either::Left(left)),
+            Err(event) => R::from_dyn(event).map(Either::Right),
+        }
+    }
+}

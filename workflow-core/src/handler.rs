@@ -1,0 +1,117 @@
+//! The handle on a started run.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use tokio::task::JoinHandle;
+
+use crate::context::{EventOf, RunId, RunShared};
+use crate::error::{Result, WorkflowError};
+use crate::event::DynEvent;
+use crate::stream::EventStream;
+use crate::workflow::{Workflow, post_external};
+
+/// A run started with `start`: await it for the output, read its stream, send it events,
+/// cancel it.
+///
+/// Dropping the handler does not stop the run (it runs to its end, like a detached task);
+/// call [`Handler::cancel`] for that.
+///
+/// ```
+/// use futures_util::StreamExt;
+/// use workflow_core::prelude::*;
+///
+/// #[derive(Debug, Clone, Event)]
+/// struct Progress(u32);
+///
+/// struct Count;
+///
+/// #[workflow]
+/// impl Count {
+///     #[step]
+///     async fn count(&self, ctx: &Context<Self>, ev: StartEvent<u32>) -> StopEvent<u32> {
+///         for i in 0..ev.0 { ctx.write_event_to_stream(Progress(i)); }
+///         StopEvent(ev.0)
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let mut run = Count.start(3);
+/// let mut events = run.events();
+/// let mut seen = Vec::new();
+/// while let Some(item) = events.next().await {
+///     if let Some(Progress(i)) = item.event::<Progress>() { seen.push(*i); }
+/// }
+/// assert_eq!(seen, [0, 1, 2]);
+/// assert_eq!(run.await.unwrap(), 3);
+/// # }
+/// ```
+pub struct Handler<W: Workflow> {
+    shared: Arc<RunShared<W>>,
+    task: JoinHandle<Result<W::Output>>,
+    events: Option<EventStream>,
+}
+
+impl<W: Workflow> Handler<W> {
+    pub(crate) fn new(
+        shared: Arc<RunShared<W>>,
+        task: JoinHandle<Result<W::Output>>,
+        events: EventStream,
+    ) -> Handler<W> {
+        Handler {
+            shared,
+            task,
+            events: Some(events),
+        }
+    }
+
+    /// The run's id.
+    pub fn run_id(&self) -> RunId {
+        self.shared.run_id
+    }
+
+    /// The run's stream from its very start. The first call takes it; later calls return a
+    /// fresh subscription from the current point on, like [`Handler::subscribe`].
+    pub fn events(&mut self) -> EventStream {
+        self.events
+            .take()
+            .unwrap_or_else(|| self.shared.stream.subscribe())
+    }
+
+    /// A new subscription to the run's stream, from now on. Any number may exist at once.
+    pub fn subscribe(&self) -> EventStream {
+        self.shared.stream.subscribe()
+    }
+
+    /// Sends an event into the run from outside, to every step that accepts it.
+    pub fn send_event<E: EventOf<W>>(&self, event: E) {
+        post_external(&self.shared, DynEvent::new(event), None);
+    }
+
+    /// Cancels the run: it ends with [`WorkflowError::Cancelled`], its running steps are
+    /// dropped and its stream ends with `Outcome::Cancelled`. Idempotent; a run that already
+    /// ended keeps its outcome.
+    pub fn cancel(&self) {
+        self.shared.cancel();
+    }
+
+    /// Has the run ended?
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+impl<W: Workflow> Future for Handler<W> {
+    type Output = Result<W::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        match Pin::new(&mut self.task).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(result)) => Poll::Ready(result),
+            Poll::Ready(Err(join)) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            Poll::Ready(Err(_)) => Poll::Ready(Err(WorkflowError::Cancelled)),
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Event-driven workflows whose graph is checked by the compiler.
+//!
+//! Annotate an `impl` block with [`#[workflow]`](macro@workflow) and its async methods with
+//! [`#[step]`](macro@step). Each step takes one typed event and returns the events it emits; the
+//! macro reads the signatures, generates the routing table, and refuses to compile a graph with
+//! an event nobody consumes or produces, a step that can never run, or no way from the start
+//! event to the stop event. This crate runs the graph on tokio.
+//!
+//! ```
+//! use workflow_core::prelude::*;
+//!
+//! #[derive(Debug, Clone, Event)]
+//! struct Joke(String);
+//!
+//! struct JokeFlow;
+//!
+//! #[workflow]
+//! impl JokeFlow {
+//!     #[step]
+//!     async fn write(&self, ev: StartEvent<String>) -> Joke {
+//!         Joke(format!("Why did the {} cross the road?", ev.0))
+//!     }
+//!
+//!     #[step]
+//!     async fn critique(&self, ev: Joke) -> StopEvent<String> {
+//!         StopEvent(format!("{} Not bad.", ev.0))
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let out = JokeFlow.run("chicken".to_string()).await.unwrap();
+//! assert_eq!(out, "Why did the chicken cross the road? Not bad.");
+//! # }
+//! ```
+//!
+//! The guide chapters live in `docs/` of the repository: fundamentals, the compile-time
+//! checks, and reading the expansion with `cargo expand`.
+
+mod context;
+mod error;
+mod event;
+pub mod graph;
+mod handler;
+mod output;
+mod runtime;
+mod stream;
+mod workflow;
+
+pub use context::{Context, EventOf, RunId};
+pub use error::{BoxError, Result, WorkflowError};
+pub use event::{DynEvent, Either, Event, EventId, StartEvent, StopEvent};
+pub use graph::{Graph, GraphError, StepSpec};
+pub use handler::Handler;
+pub use stream::{DEFAULT_STREAM_CAPACITY, EventStream, Outcome, StreamItem};
+pub use workflow::{Runner, Workflow};
+
+#[doc(hidden)]
+pub use event::{EventKind, EventMeta, StepInput};
+#[doc(hidden)]
+pub use output::{Emitted, StepOutput};
+
+/// `#[workflow]`: turns an `impl` block of `#[step]` methods into a [`Workflow`].
+///
+/// Options: `state = Type` (the run's shared state, `()` by default), `crate = "path"` (where
+/// `workflow_core` is, when it is renamed), `skip_graph_checks` (no reachability checks).
+#[cfg(feature = "macros")]
+pub use workflow_macros::workflow;
+
+/// `#[step]`: marks an async method of a `#[workflow]` impl as a step.
+///
+/// Options: `num_workers = N` (concurrent invocations within one run, default 1),
+/// `emits = [A, B]` (events the step sends with `ctx.send_event` besides its return value),
+/// `skip_graph_checks` (the step is an island on purpose).
+#[cfg(feature = "macros")]
+pub use workflow_macros::step;
+
+/// `#[derive(Event)]`: makes a type an [`Event`] with a stable name.
+#[cfg(feature = "macros")]
+pub use workflow_macros::Event;
+
+/// Everything a workflow author needs: `use workflow_core::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        Context, DynEvent, Either, Event, Handler, Runner, StartEvent, StopEvent, StreamItem,
+        Workflow, WorkflowError,
+    };
+    #[cfg(feature = "macros")]
+    pub use crate::{step, workflow};
+}
+
+/// Support for the generated code. Not public API: anything here may change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::context::{Context, EventOf};
+    pub use crate::error::BoxError;
+    pub use crate::event::{DynEvent, Event, EventMeta, StepInput};
+    pub use crate::graph::{Graph, StepSpec};
+    pub use crate::output::{Emitted, StepOutput};
+    pub use crate::workflow::{Workflow, start_event};
+    pub use std::sync::Arc;
+
+    /// Takes a step's input out of the erased event the executor routed to it.
+    pub fn take_input<T: StepInput>(event: DynEvent) -> Result<T, BoxError> {
+        T::from_dyn(event).map_err(|event| {
+            format!(
+                "internal routing error: `{}` was delivered to a step that does not take it",
+                event.name()
+            )
+            .into()
+        })
+    }
+
+    /// Turns a step's return value into its emitted events.
+    pub fn emit<T: StepOutput>(value: T) -> Result<Emitted, BoxError> {
+        let mut out = Emitted::Nothing;
+        value.into_emitted(&mut out)?;
+        Ok(out)
+    }
+
+    /// Takes the output out of the stop event.
+    pub fn take_output<T>(event: DynEvent) -> Result<T, DynEvent>
+    where
+        crate::StopEvent<T>: Event,
+    {
+        event.downcast::<crate::StopEvent<T>>().map(|stop| stop.0)
+    }
+
+    /// Both types are the workflow's start event: generated once per extra `StartEvent`, so
+    /// that rustc, not token comparison, decides whether two spellings are one type.
+    #[diagnostic::on_unimplemented(
+        message = "the workflow has several start event types: `{Self}` and `{T}`",
+        label = "this start event differs from the first step's",
+        note = "a workflow has exactly one start event type; every step taking a `StartEvent` must take the same one"
+    )]
+    pub trait SameStartEvent<T> {}
+    impl<T> SameStartEvent<T> for T {}
+
+    /// See [`SameStartEvent`]; the same for stop events.
+    #[diagnostic::on_unimplemented(
+        message = "the workflow has several stop event types: `{Self}` and `{T}`",
+        label = "this stop event differs from the first one",
+        note = "a workflow has exactly one stop event type; every step returning a `StopEvent` must return the same one"
+    )]
+    pub trait SameStopEvent<T> {}
+    impl<T> SameStopEvent<T> for T {}
+
+    /// Asserts `A` and `B` are one start event type.
+    pub const fn same_start<A: SameStartEvent<B>, B>() {}
+
+    /// Asserts `A` and `B` are one stop event type.
+    pub const fn same_stop<A: SameStopEvent<B>, B>() {}
+}

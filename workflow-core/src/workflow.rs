@@ -1,0 +1,247 @@
+//! The workflow trait that `#[workflow]` implements, and the runner that executes it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::context::{Context, Envelope, RunShared};
+use crate::error::{BoxError, Result};
+use crate::event::{DynEvent, Event, StartEvent};
+use crate::graph::Graph;
+use crate::handler::Handler;
+use crate::output::Emitted;
+use crate::runtime::{RouteTable, execute};
+use crate::stream::DEFAULT_STREAM_CAPACITY;
+
+/// A workflow: a set of steps joined by the events they accept and emit.
+///
+/// Implemented by `#[workflow]` on an `impl` block; never by hand. The provided methods make the
+/// workflow runnable directly (`MyFlow.run(input).await`); [`Workflow::runner`] gives a reusable,
+/// configurable [`Runner`].
+///
+/// ```
+/// use workflow_core::prelude::*;
+///
+/// struct Echo;
+///
+/// #[workflow]
+/// impl Echo {
+///     #[step]
+///     async fn echo(&self, ev: StartEvent<String>) -> StopEvent<String> {
+///         StopEvent(ev.0)
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let out = Echo.run("hi".to_string()).await.unwrap();
+/// assert_eq!(out, "hi");
+/// # }
+/// ```
+pub trait Workflow: Sized + Send + Sync + 'static {
+    /// The payload of the workflow's `StartEvent`.
+    type Input: Send + 'static;
+    /// The payload of the workflow's `StopEvent`.
+    type Output: Send + 'static;
+    /// The run's shared state (`#[workflow(state = S)]`, `()` by default).
+    type State: Default + Send + 'static;
+
+    /// The graph: steps, what each accepts and emits.
+    const GRAPH: &'static Graph;
+
+    /// Runs step `ctx.step_index()` on `event`. Generated; not part of the public API.
+    #[doc(hidden)]
+    fn __invoke(
+        self: Arc<Self>,
+        ctx: Context<Self>,
+        event: DynEvent,
+    ) -> impl Future<Output = std::result::Result<Emitted, BoxError>> + Send + 'static;
+
+    /// Wraps the workflow's input in its start event. Generated; not part of the public API.
+    #[doc(hidden)]
+    fn __start_event(input: Self::Input) -> DynEvent;
+
+    /// Takes the output out of the workflow's stop event. Generated; not part of the public API.
+    #[doc(hidden)]
+    fn __output(stop: DynEvent) -> std::result::Result<Self::Output, DynEvent>;
+
+    /// The graph of this workflow (same as [`Workflow::GRAPH`]).
+    fn graph() -> &'static Graph {
+        Self::GRAPH
+    }
+
+    /// A reusable runner for this workflow, with default settings.
+    fn runner(self) -> Runner<Self> {
+        Runner::new(self)
+    }
+
+    /// A runner whose runs time out after `limit`.
+    fn timeout(self, limit: Duration) -> Runner<Self> {
+        Runner::new(self).timeout(limit)
+    }
+
+    /// Runs the workflow once on `input` and returns its output.
+    ///
+    /// # Errors
+    /// See [`Runner::run`].
+    fn run(self, input: Self::Input) -> impl Future<Output = Result<Self::Output>> + Send {
+        let runner = Runner::new(self);
+        async move { runner.run(input).await }
+    }
+
+    /// Starts the workflow on `input` in a new task and returns its [`Handler`].
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    fn start(self, input: Self::Input) -> Handler<Self> {
+        Runner::new(self).start(input)
+    }
+}
+
+/// Runs a workflow: holds it, its routing table and the run settings. Cheap to clone; every
+/// run gets its own state, queues and stream, so concurrent runs never share per-run data.
+///
+/// ```
+/// use std::time::Duration;
+/// use workflow_core::prelude::*;
+///
+/// struct Echo;
+///
+/// #[workflow]
+/// impl Echo {
+///     #[step]
+///     async fn echo(&self, ev: StartEvent<u8>) -> StopEvent<u8> { StopEvent(ev.0) }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let runner = Echo.timeout(Duration::from_secs(5));
+/// assert_eq!(runner.run(1).await.unwrap(), 1);
+/// assert_eq!(runner.run(2).await.unwrap(), 2);
+/// # }
+/// ```
+pub struct Runner<W: Workflow> {
+    pub(crate) workflow: Arc<W>,
+    pub(crate) routes: Arc<RouteTable>,
+    pub(crate) config: RunConfig,
+}
+
+/// The settings of a runner.
+#[derive(Debug, Clone)]
+pub(crate) struct RunConfig {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) stream_capacity: usize,
+    pub(crate) internal_events: bool,
+}
+
+impl<W: Workflow> Clone for Runner<W> {
+    fn clone(&self) -> Self {
+        Runner {
+            workflow: self.workflow.clone(),
+            routes: self.routes.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<W: Workflow> Runner<W> {
+    /// A runner with default settings: no run timeout (a run that cannot progress fails as
+    /// stuck at once), streams buffering [`DEFAULT_STREAM_CAPACITY`] items per subscriber.
+    pub fn new(workflow: W) -> Runner<W> {
+        Runner {
+            workflow: Arc::new(workflow),
+            routes: Arc::new(RouteTable::new(W::GRAPH)),
+            config: RunConfig {
+                timeout: None,
+                stream_capacity: DEFAULT_STREAM_CAPACITY,
+                internal_events: false,
+            },
+        }
+    }
+
+    /// Runs end with [`WorkflowError::TimedOut`] after `limit`.
+    pub fn timeout(mut self, limit: Duration) -> Runner<W> {
+        self.config.timeout = Some(limit);
+        self
+    }
+
+    /// How many items each stream subscriber buffers before dropping the oldest.
+    pub fn stream_capacity(mut self, items: usize) -> Runner<W> {
+        self.config.stream_capacity = items.max(1);
+        self
+    }
+
+    /// Publish step-started and step-finished items on the stream.
+    pub fn internal_events(mut self, on: bool) -> Runner<W> {
+        self.config.internal_events = on;
+        self
+    }
+
+    /// The workflow this runner runs.
+    pub fn workflow(&self) -> &W {
+        &self.workflow
+    }
+
+    /// Runs the workflow on `input` in the calling task and returns its output. Dropping the
+    /// future cancels the run.
+    ///
+    /// # Errors
+    /// [`WorkflowError::StepFailed`] or [`WorkflowError::StepPanicked`] when a step fails,
+    /// [`WorkflowError::TimedOut`], [`WorkflowError::Stuck`] when no step can run any more.
+    pub fn run(&self, input: W::Input) -> impl Future<Output = Result<W::Output>> + Send + use<W> {
+        self.run_with_state(input, W::State::default())
+    }
+
+    /// Like [`Runner::run`], starting from the given state instead of `Default::default()`.
+    ///
+    /// # Errors
+    /// See [`Runner::run`].
+    pub fn run_with_state(
+        &self,
+        input: W::Input,
+        state: W::State,
+    ) -> impl Future<Output = Result<W::Output>> + Send + use<W> {
+        let shared = Arc::new(RunShared::new(state, self.config.stream_capacity));
+        execute(self.clone(), shared, W::__start_event(input))
+    }
+
+    /// Starts a run on `input` in a new tokio task and returns its handler, to stream its
+    /// events, send it events, cancel it, or await its output.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn start(&self, input: W::Input) -> Handler<W> {
+        self.start_with_state(input, W::State::default())
+    }
+
+    /// Like [`Runner::start`], starting from the given state.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn start_with_state(&self, input: W::Input, state: W::State) -> Handler<W> {
+        let shared = Arc::new(RunShared::new(state, self.config.stream_capacity));
+        // Subscribe before the run starts, so the handler's own stream misses nothing.
+        let events = shared.stream.subscribe();
+        let task = tokio::spawn(execute(
+            self.clone(),
+            shared.clone(),
+            W::__start_event(input),
+        ));
+        Handler::new(shared, task, events)
+    }
+}
+
+/// Wraps an input in the start event (used by the generated `__start_event`).
+#[doc(hidden)]
+pub fn start_event<T>(input: T) -> DynEvent
+where
+    StartEvent<T>: Event,
+{
+    DynEvent::new(StartEvent(input))
+}
+
+pub(crate) fn post_external<W: Workflow>(
+    shared: &RunShared<W>,
+    event: DynEvent,
+    target: Option<usize>,
+) {
+    shared.post(Envelope { event, target });
+}

@@ -1,0 +1,310 @@
+//! Code generation: the `Workflow` impl, the graph constant, and the graph checks as constants
+//! that rustc evaluates, each spanned on the user's token.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, quote_spanned};
+use syn::{ItemImpl, Type};
+
+use crate::ast::{self, Model, Step, last_segment_is, type_span};
+use crate::attr::{Errors, WorkflowOptions, parse_workflow_options};
+use crate::check::{self, Shape};
+
+pub(crate) fn workflow(args: TokenStream, input: TokenStream) -> TokenStream {
+    let mut item: ItemImpl = match syn::parse2(input.clone()) {
+        Ok(item) => item,
+        Err(_) => {
+            let error = syn::Error::new(
+                Span::call_site(),
+                "`#[workflow]` goes on an `impl` block whose async methods are `#[step]`s",
+            );
+            let error = error.to_compile_error();
+            return quote!(#error #input);
+        }
+    };
+    let mut errors = Errors::default();
+    let options = parse_workflow_options(args, &mut errors);
+    let model = ast::parse(&mut item, &mut errors);
+    let shape = check::check(&item, &model, &mut errors);
+    if !errors.is_empty() {
+        // The user's impl is still emitted (without the `#[step]` markers) so rust-analyzer
+        // and the rest of the crate keep working; only the generated impl is missing.
+        let errors = errors.into_compile_errors();
+        return quote!(#item #errors);
+    }
+    let generated = generate(&item, &options, &model, &shape);
+    quote! {
+        #item
+        #generated
+    }
+}
+
+pub(crate) fn stray_step(input: TokenStream) -> TokenStream {
+    let error = syn::Error::new(
+        Span::call_site(),
+        "`#[step]` only works on a method of an `impl` block marked `#[workflow]`",
+    )
+    .to_compile_error();
+    quote!(#error #input)
+}
+
+/// A type as the user wrote it, for messages: `crate::events::Draft`, `StopEvent<String>`.
+pub(crate) fn type_name(ty: &Type) -> String {
+    let text = quote!(#ty).to_string();
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ' ' {
+            let next = chars.peek().copied().unwrap_or(' ');
+            let prev = out.chars().last().unwrap_or(' ');
+            if matches!(next, ':' | '<' | '>' | ',' | ')' | ']')
+                || matches!(prev, ':' | '<' | '(' | '[' | '&')
+            {
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn generate(item: &ItemImpl, options: &WorkflowOptions, model: &Model, shape: &Shape<'_>) -> TokenStream {
+    let krate = options
+        .krate
+        .as_ref()
+        .map_or_else(|| quote!(::workflow_core), |path| quote!(#path));
+    let private = quote!(#krate::__private);
+    let self_ty = &item.self_ty;
+    let workflow_name = type_name(self_ty);
+    let state = options
+        .state
+        .as_ref()
+        .map_or_else(|| quote!(()), |ty| quote!(#ty));
+    let first_start = shape.starts[0];
+    let first_stop = shape.stops[0];
+
+    let step_specs = model.steps.iter().map(|step| {
+        let name = step.ident.to_string();
+        let accepts = step.accepts.iter().map(|ty| meta(&private, ty));
+        let emits = step.emits.iter().map(|ty| meta(&private, ty));
+        let workers = step.options.num_workers.unwrap_or(1);
+        let skip = step.options.skip_graph_checks;
+        quote! {
+            #private::StepSpec {
+                name: #name,
+                accepts: &[#(#accepts),*],
+                emits: &[#(#emits),*],
+                num_workers: #workers,
+                skip_graph_checks: #skip,
+            }
+        }
+    });
+
+    let arms = model.steps.iter().enumerate().map(|(index, step)| invoke_arm(&private, index, step));
+
+    let event_of = event_of_impls(&private, self_ty, model);
+    let checks = graph_checks(&private, self_ty, options, model, shape);
+
+    quote! {
+        #[doc(hidden)]
+        const _: () = {
+            #[automatically_derived]
+            impl #private::Workflow for #self_ty {
+                type Input = <#first_start as ::core::ops::Deref>::Target;
+                type Output = <#first_stop as ::core::ops::Deref>::Target;
+                type State = #state;
+
+                const GRAPH: &'static #private::Graph = &#private::Graph {
+                    workflow: #workflow_name,
+                    steps: &[#(#step_specs),*],
+                };
+
+                fn __invoke(
+                    self: #private::Arc<Self>,
+                    ctx: #private::Context<Self>,
+                    event: #private::DynEvent,
+                ) -> impl ::core::future::Future<
+                    Output = ::core::result::Result<#private::Emitted, #private::BoxError>,
+                > + ::core::marker::Send + 'static {
+                    async move {
+                        match ctx.step_index() {
+                            #(#arms)*
+                            _ => ::core::unreachable!("no such step"),
+                        }
+                    }
+                }
+
+                fn __start_event(input: Self::Input) -> #private::DynEvent {
+                    #private::start_event::<Self::Input>(input)
+                }
+
+                fn __output(
+                    stop: #private::DynEvent,
+                ) -> ::core::result::Result<Self::Output, #private::DynEvent> {
+                    #private::take_output::<Self::Output>(stop)
+                }
+            }
+
+            #(#event_of)*
+            #checks
+        };
+    }
+}
+
+fn meta(private: &TokenStream, ty: &Type) -> TokenStream {
+    quote_spanned!(type_span(ty)=> #private::EventMeta::of::<#ty>())
+}
+
+/// One arm of the generated dispatch: take the input, call the method, collect its events.
+fn invoke_arm(private: &TokenStream, index: usize, step: &Step) -> TokenStream {
+    let ident = &step.ident;
+    let input = &step.input;
+    let arity = step.ctx_position.map_or(1, |_| 2);
+    let args = (0..arity).map(|position| {
+        if position == step.event_position {
+            quote!(event)
+        } else {
+            quote!(&ctx)
+        }
+    });
+    let call = if step.has_self {
+        quote!(self.#ident(#(#args),*))
+    } else {
+        quote!(Self::#ident(#(#args),*))
+    };
+    quote! {
+        #index => {
+            let event = match #private::take_input::<#input>(event) {
+                ::core::result::Result::Ok(event) => event,
+                ::core::result::Result::Err(error) => return ::core::result::Result::Err(error),
+            };
+            #private::emit(#call.await)
+        }
+    }
+}
+
+/// `impl EventOf<Flow> for E` for every event of the graph (but the start event), so that
+/// `ctx.send_event` only compiles for them. One impl per spelling's last segment: `Draft` and
+/// `crate::events::Draft` must not give two impls of one type.
+fn event_of_impls(private: &TokenStream, self_ty: &Type, model: &Model) -> Vec<TokenStream> {
+    let mut seen = std::collections::HashSet::new();
+    model
+        .steps
+        .iter()
+        .flat_map(|s| s.accepts.iter().chain(&s.emits))
+        .filter(|ty| !last_segment_is(ty, "StartEvent"))
+        .filter(|ty| seen.insert(last_name(ty)))
+        .map(|ty| {
+            quote! {
+                #[automatically_derived]
+                impl #private::EventOf<#self_ty> for #ty {}
+            }
+        })
+        .collect()
+}
+
+fn last_name(ty: &Type) -> String {
+    let name = type_name(ty);
+    let base = name.split('<').next().unwrap_or(&name);
+    let last = base.rsplit("::").next().unwrap_or(base);
+    format!("{last}{}", &name[base.len()..])
+}
+
+/// The graph rules, one constant per rule and site, each panicking (at compile time) with the
+/// message the user sees, spanned on the user's token.
+fn graph_checks(
+    private: &TokenStream,
+    self_ty: &Type,
+    options: &WorkflowOptions,
+    model: &Model,
+    shape: &Shape<'_>,
+) -> TokenStream {
+    let graph = quote!(<#self_ty as #private::Workflow>::GRAPH);
+    let mut checks = Vec::new();
+
+    checks.push(quote! {
+        const _: () = ::core::assert!(#graph.fits(), "a workflow has at most 128 steps");
+    });
+
+    // Rejects `async fn a(&self, ev: StartEvent<u8>)` beside `async fn b(&self, ev: StartEvent<u16>)`.
+    for ty in &shape.starts[1..] {
+        let first = shape.starts[0];
+        checks.push(quote_spanned! {type_span(ty)=>
+            const _: () = #private::same_start::<#ty, #first>();
+        });
+    }
+    // Rejects one step returning `StopEvent<u8>` and another `StopEvent<String>`.
+    for ty in &shape.stops[1..] {
+        let first = shape.stops[0];
+        checks.push(quote_spanned! {type_span(ty)=>
+            const _: () = #private::same_stop::<#ty, #first>();
+        });
+    }
+
+    for step in &model.steps {
+        let step_name = step.ident.to_string();
+        // Rejects `async fn b(&self, ev: Orphan)` when no step returns `Orphan`.
+        for ty in &step.accepts {
+            if last_segment_is(ty, "StartEvent") || last_segment_is(ty, "StopEvent") {
+                continue;
+            }
+            let message = format!(
+                "event `{}` is consumed by step `{step_name}` but no step produces it",
+                type_name(ty)
+            );
+            checks.push(quote_spanned! {type_span(ty)=>
+                const _: () = if !#graph.is_produced(<#ty as #private::Event>::ID) {
+                    ::core::panic!(#message)
+                };
+            });
+        }
+        // Rejects `async fn a(..) -> Either<Unused, StopEvent<()>>` when no step takes `Unused`.
+        for ty in &step.emits {
+            if last_segment_is(ty, "StopEvent") {
+                continue;
+            }
+            let message = format!(
+                "event `{}` is produced by step `{step_name}` but no step consumes it",
+                type_name(ty)
+            );
+            checks.push(quote_spanned! {type_span(ty)=>
+                const _: () = if !#graph.is_consumed(<#ty as #private::Event>::ID) {
+                    ::core::panic!(#message)
+                };
+            });
+        }
+    }
+
+    if !options.skip_graph_checks {
+        for (index, step) in model.steps.iter().enumerate() {
+            let span = step.ident.span();
+            let unreachable = format!(
+                "step `{}` can never run: no path from the `StartEvent` reaches it",
+                step.ident
+            );
+            // Rejects `a: A -> B` and `b: B -> A` when neither is fed from the start event.
+            checks.push(quote_spanned! {span=>
+                const _: () = if !#graph.step_is_reachable(#index) {
+                    ::core::panic!(#unreachable)
+                };
+            });
+            let dead_end = format!(
+                "step `{}` is a dead end: no event it emits can lead to a `StopEvent`",
+                step.ident
+            );
+            let endless = format!(
+                "step `{}` is part of a loop with no exit: no event on the loop can lead to a `StopEvent`",
+                step.ident
+            );
+            // Rejects `a: Start -> B`, `b: B -> ()` (dead end) and `b: B -> C`, `c: C -> B`
+            // (a loop with no exit) when nothing on the way emits the stop event.
+            checks.push(quote_spanned! {span=>
+                const _: () = match #graph.step_stop_check(#index) {
+                    0 => {}
+                    1 => ::core::panic!(#dead_end),
+                    _ => ::core::panic!(#endless),
+                };
+            });
+        }
+    }
+    quote!(#(#checks)*)
+}
