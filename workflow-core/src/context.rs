@@ -1,11 +1,15 @@
 //! The per-run context a step may take as `ctx: &Context<Self>`.
 
+use std::any::{Any, TypeId};
+use std::collections::{HashMap, VecDeque};
+use std::error::Error;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::task::AtomicWaker;
 
-use crate::event::{DynEvent, Event};
+use crate::error::{Result, WorkflowError};
+use crate::event::{DynEvent, Event, IntoDynEvent};
 use crate::stream::{Publisher, StreamItem, lock};
 use crate::workflow::Workflow;
 
@@ -33,6 +37,8 @@ pub(crate) struct RunShared<W: Workflow> {
     /// Wakes the run loop when something arrives from outside its own poll.
     pub(crate) waker: AtomicWaker,
     pub(crate) stream: Publisher,
+    /// Fan-in buffers, per collecting step and collected type.
+    collect: Mutex<HashMap<(usize, TypeId), Box<dyn Any + Send>>>,
 }
 
 impl<W: Workflow> RunShared<W> {
@@ -45,6 +51,7 @@ impl<W: Workflow> RunShared<W> {
             cancelled: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             stream: Publisher::new(stream_capacity),
+            collect: Mutex::new(HashMap::new()),
         }
     }
 
@@ -101,6 +108,7 @@ pub struct Context<W: Workflow> {
     pub(crate) step: usize,
     pub(crate) attempt: u32,
     pub(crate) worker: u32,
+    pub(crate) last_error: Option<Arc<dyn Error + Send + Sync>>,
 }
 
 impl<W: Workflow> Context<W> {
@@ -123,6 +131,11 @@ impl<W: Workflow> Context<W> {
     /// Which attempt this invocation is: 1 for the first, 2 for the first retry, and so on.
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// The error of the previous attempt, when this invocation is a retry.
+    pub fn last_error(&self) -> Option<&(dyn Error + Send + Sync + 'static)> {
+        self.last_error.as_deref()
     }
 
     /// Which of the step's workers runs this invocation (`0..num_workers`).
@@ -157,6 +170,122 @@ impl<W: Workflow> Context<W> {
         });
     }
 
+    /// Sends an event to the step named `step` only.
+    ///
+    /// # Errors
+    /// [`WorkflowError::Undeliverable`] at once, and nothing is sent, when the workflow has no
+    /// such step or the step does not accept `E`.
+    pub fn send_event_to<E: EventOf<W>>(&self, step: &str, event: E) -> Result<()> {
+        let index = target_step::<W>(step, E::ID, E::NAME)?;
+        self.shared.post(Envelope {
+            event: DynEvent::new(event),
+            target: Some(index),
+        });
+        Ok(())
+    }
+
+    /// Fan-in: buffers `event` and returns all `n` buffered events, in arrival order, once the
+    /// `n`-th has arrived; `None` until then. Each complete set is returned exactly once (to the
+    /// invocation whose event completed it), however many workers and producers race. One
+    /// buffer per step and event type; cost is linear in `n`.
+    ///
+    /// ```
+    /// use workflow_core::prelude::*;
+    ///
+    /// #[derive(Debug, Clone, Event)]
+    /// struct Part(u64);
+    ///
+    /// struct Sum;
+    ///
+    /// #[workflow]
+    /// impl Sum {
+    ///     #[step(emits = [Part])]
+    ///     async fn split(&self, ctx: &Context<Self>, ev: StartEvent<u64>) {
+    ///         for i in 1..=ev.0 { ctx.send_event(Part(i)); }
+    ///     }
+    ///
+    ///     #[step]
+    ///     async fn join(&self, ctx: &Context<Self>, ev: Part) -> Option<StopEvent<u64>> {
+    ///         let parts = ctx.collect(ev, 4)?;
+    ///         Some(StopEvent(parts.iter().map(|p| p.0).sum()))
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// assert_eq!(Sum.run(4).await.unwrap(), 10);
+    /// # }
+    /// ```
+    pub fn collect<E: Event>(&self, event: E, n: usize) -> Option<Vec<E>> {
+        let mut buffers = lock(&self.shared.collect);
+        let buffer = buffers
+            .entry((self.step, TypeId::of::<Vec<E>>()))
+            .or_insert_with(|| Box::new(Vec::<E>::new()))
+            .downcast_mut::<Vec<E>>()
+            .expect("a collect buffer holds its own type");
+        buffer.push(event);
+        if buffer.len() >= n {
+            let rest = buffer.split_off(n);
+            Some(std::mem::replace(buffer, rest))
+        } else {
+            None
+        }
+    }
+
+    /// Typed heterogeneous fan-in: buffers `event` (one of the tuple's types, as received by a
+    /// step taking an `Either` of them) and returns one of each, in the tuple's declared order,
+    /// once every type has arrived; `None` until then. Each complete set is returned exactly
+    /// once, whatever the arrival order.
+    ///
+    /// ```
+    /// use workflow_core::prelude::*;
+    ///
+    /// #[derive(Debug, Clone, Event)] struct Weather(String);
+    /// #[derive(Debug, Clone, Event)] struct News(String);
+    ///
+    /// struct Brief;
+    ///
+    /// #[workflow]
+    /// impl Brief {
+    ///     #[step(emits = [Weather, News])]
+    ///     async fn fetch(&self, ctx: &Context<Self>, _ev: StartEvent<()>) {
+    ///         ctx.send_event(News("rates up".into()));
+    ///         ctx.send_event(Weather("sunny".into()));
+    ///     }
+    ///
+    ///     #[step]
+    ///     async fn join(&self, ctx: &Context<Self>, ev: Either<Weather, News>) -> Option<StopEvent<String>> {
+    ///         let (weather, news) = ctx.collect_each::<(Weather, News)>(ev)?;
+    ///         Some(StopEvent(format!("{}, {}", weather.0, news.0)))
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// assert_eq!(Brief.run(()).await.unwrap(), "sunny, rates up");
+    /// # }
+    /// ```
+    pub fn collect_each<T: CollectSet>(&self, event: impl IntoDynEvent) -> Option<T> {
+        let event = event.into_dyn();
+        let Some(slot) = T::slot_of(&event) else {
+            panic!(
+                "`collect_each` got a `{}`, which is not one of the collected types",
+                event.name()
+            );
+        };
+        let mut buffers = lock(&self.shared.collect);
+        let slots = buffers
+            .entry((self.step, TypeId::of::<T>()))
+            .or_insert_with(|| Box::new(vec![VecDeque::<DynEvent>::new(); T::LEN]))
+            .downcast_mut::<Vec<VecDeque<DynEvent>>>()
+            .expect("a collect buffer holds its own type");
+        slots[slot].push_back(event);
+        if slots.iter().all(|s| !s.is_empty()) {
+            let mut taken = slots.iter_mut().map(|s| s.pop_front().expect("checked non-empty"));
+            Some(T::from_events(&mut taken))
+        } else {
+            None
+        }
+    }
+
     /// Writes an event to the run's stream, for whoever watches the run (progress, tokens, ...).
     /// It does not enter the graph. Costs nothing when nobody subscribed.
     pub fn write_event_to_stream<E: Event>(&self, event: E) {
@@ -176,3 +305,63 @@ impl<W: Workflow> Context<W> {
     note = "only events of the workflow's graph can be sent; add a step that accepts `{Self}`"
 )]
 pub trait EventOf<W: Workflow>: Event {}
+
+/// Resolves a step name for targeted delivery.
+pub(crate) fn target_step<W: Workflow>(
+    step: &str,
+    id: crate::EventId,
+    event: &'static str,
+) -> Result<usize> {
+    let index = W::GRAPH
+        .step_index(step)
+        .ok_or_else(|| WorkflowError::Undeliverable {
+            event,
+            reason: format!("workflow `{}` has no step `{step}`", W::GRAPH.workflow),
+        })?;
+    if !W::GRAPH.accepts(index, id) {
+        return Err(WorkflowError::Undeliverable {
+            event,
+            reason: format!("step `{step}` does not accept it"),
+        });
+    }
+    Ok(index)
+}
+
+/// A tuple of event types collected one of each by [`Context::collect_each`].
+pub trait CollectSet: Sized + 'static {
+    /// How many types.
+    #[doc(hidden)]
+    const LEN: usize;
+    /// Which position of the tuple `event` fills, if any.
+    #[doc(hidden)]
+    fn slot_of(event: &DynEvent) -> Option<usize>;
+    /// Builds the tuple from one event per position, in order.
+    #[doc(hidden)]
+    fn from_events(events: &mut dyn Iterator<Item = DynEvent>) -> Self;
+}
+
+macro_rules! collect_set {
+    ($len:literal: $($ty:ident $index:tt),+) => {
+        impl<$($ty: Event),+> CollectSet for ($($ty,)+) {
+            const LEN: usize = $len;
+            fn slot_of(event: &DynEvent) -> Option<usize> {
+                $(if event.is::<$ty>() { return Some($index); })+
+                None
+            }
+            fn from_events(events: &mut dyn Iterator<Item = DynEvent>) -> Self {
+                ($(
+                    events
+                        .next()
+                        .and_then(|e| e.downcast::<$ty>().ok())
+                        .expect("one event per slot, in slot order"),
+                )+)
+            }
+        }
+    };
+}
+
+collect_set!(2: A 0, B 1);
+collect_set!(3: A 0, B 1, C 2);
+collect_set!(4: A 0, B 1, C 2, D 3);
+collect_set!(5: A 0, B 1, C 2, D 3, E 4);
+collect_set!(6: A 0, B 1, C 2, D 3, E 4, F 5);

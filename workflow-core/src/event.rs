@@ -82,6 +82,8 @@ pub enum EventKind {
     Start,
     /// [`StopEvent`]: ends the run with its output.
     Stop,
+    /// [`StepFailure`]: emitted by the executor when a step fails, for a catch-error step.
+    Failure,
 }
 
 impl EventKind {
@@ -148,6 +150,61 @@ macro_rules! payload_event {
 
 payload_event!(StartEvent, "workflow_core::StartEvent", Start);
 payload_event!(StopEvent, "workflow_core::StopEvent", Stop);
+
+/// The event a catch-error step receives when another step failed for good (after its
+/// retries): which step, on which input, after how many attempts, and the error.
+///
+/// A workflow opts into recovery by having a step that accepts `StepFailure`; it may emit any
+/// event to carry on, or a `StopEvent`. Recoveries per run are limited
+/// (`Runner::max_recoveries`, 3 by default) so a failure cannot loop forever. Timeouts,
+/// cancellation and panics never reach it.
+///
+/// ```
+/// use workflow_core::prelude::*;
+/// use workflow_core::StepFailure;
+///
+/// #[derive(Debug, Clone, Event)]
+/// struct Fetch(u32);
+///
+/// struct Flaky;
+///
+/// #[workflow]
+/// impl Flaky {
+///     #[step]
+///     async fn begin(&self, ev: StartEvent<u32>) -> Fetch { Fetch(ev.0) }
+///
+///     #[step]
+///     async fn fetch(&self, ev: Fetch) -> Result<StopEvent<String>, std::io::Error> {
+///         Err(std::io::Error::other(format!("server down for {}", ev.0)))
+///     }
+///
+///     #[step]
+///     async fn recover(&self, failure: StepFailure) -> StopEvent<String> {
+///         let input = failure.input.downcast_ref::<Fetch>().unwrap();
+///         StopEvent(format!("{} failed on {}: {}", failure.step, input.0, failure.error))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// assert_eq!(Flaky.run(7).await.unwrap(), "fetch failed on 7: server down for 7");
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct StepFailure {
+    /// The step that failed.
+    pub step: &'static str,
+    /// The event it failed on.
+    pub input: DynEvent,
+    /// How many times it ran on that event.
+    pub attempts: u32,
+    /// Its last error.
+    pub error: std::sync::Arc<dyn std::error::Error + Send + Sync>,
+}
+
+impl Event for StepFailure {
+    const NAME: &'static str = "workflow_core::StepFailure";
+    const KIND: EventKind = EventKind::Failure;
+}
 
 /// One of two events: the way a step spells a branch in its return type (or, as a parameter,
 /// a step that accepts two event types). Nest it for more: `Either<A, Either<B, C>>`.
@@ -310,6 +367,28 @@ pub trait StepInput: Sized + Send + 'static {
 impl<E: Event> StepInput for E {
     fn from_dyn(event: DynEvent) -> Result<Self, DynEvent> {
         event.downcast()
+    }
+}
+
+/// The inverse of [`StepInput`]: back to an erased event (used by the collect helpers).
+#[doc(hidden)]
+pub trait IntoDynEvent {
+    /// Erases the event.
+    fn into_dyn(self) -> DynEvent;
+}
+
+impl<E: Event> IntoDynEvent for E {
+    fn into_dyn(self) -> DynEvent {
+        DynEvent::new(self)
+    }
+}
+
+impl<L: IntoDynEvent, R: IntoDynEvent> IntoDynEvent for Either<L, R> {
+    fn into_dyn(self) -> DynEvent {
+        match self {
+            Either::Left(left) => left.into_dyn(),
+            Either::Right(right) => right.into_dyn(),
+        }
     }
 }
 

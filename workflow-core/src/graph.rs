@@ -129,7 +129,8 @@ pub enum GraphError {
 type StepSet = [bool; MAX_STEPS];
 
 impl Graph {
-    /// Does some step emit `id`, or is it the start event (which the runner emits)?
+    /// Does some step emit `id`, or is it the start event or a step failure (which the runner
+    /// emits)?
     pub const fn is_produced(&self, id: EventId) -> bool {
         let mut s = 0;
         while s < self.steps.len() {
@@ -144,7 +145,9 @@ impl Graph {
             let accepts = self.steps[s].accepts;
             let mut a = 0;
             while a < accepts.len() {
-                if accepts[a].id.eq(id) && accepts[a].kind.is(EventKind::Start) {
+                if accepts[a].id.eq(id)
+                    && (accepts[a].kind.is(EventKind::Start) || accepts[a].kind.is(EventKind::Failure))
+                {
                     return true;
                 }
                 a += 1;
@@ -212,11 +215,13 @@ impl Graph {
         false
     }
 
+    /// Does the step take an event that enters from outside the graph (the start event, or a
+    /// step failure for a catch-error step)?
     const fn accepts_start(&self, step: usize) -> bool {
         let accepts = self.steps[step].accepts;
         let mut a = 0;
         while a < accepts.len() {
-            if accepts[a].kind.is(EventKind::Start) {
+            if accepts[a].kind.is(EventKind::Start) || accepts[a].kind.is(EventKind::Failure) {
                 return true;
             }
             a += 1;

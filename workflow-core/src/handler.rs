@@ -97,6 +97,25 @@ impl<W: Workflow> Handler<W> {
         self.shared.cancel();
     }
 
+    /// A copy of the run's state as it is now.
+    pub fn state(&self) -> W::State
+    where
+        W::State: Clone,
+    {
+        crate::stream::lock(&self.shared.state).clone()
+    }
+
+    /// Sends an event from outside to the step named `step` only.
+    ///
+    /// # Errors
+    /// [`WorkflowError::Undeliverable`], and nothing is sent, when there is no such step or it
+    /// does not accept `E`.
+    pub fn send_event_to<E: EventOf<W>>(&self, step: &str, event: E) -> Result<()> {
+        let index = crate::context::target_step::<W>(step, E::ID, E::NAME)?;
+        post_external(&self.shared, DynEvent::new(event), Some(index));
+        Ok(())
+    }
+
     /// Has the run ended?
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()

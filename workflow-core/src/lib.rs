@@ -42,20 +42,24 @@ mod event;
 pub mod graph;
 mod handler;
 mod output;
+mod retry;
 mod runtime;
 mod stream;
 mod workflow;
 
-pub use context::{Context, EventOf, RunId};
+pub use context::{CollectSet, Context, EventOf, RunId};
 pub use error::{BoxError, Result, WorkflowError};
-pub use event::{DynEvent, Either, Event, EventId, StartEvent, StopEvent};
+pub use event::{DynEvent, Either, Event, EventId, StartEvent, StepFailure, StopEvent};
+pub use retry::RetryPolicy;
 pub use graph::{Graph, GraphError, StepSpec};
 pub use handler::Handler;
 pub use stream::{DEFAULT_STREAM_CAPACITY, EventStream, Outcome, StreamItem};
 pub use workflow::{Runner, Workflow};
 
 #[doc(hidden)]
-pub use event::{EventKind, EventMeta, StepInput};
+pub use event::{EventKind, EventMeta, IntoDynEvent, StepInput};
+#[doc(hidden)]
+pub use workflow::StepConfig;
 #[doc(hidden)]
 pub use output::{Emitted, StepOutput};
 
@@ -81,8 +85,8 @@ pub use workflow_macros::Event;
 /// Everything a workflow author needs: `use workflow_core::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Context, DynEvent, Either, Event, Handler, Runner, StartEvent, StopEvent, StreamItem,
-        Workflow, WorkflowError,
+        Context, DynEvent, Either, Event, Handler, RetryPolicy, Runner, StartEvent, StepFailure,
+        StopEvent, StreamItem, Workflow, WorkflowError,
     };
     #[cfg(feature = "macros")]
     pub use crate::{step, workflow};
@@ -96,7 +100,8 @@ pub mod __private {
     pub use crate::event::{DynEvent, Event, EventMeta, StepInput};
     pub use crate::graph::{Graph, StepSpec};
     pub use crate::output::{Emitted, StepOutput};
-    pub use crate::workflow::{Workflow, start_event};
+    pub use crate::retry::RetryPolicy;
+    pub use crate::workflow::{StepConfig, Workflow, start_event};
     pub use std::sync::Arc;
 
     /// Takes a step's input out of the erased event the executor routed to it.

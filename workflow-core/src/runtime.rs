@@ -20,6 +20,8 @@ use futures_util::FutureExt;
 use tracing::Instrument;
 
 use crate::context::{Context, RunShared};
+use crate::event::StepFailure;
+use crate::workflow::StepConfig;
 use crate::error::{Result, WorkflowError};
 use crate::event::{DynEvent, EventId, EventKind};
 use crate::graph::Graph;
@@ -69,7 +71,14 @@ impl RouteTable {
 struct Done {
     step: usize,
     worker: u32,
-    result: std::result::Result<Emitted, WorkflowError>,
+    result: std::result::Result<Emitted, Failed>,
+}
+
+/// A failed invocation: the error, and the input when a catch-error step may want it.
+struct Failed {
+    error: WorkflowError,
+    input: Option<DynEvent>,
+    last: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 /// Per-step bookkeeping: waiting events and which workers are busy.
@@ -81,36 +90,134 @@ struct StepSlot {
     next_worker: u32,
 }
 
-/// One invocation of one step on one event, polled by the run's own loop.
+/// What one attempt of a step ended with.
+enum Attempt {
+    Emitted(Emitted),
+    Failed(crate::error::BoxError),
+    Panicked(String),
+    TimedOut(std::time::Duration),
+}
+
+/// One invocation of one step on one event, with its retries, polled by the run's own loop.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a private function called from one place, with plain values"
+)]
 async fn invoke<W: Workflow>(
     workflow: Arc<W>,
-    ctx: Context<W>,
+    shared: Arc<RunShared<W>>,
+    step: usize,
+    worker: u32,
     event: DynEvent,
-) -> std::result::Result<Emitted, WorkflowError> {
-    let step = W::GRAPH.steps[ctx.step].name;
-    let span = tracing::debug_span!(
-        "workflow.step",
-        step,
-        run_id = ctx.shared.run_id,
-        attempt = ctx.attempt,
-        worker = ctx.worker
-    );
-    let attempts = ctx.attempt;
-    let outcome = AssertUnwindSafe(W::__invoke(workflow, ctx, event))
-        .catch_unwind()
-        .instrument(span)
-        .await;
-    match outcome {
-        Ok(Ok(emitted)) => Ok(emitted),
-        Ok(Err(source)) => Err(WorkflowError::StepFailed {
+    config: StepConfig,
+    keep_input: bool,
+    verbose: bool,
+) -> std::result::Result<Emitted, Failed> {
+    let name = W::GRAPH.steps[step].name;
+    let run_id = shared.run_id;
+    let mut attempt = 1;
+    let mut last_error: Option<Arc<dyn std::error::Error + Send + Sync>> = None;
+    let mut event = Some(event);
+    loop {
+        let retries_left = config.retry.is_some_and(|p| attempt < p.max_attempts());
+        let input = event.take().expect("the input is kept for each attempt");
+        if retries_left || keep_input {
+            event = Some(input.clone());
+        }
+        let ctx = Context {
+            shared: shared.clone(),
             step,
-            attempts,
-            source,
-        }),
-        Err(panic) => Err(WorkflowError::StepPanicked {
-            step,
-            message: panic_message(panic.as_ref()),
-        }),
+            attempt,
+            worker,
+            last_error: last_error.clone(),
+        };
+        let span = tracing::debug_span!("workflow.step", step = name, run_id, attempt, worker);
+        if verbose {
+            eprintln!("[run {run_id}] step `{name}` started (worker {worker}, attempt {attempt})");
+        }
+        let call = AssertUnwindSafe(W::__invoke(workflow.clone(), ctx, input)).catch_unwind();
+        // `None`: the attempt ran out of time.
+        let outcome = match config.timeout {
+            None => Some(call.instrument(span).await),
+            Some(limit) => tokio::time::timeout(limit, call).instrument(span).await.ok(),
+        };
+        let attempt_result = match outcome {
+            Some(Ok(Ok(emitted))) => Attempt::Emitted(emitted),
+            Some(Ok(Err(error))) => Attempt::Failed(error),
+            Some(Err(panic)) => Attempt::Panicked(panic_message(panic.as_ref())),
+            None => Attempt::TimedOut(config.timeout.unwrap_or_default()),
+        };
+        let error = match attempt_result {
+            Attempt::Emitted(emitted) => {
+                if verbose {
+                    eprintln!("[run {run_id}] step `{name}` finished (worker {worker})");
+                }
+                return Ok(emitted);
+            }
+            Attempt::Failed(error) => error,
+            Attempt::Panicked(message) => {
+                if verbose {
+                    eprintln!("[run {run_id}] step `{name}` panicked: {message}");
+                }
+                return Err(Failed {
+                    error: WorkflowError::StepPanicked { step: name, message },
+                    input: None,
+                    last: None,
+                });
+            }
+            Attempt::TimedOut(timeout) => {
+                if verbose {
+                    eprintln!("[run {run_id}] step `{name}` timed out after {timeout:?}");
+                }
+                return Err(Failed {
+                    error: WorkflowError::StepTimedOut { step: name, timeout },
+                    input: None,
+                    last: None,
+                });
+            }
+        };
+        if let Some(policy) = config.retry.filter(|p| p.should_retry(attempt, &*error)) {
+            let delay = policy.delay(attempt, run_id, step);
+            if verbose {
+                eprintln!(
+                    "[run {run_id}] step `{name}` failed (attempt {attempt}): {error}; retrying in {delay:?}"
+                );
+            }
+            tracing::debug!(step = name, run_id, attempt, %error, ?delay, "retrying step");
+            tokio::time::sleep(delay).await;
+            last_error = Some(Arc::from(error));
+            attempt += 1;
+            continue;
+        }
+        if verbose {
+            eprintln!("[run {run_id}] step `{name}` failed (attempt {attempt}): {error}");
+        }
+        let last: Arc<dyn std::error::Error + Send + Sync> = Arc::from(error);
+        return Err(Failed {
+            error: WorkflowError::StepFailed {
+                step: name,
+                attempts: attempt,
+                source: Box::new(SharedError(last.clone())),
+            },
+            input: event,
+            last: Some(last),
+        });
+    }
+}
+
+/// A step's error, shared between the run's error and the catch-error step's event.
+#[derive(Debug)]
+struct SharedError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }
 
@@ -135,6 +242,9 @@ struct Executor<W: Workflow> {
     output: Option<W::Output>,
     /// The last step to finish and how many events it emitted, for the stuck diagnostic.
     last: Option<(&'static str, usize)>,
+    /// Does a step take `StepFailure`? Then failing invocations keep their input for it.
+    catches: bool,
+    recoveries: u32,
     ended: bool,
 }
 
@@ -150,8 +260,14 @@ pub(crate) async fn execute<W: Workflow>(
         run_id = shared.run_id
     );
     let timeout = runner.config.timeout;
+    let limit = runner.config.run_limit.clone();
     let mut executor = Executor::new(runner, shared);
     async move {
+        // Wait for a turn under `max_concurrent_runs` (the run's timeout starts after).
+        let _permit = match &limit {
+            Some(semaphore) => Some(semaphore.acquire().await.expect("the semaphore is never closed")),
+            None => None,
+        };
         let sleep = timeout.map(tokio::time::sleep);
         let mut sleep = std::pin::pin!(sleep);
         let result = match executor.route(start, None) {
@@ -188,6 +304,11 @@ impl<W: Workflow> Executor<W> {
             in_flight: FuturesUnordered::new(),
             output: None,
             last: None,
+            catches: W::GRAPH
+                .steps
+                .iter()
+                .any(|s| s.accepts.iter().any(|m| m.kind == EventKind::Failure)),
+            recoveries: 0,
             ended: false,
         }
     }
@@ -261,7 +382,11 @@ impl<W: Workflow> Executor<W> {
                 worker: done.worker,
             });
         }
-        match done.result? {
+        let emitted = match done.result {
+            Ok(emitted) => emitted,
+            Err(failed) => return self.recover(failed),
+        };
+        match emitted {
             Emitted::Nothing => self.last = Some((name, 0)),
             Emitted::One(event) => {
                 self.last = Some((name, 1));
@@ -285,6 +410,29 @@ impl<W: Workflow> Executor<W> {
             }
         }
         Ok(())
+    }
+
+    /// A step failed for good: hand it to the catch-error step while the budget lasts, or fail
+    /// the run. Panics and timeouts are never caught.
+    fn recover(&mut self, failed: Failed) -> Result<()> {
+        let Failed { error, input, last } = failed;
+        let WorkflowError::StepFailed { step, attempts, .. } = &error else {
+            return Err(error);
+        };
+        let (Some(input), Some(last)) = (input, last) else {
+            return Err(error);
+        };
+        if !self.catches || self.recoveries >= self.runner.config.max_recoveries {
+            return Err(error);
+        }
+        self.recoveries += 1;
+        let failure = StepFailure {
+            step,
+            input,
+            attempts: *attempts,
+            error: last,
+        };
+        self.route(DynEvent::new(failure), None)
     }
 
     /// Sends one event to its consumers (or to `target` only): start now where a worker is
@@ -359,13 +507,17 @@ impl<W: Workflow> Executor<W> {
                 worker,
             });
         }
-        let ctx = Context {
-            shared: self.shared.clone(),
+        let config = &self.runner.config;
+        let invocation = invoke(
+            self.runner.workflow.clone(),
+            self.shared.clone(),
             step,
-            attempt: 1,
             worker,
-        };
-        let invocation = invoke(self.runner.workflow.clone(), ctx, event);
+            event,
+            config.steps[step],
+            self.catches,
+            config.verbose,
+        );
         self.in_flight.push(Box::pin(async move {
             Done {
                 step,

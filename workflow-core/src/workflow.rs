@@ -11,7 +11,9 @@ use crate::graph::Graph;
 use crate::handler::Handler;
 use crate::output::Emitted;
 use crate::runtime::{RouteTable, execute};
-use crate::stream::DEFAULT_STREAM_CAPACITY;
+use crate::retry::RetryPolicy;
+use crate::stream::{DEFAULT_STREAM_CAPACITY, lock};
+use tokio::sync::Semaphore;
 
 /// A workflow: a set of steps joined by the events they accept and emit.
 ///
@@ -63,6 +65,14 @@ pub trait Workflow: Sized + Send + Sync + 'static {
     /// Takes the output out of the workflow's stop event. Generated; not part of the public API.
     #[doc(hidden)]
     fn __output(stop: DynEvent) -> std::result::Result<Self::Output, DynEvent>;
+
+    /// The retry policy and time limit of step `step`. Generated from `#[step(retry = ..,
+    /// timeout = ..)]`; not part of the public API.
+    #[doc(hidden)]
+    fn __step_config(step: usize) -> StepConfig {
+        let _ = step;
+        StepConfig::default()
+    }
 
     /// The graph of this workflow (same as [`Workflow::GRAPH`]).
     fn graph() -> &'static Graph {
@@ -124,12 +134,26 @@ pub struct Runner<W: Workflow> {
     pub(crate) config: RunConfig,
 }
 
+/// The per-step settings from `#[step(retry = .., timeout = ..)]`.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepConfig {
+    /// Retries of a failing invocation.
+    pub retry: Option<RetryPolicy>,
+    /// The time limit of one invocation.
+    pub timeout: Option<Duration>,
+}
+
 /// The settings of a runner.
 #[derive(Debug, Clone)]
 pub(crate) struct RunConfig {
     pub(crate) timeout: Option<Duration>,
     pub(crate) stream_capacity: usize,
     pub(crate) internal_events: bool,
+    pub(crate) verbose: bool,
+    pub(crate) max_recoveries: u32,
+    pub(crate) run_limit: Option<Arc<Semaphore>>,
+    pub(crate) steps: Arc<[StepConfig]>,
 }
 
 impl<W: Workflow> Clone for Runner<W> {
@@ -153,6 +177,10 @@ impl<W: Workflow> Runner<W> {
                 timeout: None,
                 stream_capacity: DEFAULT_STREAM_CAPACITY,
                 internal_events: false,
+                verbose: false,
+                max_recoveries: 3,
+                run_limit: None,
+                steps: (0..W::GRAPH.steps.len()).map(W::__step_config).collect(),
             },
         }
     }
@@ -172,6 +200,33 @@ impl<W: Workflow> Runner<W> {
     /// Publish step-started and step-finished items on the stream.
     pub fn internal_events(mut self, on: bool) -> Runner<W> {
         self.config.internal_events = on;
+        self
+    }
+
+    /// Print each step's activity (start, finish, failure, retry) to stderr: a quick look at a
+    /// run without a tracing subscriber.
+    pub fn verbose(mut self, on: bool) -> Runner<W> {
+        self.config.verbose = on;
+        self
+    }
+
+    /// How many times per run a catch-error step (one taking [`StepFailure`]) may recover
+    /// from a failure; the next failure fails the run. 3 by default.
+    ///
+    /// [`StepFailure`]: crate::StepFailure
+    pub fn max_recoveries(mut self, n: u32) -> Runner<W> {
+        self.config.max_recoveries = n;
+        self
+    }
+
+    /// At most `n` runs of this runner (and its clones) execute at once; further runs wait
+    /// their turn, first come first served.
+    ///
+    /// # Panics
+    /// When `n` is 0.
+    pub fn max_concurrent_runs(mut self, n: usize) -> Runner<W> {
+        assert!(n > 0, "`max_concurrent_runs` must be at least 1");
+        self.config.run_limit = Some(Arc::new(Semaphore::new(n)));
         self
     }
 
@@ -201,6 +256,43 @@ impl<W: Workflow> Runner<W> {
     ) -> impl Future<Output = Result<W::Output>> + Send + use<W> {
         let shared = Arc::new(RunShared::new(state, self.config.stream_capacity));
         execute(self.clone(), shared, W::__start_event(input))
+    }
+
+    /// Runs the workflow starting from `*state`, and leaves the run's final state in `*state`
+    /// whatever the outcome: the way to carry state from one run into the next.
+    ///
+    /// ```
+    /// use workflow_core::prelude::*;
+    ///
+    /// #[derive(Default)]
+    /// struct Memory { seen: Vec<String> }
+    ///
+    /// struct Chat;
+    ///
+    /// #[workflow(state = Memory)]
+    /// impl Chat {
+    ///     #[step]
+    ///     async fn hear(&self, ctx: &Context<Self>, ev: StartEvent<String>) -> StopEvent<usize> {
+    ///         StopEvent(ctx.update_state(|m| { m.seen.push(ev.0); m.seen.len() }))
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let runner = Chat.runner();
+    /// let mut memory = Memory::default();
+    /// assert_eq!(runner.run_with("hi".into(), &mut memory).await.unwrap(), 1);
+    /// assert_eq!(runner.run_with("again".into(), &mut memory).await.unwrap(), 2);
+    /// assert_eq!(memory.seen, ["hi", "again"]);
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// See [`Runner::run`].
+    pub async fn run_with(&self, input: W::Input, state: &mut W::State) -> Result<W::Output> {
+        let shared = Arc::new(RunShared::new(std::mem::take(state), self.config.stream_capacity));
+        let result = execute(self.clone(), shared.clone(), W::__start_event(input)).await;
+        *state = std::mem::take(&mut *lock(&shared.state));
+        result
     }
 
     /// Starts a run on `input` in a new tokio task and returns its handler, to stream its

@@ -18,6 +18,10 @@ pub(crate) struct StepOptions {
     pub(crate) num_workers: Option<usize>,
     pub(crate) emits: Vec<Type>,
     pub(crate) skip_graph_checks: bool,
+    /// `retry = <expr of type RetryPolicy>`.
+    pub(crate) retry: Option<Expr>,
+    /// `timeout = <expr of type Duration>`.
+    pub(crate) timeout: Option<Expr>,
 }
 
 /// Collects errors instead of stopping at the first.
@@ -107,9 +111,13 @@ pub(crate) fn parse_step_options(attr: &syn::Attribute, errors: &mut Errors) -> 
             options.emits.extend(types);
         } else if meta.path.is_ident("skip_graph_checks") {
             options.skip_graph_checks = true;
+        } else if meta.path.is_ident("retry") {
+            options.retry = Some(meta.value()?.parse()?);
+        } else if meta.path.is_ident("timeout") {
+            options.timeout = Some(meta.value()?.parse()?);
         } else {
             return Err(meta.error(format!(
-                "unknown `#[step]` option `{}`; expected `num_workers`, `emits` or `skip_graph_checks`",
+                "unknown `#[step]` option `{}`; expected `num_workers`, `emits`, `retry`, `timeout` or `skip_graph_checks`",
                 path_name(&meta.path)
             )));
         }

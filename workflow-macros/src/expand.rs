@@ -100,6 +100,24 @@ fn generate(item: &ItemImpl, options: &WorkflowOptions, model: &Model, shape: &S
     });
 
     let arms = model.steps.iter().enumerate().map(|(index, step)| invoke_arm(&private, index, step));
+    let config_arms = model.steps.iter().enumerate().filter_map(|(index, step)| {
+        let retry = step.options.retry.as_ref();
+        let timeout = step.options.timeout.as_ref();
+        if retry.is_none() && timeout.is_none() {
+            return None;
+        }
+        let retry = retry.map_or_else(
+            || quote!(::core::option::Option::None),
+            |expr| quote_spanned!(expr_span(expr)=> ::core::option::Option::Some(#expr)),
+        );
+        let timeout = timeout.map_or_else(
+            || quote!(::core::option::Option::None),
+            |expr| quote_spanned!(expr_span(expr)=> ::core::option::Option::Some(#expr)),
+        );
+        Some(quote! {
+            #index => #private::StepConfig { retry: #retry, timeout: #timeout },
+        })
+    });
 
     let event_of = event_of_impls(&private, self_ty, model);
     let checks = graph_checks(&private, self_ty, options, model, shape);
@@ -133,6 +151,13 @@ fn generate(item: &ItemImpl, options: &WorkflowOptions, model: &Model, shape: &S
                     }
                 }
 
+                fn __step_config(step: usize) -> #private::StepConfig {
+                    match step {
+                        #(#config_arms)*
+                        _ => #private::StepConfig::default(),
+                    }
+                }
+
                 fn __start_event(input: Self::Input) -> #private::DynEvent {
                     #private::start_event::<Self::Input>(input)
                 }
@@ -148,6 +173,11 @@ fn generate(item: &ItemImpl, options: &WorkflowOptions, model: &Model, shape: &S
             #checks
         };
     }
+}
+
+fn expr_span(expr: &syn::Expr) -> Span {
+    use syn::spanned::Spanned;
+    expr.span()
 }
 
 fn meta(private: &TokenStream, ty: &Type) -> TokenStream {
@@ -166,8 +196,10 @@ fn invoke_arm(private: &TokenStream, index: usize, step: &Step) -> TokenStream {
             quote!(&ctx)
         }
     });
+    // `Self::step(&*self, ..)`, not `self.step(..)`: a step named like a `Workflow` method
+    // (`start`, `run`) must still resolve to the inherent step.
     let call = if step.has_self {
-        quote!(self.#ident(#(#args),*))
+        quote!(Self::#ident(&*self, #(#args),*))
     } else {
         quote!(Self::#ident(#(#args),*))
     };
