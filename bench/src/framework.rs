@@ -1,0 +1,206 @@
+//! The scenarios on the framework.
+
+use tokio::sync::oneshot;
+use workflow_core::prelude::*;
+
+use crate::{Check, Waiters, check};
+
+/// First hop of the chain.
+#[derive(Debug, Clone, Event)]
+struct A(u64);
+/// Second hop of the chain.
+#[derive(Debug, Clone, Event)]
+struct B(u64);
+/// Third hop of the chain.
+#[derive(Debug, Clone, Event)]
+struct C(u64);
+/// Fourth hop of the chain.
+#[derive(Debug, Clone, Event)]
+struct D(u64);
+
+/// `StartEvent -> A -> B -> C -> D -> StopEvent`: five steps, the output is the input + 4.
+struct Chain;
+
+#[workflow]
+impl Chain {
+    #[step]
+    async fn s0(&self, ev: StartEvent<u64>) -> A {
+        A(ev.0)
+    }
+    #[step]
+    async fn s1(&self, ev: A) -> B {
+        B(ev.0 + 1)
+    }
+    #[step]
+    async fn s2(&self, ev: B) -> C {
+        C(ev.0 + 1)
+    }
+    #[step]
+    async fn s3(&self, ev: C) -> D {
+        D(ev.0 + 1)
+    }
+    #[step]
+    async fn s4(&self, ev: D) -> StopEvent<u64> {
+        StopEvent(ev.0 + 1)
+    }
+}
+
+/// `chain5_sequential_runs`: `n` runs of the chain, one after another.
+pub(crate) async fn chain_sequential(n: u64) -> Check {
+    let runner = Chain.runner();
+    for i in 0..n {
+        let out = runner.run(i).await.map_err(|e| e.to_string())?;
+        check(out == i + 4, || {
+            format!("chain({i}) = {out}, expected {}", i + 4)
+        })?;
+    }
+    Ok(())
+}
+
+/// `chain5_concurrent_runs`: `n` runs of the chain started at once, all awaited.
+pub(crate) async fn chain_concurrent(n: u64) -> Check {
+    let runner = Chain.runner();
+    let handlers: Vec<_> = (0..n).map(|i| runner.start(i)).collect();
+    for (i, handler) in (0..n).zip(handlers) {
+        let out = handler.await.map_err(|e| e.to_string())?;
+        check(out == i + 4, || {
+            format!("chain({i}) = {out}, expected {}", i + 4)
+        })?;
+    }
+    Ok(())
+}
+
+/// The looping event: how many hops are left, how many were made.
+#[derive(Debug, Clone, Event)]
+struct Spin {
+    left: u64,
+    done: u64,
+}
+
+/// One step that consumes `Spin{n}` and emits `Spin{n-1}` until 0, then stops with the hop count.
+struct Loop;
+
+#[workflow]
+impl Loop {
+    #[step]
+    async fn start(&self, ev: StartEvent<u64>) -> Spin {
+        Spin {
+            left: ev.0,
+            done: 0,
+        }
+    }
+    #[step]
+    async fn spin(&self, ev: Spin) -> Either<Spin, StopEvent<u64>> {
+        if ev.left == 0 {
+            Either::Right(StopEvent(ev.done))
+        } else {
+            Either::Left(Spin {
+                left: ev.left - 1,
+                done: ev.done + 1,
+            })
+        }
+    }
+}
+
+/// `loop_events_one_run`: one run, `n` hops of one event through one step.
+pub(crate) async fn loop_one_run(n: u64) -> Check {
+    let out = Loop.runner().run(n).await.map_err(|e| e.to_string())?;
+    check(out == n, || format!("loop made {out} hops, expected {n}"))
+}
+
+/// A work item of the fan-out.
+#[derive(Debug, Clone, Event)]
+struct Item(u64);
+/// A work item, doubled.
+#[derive(Debug, Clone, Event)]
+struct Doubled(u64);
+
+/// The collector's state (stand-in until the collect API lands).
+#[derive(Debug, Default)]
+struct Tally {
+    expected: u64,
+    got: u64,
+    sum: u64,
+}
+
+/// Start sends `n` items; 8 workers double them; a collector sums all `n` and stops.
+struct FanOut;
+
+#[workflow(state = Tally)]
+impl FanOut {
+    #[step(emits = [Item])]
+    async fn start(&self, ctx: &Context<Self>, ev: StartEvent<u64>) {
+        let n = ev.0;
+        ctx.update_state(|s| s.expected = n);
+        for i in 0..n {
+            ctx.send_event(Item(i));
+        }
+    }
+    #[step(num_workers = 8)]
+    async fn work(&self, ev: Item) -> Doubled {
+        Doubled(ev.0 * 2)
+    }
+    #[step]
+    async fn gather(&self, ctx: &Context<Self>, ev: Doubled) -> Option<StopEvent<u64>> {
+        ctx.update_state(|s| {
+            s.got += 1;
+            s.sum += ev.0;
+            (s.got == s.expected).then_some(StopEvent(s.sum))
+        })
+    }
+}
+
+/// `fanout_collect`: `runs` runs of a fan-out of `fan` items each.
+pub(crate) async fn fanout(fan: u64, runs: u64) -> Check {
+    let runner = FanOut.runner();
+    let expected = fan * fan.saturating_sub(1);
+    for _ in 0..runs {
+        let out = runner.run(fan).await.map_err(|e| e.to_string())?;
+        check(out == expected, || {
+            format!("fan-out of {fan} summed to {out}, expected {expected}")
+        })?;
+    }
+    Ok(())
+}
+
+/// One step parked on an answer from outside: a stand-in for human-in-the-loop.
+struct Park {
+    waiters: Waiters,
+}
+
+#[workflow]
+impl Park {
+    #[step]
+    async fn ask(&self, ev: StartEvent<u64>) -> StopEvent<u64> {
+        let (tx, rx) = oneshot::channel();
+        crate::park(&self.waiters, ev.0, tx);
+        let answer = rx.await.unwrap_or(u64::MAX);
+        StopEvent(ev.0 + answer)
+    }
+}
+
+/// `suspended_run_memory`, framework side: starts `n` runs with `Runner::start`, each parked
+/// in a step; returns the measured growth (see [`crate::ParkedCost`]), then answers them all and
+/// checks every output.
+pub(crate) async fn parked(n: u64) -> Result<crate::ParkedCost, String> {
+    let waiters = crate::waiters(n);
+    let runner = Park {
+        waiters: waiters.clone(),
+    }
+    .runner();
+    let mut handlers = Vec::with_capacity(n as usize);
+    let cost = crate::measure_parked(n, &waiters, || {
+        for i in 0..n {
+            handlers.push(runner.start(i));
+        }
+    })
+    .await;
+    crate::answer(&waiters);
+    for (i, handler) in (0..n).zip(handlers) {
+        let out = handler.await.map_err(|e| e.to_string())?;
+        check(out == i + crate::ANSWER, || {
+            format!("parked run {i} answered {out}")
+        })?;
+    }
+    Ok(cost)
+}

@@ -1,0 +1,443 @@
+//! The benchmark scenarios of `../shared/bench/README.md`, run on the framework and on plain
+//! tokio tasks and channels written by hand, in one process, so that ratios are measured in
+//! the same sitting.
+//!
+//! ```text
+//! workflow-bench [all|chain|loop|fanout|concurrent|memory] [--scale tiny|small|full]
+//!                [--reps N] [--fan N] [--runtime multi|current] [--profile]
+//! ```
+//!
+//! Prints one JSON line per scenario and implementation, then one ratio line per scenario.
+//! Every scenario checks its results and the program exits with status 1 on a wrong one.
+//! `--profile` runs the framework side of the chosen scenario once, untimed (for callgrind).
+
+mod alloc;
+mod framework;
+mod handwritten;
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use handwritten::Shape;
+use tokio::sync::oneshot;
+
+#[global_allocator]
+static GLOBAL: alloc::Counting = alloc::Counting;
+
+/// A scenario's verdict on its own results.
+type Check = Result<(), String>;
+
+/// Fails with the message when `ok` is false.
+fn check(ok: bool, message: impl FnOnce() -> String) -> Check {
+    if ok { Ok(()) } else { Err(message()) }
+}
+
+/// The answer the "human" sends every parked run.
+const ANSWER: u64 = 7;
+
+/// Where parked runs leave the sender their answer will come through (the "human" side).
+type Waiters = Arc<Mutex<Vec<(u64, oneshot::Sender<u64>)>>>;
+
+/// A waiter list with room for `n`, allocated before the measurement starts.
+fn waiters(n: u64) -> Waiters {
+    Arc::new(Mutex::new(Vec::with_capacity(n as usize)))
+}
+
+/// A parked run registers where its answer will come from.
+fn park(waiters: &Waiters, id: u64, tx: oneshot::Sender<u64>) {
+    waiters
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((id, tx));
+}
+
+/// The "human" answers every parked run.
+fn answer(waiters: &Waiters) {
+    let all = std::mem::take(&mut *waiters.lock().unwrap_or_else(|p| p.into_inner()));
+    for (_, tx) in all {
+        let _ = tx.send(ANSWER);
+    }
+}
+
+/// What `n` parked runs cost, measured between starting them and the last one parking.
+#[derive(Debug, Clone, Copy)]
+struct ParkedCost {
+    bytes: i64,
+    allocs: u64,
+    rss: i64,
+    seconds: f64,
+}
+
+/// Counts the allocations made while `start_all` starts `n` runs and they all park.
+async fn measure_parked(n: u64, waiters: &Waiters, start_all: impl FnOnce()) -> ParkedCost {
+    let rss = alloc::resident_bytes() as i64;
+    let t = Instant::now();
+    alloc::start();
+    start_all();
+    while waiters.lock().unwrap_or_else(|p| p.into_inner()).len() < n as usize {
+        tokio::task::yield_now().await;
+    }
+    let (bytes, allocs) = alloc::read();
+    let seconds = t.elapsed().as_secs_f64();
+    let rss = alloc::resident_bytes() as i64 - rss;
+    alloc::stop();
+    ParkedCost {
+        bytes,
+        allocs,
+        rss,
+        seconds,
+    }
+}
+
+/// How many units each scenario runs.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    chain: u64,
+    loop_hops: u64,
+    fan: u64,
+    fan_runs: u64,
+    concurrent: u64,
+    parked: u64,
+    reps: u32,
+}
+
+impl Plan {
+    fn of(scale: &str) -> Option<Plan> {
+        Some(match scale {
+            "tiny" => Plan {
+                chain: 50,
+                loop_hops: 1_000,
+                fan: 40,
+                fan_runs: 2,
+                concurrent: 100,
+                parked: 100,
+                reps: 1,
+            },
+            "small" => Plan {
+                chain: 2_000,
+                loop_hops: 100_000,
+                fan: 400,
+                fan_runs: 25,
+                concurrent: 2_000,
+                parked: 2_000,
+                reps: 3,
+            },
+            "full" => Plan {
+                chain: 20_000,
+                loop_hops: 1_000_000,
+                fan: 400,
+                fan_runs: 250,
+                concurrent: 20_000,
+                parked: 10_000,
+                reps: 5,
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// One implementation of a run scenario: the framework or one of the hand-written shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Impl {
+    Framework,
+    Hand(Shape),
+}
+
+impl Impl {
+    const ALL: [Impl; 3] = [
+        Impl::Framework,
+        Impl::Hand(Shape::Tasks),
+        Impl::Hand(Shape::OneTask),
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Impl::Framework => "framework",
+            Impl::Hand(Shape::Tasks) => "handwritten",
+            Impl::Hand(Shape::OneTask) => "handwritten_1task",
+        }
+    }
+}
+
+/// The four run scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    Chain,
+    Loop,
+    FanOut,
+    Concurrent,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Chain => "chain5_sequential_runs",
+            Scenario::Loop => "loop_events_one_run",
+            Scenario::FanOut => "fanout_collect",
+            Scenario::Concurrent => "chain5_concurrent_runs",
+        }
+    }
+
+    /// How many units (runs, hops, items) one execution makes.
+    fn units(self, plan: &Plan) -> u64 {
+        match self {
+            Scenario::Chain => plan.chain,
+            Scenario::Loop => plan.loop_hops,
+            Scenario::FanOut => plan.fan * plan.fan_runs,
+            Scenario::Concurrent => plan.concurrent,
+        }
+    }
+
+    /// Runs the scenario once on `imp`, checking its results.
+    async fn run(self, imp: Impl, plan: &Plan) -> Check {
+        match (self, imp) {
+            (Scenario::Chain, Impl::Framework) => framework::chain_sequential(plan.chain).await,
+            (Scenario::Chain, Impl::Hand(s)) => handwritten::chain_sequential(s, plan.chain).await,
+            (Scenario::Loop, Impl::Framework) => framework::loop_one_run(plan.loop_hops).await,
+            (Scenario::Loop, Impl::Hand(s)) => handwritten::loop_one_run(s, plan.loop_hops).await,
+            (Scenario::FanOut, Impl::Framework) => framework::fanout(plan.fan, plan.fan_runs).await,
+            (Scenario::FanOut, Impl::Hand(s)) => {
+                handwritten::fanout(s, plan.fan, plan.fan_runs).await
+            }
+            (Scenario::Concurrent, Impl::Framework) => {
+                framework::chain_concurrent(plan.concurrent).await
+            }
+            (Scenario::Concurrent, Impl::Hand(s)) => {
+                handwritten::chain_concurrent(s, plan.concurrent).await
+            }
+        }
+    }
+}
+
+/// Times `f`, failing on a wrong result.
+async fn timed<F: Future<Output = Check>>(f: F) -> Result<f64, String> {
+    let t = Instant::now();
+    f.await?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Runs one scenario on every implementation: one counted pass (allocations per unit, untimed),
+/// then `reps` timed passes interleaved across implementations; reports the best time of each.
+async fn bench(scenario: Scenario, plan: &Plan) -> Check {
+    let n = scenario.units(plan);
+    let mut allocs = [0.0; Impl::ALL.len()];
+    for (i, imp) in Impl::ALL.into_iter().enumerate() {
+        alloc::start();
+        let result = scenario.run(imp, plan).await;
+        let (_, count) = alloc::stop();
+        result.map_err(|e| format!("{} {}: {e}", scenario.name(), imp.name()))?;
+        allocs[i] = count as f64 / n as f64;
+    }
+    let mut best = [f64::INFINITY; Impl::ALL.len()];
+    for _ in 0..plan.reps {
+        for (i, imp) in Impl::ALL.into_iter().enumerate() {
+            let seconds = timed(scenario.run(imp, plan))
+                .await
+                .map_err(|e| format!("{} {}: {e}", scenario.name(), imp.name()))?;
+            best[i] = best[i].min(seconds);
+        }
+    }
+    for (i, imp) in Impl::ALL.into_iter().enumerate() {
+        println!(
+            "{{\"scenario\":\"{}\",\"impl\":\"{}\",\"n\":{n},\"seconds\":{:.6},\"per_sec\":{:.1},\"allocs_per_unit\":{:.2},\"reps\":{}}}",
+            scenario.name(),
+            imp.name(),
+            best[i],
+            n as f64 / best[i],
+            allocs[i],
+            plan.reps,
+        );
+    }
+    // Ratio of throughputs: > 1 means the framework is faster.
+    let ratio = |i: usize| best[i] / best[0];
+    println!(
+        "{{\"scenario\":\"{}\",\"ratio\":\"framework/handwritten\",\"value\":{:.3},\"vs_1task\":{:.3},\"target\":1.0,\"met\":{}}}",
+        scenario.name(),
+        ratio(1),
+        ratio(2),
+        ratio(1) >= 1.0,
+    );
+    Ok(())
+}
+
+/// `suspended_run_memory`: the framework's parked runs against parked hand-written tasks.
+async fn bench_memory(plan: &Plan) -> Check {
+    const TARGET: f64 = 2048.0;
+    let n = plan.parked;
+    let framework = framework::parked(n).await?;
+    let hand = handwritten::parked(n).await?;
+    let per = |c: &ParkedCost| c.bytes as f64 / n as f64;
+    for (name, cost) in [("framework", &framework), ("handwritten", &hand)] {
+        println!(
+            "{{\"scenario\":\"suspended_run_memory\",\"impl\":\"{name}\",\"n\":{n},\"seconds\":{:.6},\"per_sec\":{:.1},\"bytes_per_run\":{:.1},\"allocs_per_run\":{:.2},\"rss_bytes_per_run\":{:.1}}}",
+            cost.seconds,
+            n as f64 / cost.seconds,
+            per(cost),
+            cost.allocs as f64 / n as f64,
+            cost.rss as f64 / n as f64,
+        );
+    }
+    println!(
+        "{{\"scenario\":\"suspended_run_memory\",\"ratio\":\"framework/handwritten bytes\",\"value\":{:.3},\"target_bytes_per_run\":{TARGET},\"met\":{}}}",
+        per(&framework) / per(&hand),
+        per(&framework) <= TARGET,
+    );
+    Ok(())
+}
+
+/// The command line.
+struct Args {
+    which: String,
+    plan: Plan,
+    multi_thread: bool,
+    profile: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut which = "all".to_string();
+    let mut scale = "small".to_string();
+    let (mut reps, mut fan) = (None, None);
+    let mut multi_thread = true;
+    let mut profile = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--scale" => scale = value("--scale")?,
+            "--reps" => {
+                reps = Some(
+                    value("--reps")?
+                        .parse()
+                        .map_err(|e| format!("--reps: {e}"))?,
+                )
+            }
+            "--fan" => fan = Some(value("--fan")?.parse().map_err(|e| format!("--fan: {e}"))?),
+            "--runtime" => {
+                multi_thread = match value("--runtime")?.as_str() {
+                    "multi" => true,
+                    "current" => false,
+                    other => return Err(format!("--runtime multi|current, not {other}")),
+                }
+            }
+            "--profile" => profile = true,
+            "-h" | "--help" => {
+                return Err(
+                    "usage: workflow-bench [all|chain|loop|fanout|concurrent|memory] \
+                     [--scale tiny|small|full] [--reps N] [--fan N] [--runtime multi|current] \
+                     [--profile]"
+                        .into(),
+                );
+            }
+            "all" | "chain" | "loop" | "fanout" | "concurrent" | "memory" => which = arg,
+            other => return Err(format!("unknown argument `{other}` (try --help)")),
+        }
+    }
+    let mut plan = Plan::of(&scale).ok_or(format!("--scale tiny|small|full, not {scale}"))?;
+    if let Some(reps) = reps {
+        plan.reps = reps;
+    }
+    if let Some(fan) = fan {
+        // Keep the total number of items about the same.
+        plan.fan_runs = (plan.fan * plan.fan_runs).div_ceil(fan).max(1);
+        plan.fan = fan;
+    }
+    Ok(Args {
+        which,
+        plan,
+        multi_thread,
+        profile,
+    })
+}
+
+async fn run(args: &Args) -> Check {
+    let scenarios = [
+        ("chain", Scenario::Chain),
+        ("loop", Scenario::Loop),
+        ("fanout", Scenario::FanOut),
+        ("concurrent", Scenario::Concurrent),
+    ];
+    if args.profile {
+        for (name, scenario) in scenarios {
+            if args.which == name {
+                return scenario.run(Impl::Framework, &args.plan).await;
+            }
+        }
+        return framework::parked(args.plan.parked).await.map(drop);
+    }
+    for (name, scenario) in scenarios {
+        if args.which == "all" || args.which == name {
+            bench(scenario, &args.plan).await?;
+        }
+    }
+    if args.which == "all" || args.which == "memory" {
+        bench_memory(&args.plan).await?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = if args.multi_thread {
+        tokio::runtime::Builder::new_multi_thread().build()
+    } else {
+        tokio::runtime::Builder::new_current_thread().build()
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start tokio: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("WRONG RESULT: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CI smoke: every scenario at the tiny scale, results checked, timings ignored.
+    #[test]
+    fn every_scenario_is_correct_at_tiny_scale() {
+        let plan = Plan::of("tiny").unwrap();
+        for multi in [false, true] {
+            let runtime = if multi {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_current_thread().build()
+            }
+            .unwrap();
+            runtime.block_on(async {
+                for scenario in [
+                    Scenario::Chain,
+                    Scenario::Loop,
+                    Scenario::FanOut,
+                    Scenario::Concurrent,
+                ] {
+                    for imp in Impl::ALL {
+                        scenario.run(imp, &plan).await.unwrap();
+                    }
+                }
+                let cost = framework::parked(plan.parked).await.unwrap();
+                assert!(cost.bytes > 0);
+                handwritten::parked(plan.parked).await.unwrap();
+            });
+        }
+    }
+}
