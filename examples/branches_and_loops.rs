@@ -59,7 +59,9 @@ impl Rocket {
     async fn tick(&self, ctx: &Context<Self>, ev: Countdown) -> Either<Countdown, Liftoff> {
         ctx.update_state(|log| log.lines.push(format!("T-{}", ev.left)));
         if ev.left == 0 {
-            Either::Right(Liftoff { steps: ctx.state().lines.len() as u32 - 1 })
+            Either::Right(Liftoff {
+                steps: ctx.state().lines.len() as u32 - 1,
+            })
         } else {
             Either::Left(Countdown { left: ev.left - 1 })
         }

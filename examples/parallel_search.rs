@@ -61,7 +61,10 @@ impl Search {
         // Stand-in for a network call: longer words take longer.
         tokio::time::sleep(Duration::from_millis(20 * ev.text.len() as u64)).await;
         println!("  worker {} searched {:?}", ctx.worker(), ev.text);
-        Hit { index: ev.index, text: format!("{} ({} results)", ev.text, ev.text.len() * 7) }
+        Hit {
+            index: ev.index,
+            text: format!("{} ({} results)", ev.text, ev.text.len() * 7),
+        }
     }
 
     /// Fan-in: nothing until every hit is in, then one combined answer, in query order.
@@ -70,7 +73,12 @@ impl Search {
         let expected = ctx.update_state(|p| p.expected);
         let mut hits = ctx.collect(ev, expected)?;
         hits.sort_by_key(|h| h.index);
-        Some(StopEvent(hits.into_iter().map(|h| h.text).collect::<Vec<_>>().join("; ")))
+        Some(StopEvent(
+            hits.into_iter()
+                .map(|h| h.text)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ))
     }
 }
 
@@ -101,7 +109,11 @@ impl Sources {
 
     /// Typed heterogeneous fan-in: one of each, in the declared order (web, docs, code).
     #[step]
-    async fn join(&self, ctx: &Context<Self>, ev: Either<Web, Either<Docs, Code>>) -> Option<StopEvent<String>> {
+    async fn join(
+        &self,
+        ctx: &Context<Self>,
+        ev: Either<Web, Either<Docs, Code>>,
+    ) -> Option<StopEvent<String>> {
         let (web, docs, code) = ctx.collect_each::<(Web, Docs, Code)>(ev)?;
         Some(StopEvent(format!("{}\n  {}\n  {}", web.0, docs.0, code.0)))
     }
@@ -111,9 +123,15 @@ impl Sources {
 async fn main() -> Result<(), WorkflowError> {
     let started = Instant::now();
     println!("searching with at most 3 workers:");
-    let answer = Search.run("how do tokio tasks get woken".to_string()).await?;
+    let answer = Search
+        .run("how do tokio tasks get woken".to_string())
+        .await?;
     println!("combined: {answer}");
-    println!("took {:?} (sequential would take ~{}ms)\n", started.elapsed(), 20 * 22);
+    println!(
+        "took {:?} (sequential would take ~{}ms)\n",
+        started.elapsed(),
+        20 * 22
+    );
 
     println!("heterogeneous fan-in:");
     let brief = Sources.run("async cancellation".to_string()).await?;

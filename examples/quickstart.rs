@@ -27,7 +27,11 @@ impl JokeFlow {
     /// Critiques the joke and ends the run with the critique.
     #[step]
     async fn critique(&self, ev: Joke) -> StopEvent<String> {
-        let verdict = if ev.text.len() > 40 { "a classic, if long" } else { "short and sweet" };
+        let verdict = if ev.text.len() > 40 {
+            "a classic, if long"
+        } else {
+            "short and sweet"
+        };
         StopEvent(format!("Joke: {}\nCritique: {verdict}.", ev.text))
     }
 }

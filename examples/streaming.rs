@@ -7,8 +7,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use workflow_core::prelude::*;
 use workflow_core::Outcome;
+use workflow_core::prelude::*;
 
 /// Progress of the download: `done` of `total` chunks.
 #[derive(Debug, Clone, Event)]
@@ -50,7 +50,11 @@ impl Download {
 fn bar(done: u32, total: u32) -> String {
     let width = 30;
     let filled = (done * width / total.max(1)) as usize;
-    format!("[{}{}] {done}/{total}", "#".repeat(filled), "-".repeat(width as usize - filled))
+    format!(
+        "[{}{}] {done}/{total}",
+        "#".repeat(filled),
+        "-".repeat(width as usize - filled)
+    )
 }
 
 #[tokio::main]

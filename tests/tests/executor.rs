@@ -105,7 +105,9 @@ impl Limited {
 
     #[step(num_workers = 2)]
     async fn work(&self, ctx: &Context<Self>, ev: Job) -> Pong {
-        ctx.update_state(|t| t.0.push(format!("begin {} on worker {}", ev.0, ctx.worker())));
+        ctx.update_state(|t| {
+            t.0.push(format!("begin {} on worker {}", ev.0, ctx.worker()))
+        });
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -134,8 +136,17 @@ async fn num_workers_bounds_concurrency_and_excess_events_wait_in_fifo_order() {
         .iter()
         .map(|line| line.split(' ').nth(1).unwrap().parse().unwrap())
         .collect();
-    assert_eq!(begun, [0, 1, 2, 3, 4, 5], "jobs start in the order they were sent");
-    assert!(trace.0.iter().all(|l| l.ends_with("worker 0") || l.ends_with("worker 1")));
+    assert_eq!(
+        begun,
+        [0, 1, 2, 3, 4, 5],
+        "jobs start in the order they were sent"
+    );
+    assert!(
+        trace
+            .0
+            .iter()
+            .all(|l| l.ends_with("worker 0") || l.ends_with("worker 1"))
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -279,7 +290,11 @@ async fn the_first_stop_event_wins_and_cancels_the_steps_still_running() {
     let runner = Race { live: live.clone() }.runner();
     let mut state = Trace::default();
     assert_eq!(runner.run_with((), &mut state).await.unwrap(), "fast");
-    assert_eq!(live.count(), 0, "the slow step's future was dropped with the run");
+    assert_eq!(
+        live.count(),
+        0,
+        "the slow step's future was dropped with the run"
+    );
     tokio::time::sleep(Duration::from_secs(120)).await;
     assert_eq!(state.0, ["fast"], "the cancelled step never wrote");
 }
@@ -379,7 +394,11 @@ async fn dropping_a_run_drops_its_steps() {
     let run = runner.run(());
     let outcome = tokio::time::timeout(Duration::from_millis(10), run).await;
     assert!(outcome.is_err(), "the run was still going");
-    assert_eq!(live.count(), 0, "the step's future was dropped with the run");
+    assert_eq!(
+        live.count(),
+        0,
+        "the step's future was dropped with the run"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ impl Scatter {
 
     #[step(num_workers = 4, emits = [Item])]
     async fn produce(&self, ctx: &Context<Self>, ev: Batch) {
-        let mut rng = Rng(self.seed ^ (ev.0 + 1) * 0x9E37_79B9);
+        let mut rng = Rng(self.seed ^ ((ev.0 + 1) * 0x9E37_79B9));
         for i in 0..10 {
             tokio::time::sleep(Duration::from_micros(rng.next() % 300)).await;
             ctx.send_event(Item(ev.0 * 10 + i));
@@ -116,7 +116,7 @@ impl Scatter {
 
     #[step(num_workers = 8)]
     async fn work(&self, ev: Item) -> Doubled {
-        let mut rng = Rng(self.seed ^ (ev.0 + 7) * 0x2545_F491);
+        let mut rng = Rng(self.seed ^ ((ev.0 + 7) * 0x2545_F491));
         tokio::time::sleep(Duration::from_micros(rng.next() % 500)).await;
         Doubled(ev.0 * 2)
     }
@@ -138,7 +138,11 @@ async fn collect_completes_exactly_once_with_every_event_under_random_interleavi
         }
         .runner();
         let mut got = runner.run(4).await.unwrap();
-        assert_eq!(runner.workflow().completions.load(Ordering::SeqCst), 1, "seed {seed}");
+        assert_eq!(
+            runner.workflow().completions.load(Ordering::SeqCst),
+            1,
+            "seed {seed}"
+        );
         got.sort_unstable();
         let want: Vec<u64> = (0..40).map(|i| i * 2).collect();
         assert_eq!(got, want, "seed {seed}");
@@ -183,7 +187,12 @@ impl Briefing {
     ) -> Option<StopEvent<String>> {
         let (weather, news, stocks) = ctx.collect_each::<(Weather, News, Stocks)>(ev)?;
         // The first complete set stops the run: declared order, whatever the arrival order.
-        Some(StopEvent(format!("{} {} {}", weather.0, news.0, stocks.0 < 6)))
+        Some(StopEvent(format!(
+            "{} {} {}",
+            weather.0,
+            news.0,
+            stocks.0 < 6
+        )))
     }
 }
 
@@ -295,7 +304,10 @@ enum FetchError {
 }
 
 fn transient_only(error: &(dyn std::error::Error + 'static)) -> bool {
-    matches!(error.downcast_ref::<FetchError>(), Some(FetchError::Transient(_)))
+    matches!(
+        error.downcast_ref::<FetchError>(),
+        Some(FetchError::Transient(_))
+    )
 }
 
 struct Flaky {
@@ -375,7 +387,10 @@ async fn retries_exhausted_fail_the_run_with_the_attempt_count() {
 async fn the_retry_predicate_stops_retries_of_other_errors() {
     let runner = Flaky::new(0, true).runner();
     let error = runner.run(4).await.unwrap_err();
-    assert!(matches!(error, WorkflowError::StepFailed { attempts: 1, .. }), "{error:?}");
+    assert!(
+        matches!(error, WorkflowError::StepFailed { attempts: 1, .. }),
+        "{error:?}"
+    );
     assert_eq!(runner.workflow().calls.load(Ordering::SeqCst), 1);
 }
 
@@ -389,7 +404,10 @@ fn exponential_jitter_is_deterministic_per_run_step_and_attempt() {
     assert_ne!(a, other_run);
     for (n, delay) in a.iter().enumerate() {
         let base = Duration::from_millis(100) * 2u32.pow(n as u32);
-        assert!(*delay >= base && *delay <= base + base / 2, "{delay:?} vs {base:?}");
+        assert!(
+            *delay >= base && *delay <= base + base / 2,
+            "{delay:?} vs {base:?}"
+        );
     }
 }
 
@@ -443,7 +461,10 @@ async fn the_recovery_budget_ends_a_failure_loop() {
     .runner()
     .max_recoveries(3);
     let error = runner.run(10).await.unwrap_err();
-    assert_eq!(error.to_string(), "step `fragile` failed after 2 attempt(s)");
+    assert_eq!(
+        error.to_string(),
+        "step `fragile` failed after 2 attempt(s)"
+    );
     assert_eq!(runner.workflow().recoveries.load(Ordering::SeqCst), 3);
 }
 

@@ -251,7 +251,10 @@ async fn a_consumer_that_goes_away_never_stops_the_run() {
 
 #[tokio::test]
 async fn internal_events_show_each_step_start_and_finish_with_its_worker() {
-    let mut handler = Reporter.runner().internal_events(true).start((Mode::Stop, 1));
+    let mut handler = Reporter
+        .runner()
+        .internal_events(true)
+        .start((Mode::Stop, 1));
     let mut seen = Vec::new();
     let mut events = handler.events();
     while let Some(item) = events.next().await {

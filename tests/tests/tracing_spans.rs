@@ -31,8 +31,10 @@ struct Fields<'a>(&'a mut HashMap<String, String>);
 
 impl Visit for Fields<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0
-            .insert(field.name().to_string(), format!("{value:?}").trim_matches('"').to_string());
+        self.0.insert(
+            field.name().to_string(),
+            format!("{value:?}").trim_matches('"').to_string(),
+        );
     }
 }
 
@@ -102,7 +104,11 @@ impl Traced {
     }
 
     #[step(retry = RetryPolicy::fixed(2, Duration::from_millis(1)))]
-    async fn second(&self, ctx: &Context<Self>, ev: Half) -> Result<StopEvent<u32>, std::io::Error> {
+    async fn second(
+        &self,
+        ctx: &Context<Self>,
+        ev: Half,
+    ) -> Result<StopEvent<u32>, std::io::Error> {
         tokio::time::sleep(Duration::from_millis(1)).await;
         if ctx.attempt() == 1 {
             return Err(std::io::Error::other("once"));
@@ -127,7 +133,10 @@ fn each_step_invocation_has_a_span_under_its_run_span() {
         });
     });
     let spans = spans.lock().unwrap();
-    let runs: Vec<(&u64, &SpanRecord)> = spans.iter().filter(|(_, s)| s.name == "workflow.run").collect();
+    let runs: Vec<(&u64, &SpanRecord)> = spans
+        .iter()
+        .filter(|(_, s)| s.name == "workflow.run")
+        .collect();
     assert_eq!(runs.len(), 2);
     for (run_span, run) in runs {
         assert_eq!(run.fields["workflow"], "Traced");
@@ -136,7 +145,10 @@ fn each_step_invocation_has_a_span_under_its_run_span() {
             .values()
             .filter(|s| s.name == "workflow.step" && s.parent == Some(*run_span))
             .map(|s| {
-                assert_eq!(&s.fields["run_id"], run_id, "a step span carries its run's id");
+                assert_eq!(
+                    &s.fields["run_id"], run_id,
+                    "a step span carries its run's id"
+                );
                 (s.fields["step"].clone(), s.fields["attempt"].clone())
             })
             .collect();

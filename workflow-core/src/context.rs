@@ -279,7 +279,9 @@ impl<W: Workflow> Context<W> {
             .expect("a collect buffer holds its own type");
         slots[slot].push_back(event);
         if slots.iter().all(|s| !s.is_empty()) {
-            let mut taken = slots.iter_mut().map(|s| s.pop_front().expect("checked non-empty"));
+            let mut taken = slots
+                .iter_mut()
+                .map(|s| s.pop_front().expect("checked non-empty"));
             Some(T::from_events(&mut taken))
         } else {
             None

@@ -48,7 +48,10 @@ pub enum WorkflowError {
         timeout: Duration,
     },
     /// The whole run ran longer than the runner's timeout.
-    #[error("the run timed out after {timeout:?}; steps still active: {}", list(active))]
+    #[error(
+        "the run timed out after {timeout:?}; steps still active: {}",
+        list(active)
+    )]
     TimedOut {
         /// The run's time limit.
         timeout: Duration,

@@ -69,19 +69,29 @@ pub struct StepSpec {
 #[non_exhaustive]
 pub enum GraphError {
     /// No step takes the start event.
-    #[error("no step takes a `StartEvent`: a workflow needs one step whose event is `StartEvent<Input>`")]
+    #[error(
+        "no step takes a `StartEvent`: a workflow needs one step whose event is `StartEvent<Input>`"
+    )]
     NoStart,
     /// Steps take start events with different payload types.
-    #[error("the workflow has several start event types: every step that takes a `StartEvent` must take the same one")]
+    #[error(
+        "the workflow has several start event types: every step that takes a `StartEvent` must take the same one"
+    )]
     SeveralStarts,
     /// No step returns the stop event.
-    #[error("no step returns a `StopEvent`: a workflow needs one step that can emit `StopEvent<Output>`")]
+    #[error(
+        "no step returns a `StopEvent`: a workflow needs one step that can emit `StopEvent<Output>`"
+    )]
     NoStop,
     /// Steps return stop events with different payload types.
-    #[error("the workflow has several stop event types: every step that returns a `StopEvent` must return the same one")]
+    #[error(
+        "the workflow has several stop event types: every step that returns a `StopEvent` must return the same one"
+    )]
     SeveralStops,
     /// A step accepts the stop event.
-    #[error("step `{step}` accepts the `StopEvent`: the stop event ends the run and no step can take it")]
+    #[error(
+        "step `{step}` accepts the `StopEvent`: the stop event ends the run and no step can take it"
+    )]
     AcceptsStop {
         /// The step.
         step: &'static str,
@@ -115,7 +125,9 @@ pub enum GraphError {
         step: &'static str,
     },
     /// The step is on a loop that never leads to the stop event.
-    #[error("step `{step}` is part of a loop with no exit: no event on the loop can lead to a `StopEvent`")]
+    #[error(
+        "step `{step}` is part of a loop with no exit: no event on the loop can lead to a `StopEvent`"
+    )]
     LoopWithoutExit {
         /// The step.
         step: &'static str,
@@ -146,7 +158,8 @@ impl Graph {
             let mut a = 0;
             while a < accepts.len() {
                 if accepts[a].id.eq(id)
-                    && (accepts[a].kind.is(EventKind::Start) || accepts[a].kind.is(EventKind::Failure))
+                    && (accepts[a].kind.is(EventKind::Start)
+                        || accepts[a].kind.is(EventKind::Failure))
                 {
                     return true;
                 }

@@ -129,7 +129,9 @@ impl<W: Workflow> Future for Handler<W> {
         match Pin::new(&mut self.task).poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(result)) => Poll::Ready(result),
-            Poll::Ready(Err(join)) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            Poll::Ready(Err(join)) if join.is_panic() => {
+                std::panic::resume_unwind(join.into_panic())
+            }
             Poll::Ready(Err(_)) => Poll::Ready(Err(WorkflowError::Cancelled)),
         }
     }

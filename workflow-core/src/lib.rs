@@ -50,18 +50,18 @@ mod workflow;
 pub use context::{CollectSet, Context, EventOf, RunId};
 pub use error::{BoxError, Result, WorkflowError};
 pub use event::{DynEvent, Either, Event, EventId, StartEvent, StepFailure, StopEvent};
-pub use retry::RetryPolicy;
 pub use graph::{Graph, GraphError, StepSpec};
 pub use handler::Handler;
+pub use retry::RetryPolicy;
 pub use stream::{DEFAULT_STREAM_CAPACITY, EventStream, Outcome, StreamItem};
 pub use workflow::{Runner, Workflow};
 
 #[doc(hidden)]
 pub use event::{EventKind, EventMeta, IntoDynEvent, StepInput};
 #[doc(hidden)]
-pub use workflow::StepConfig;
-#[doc(hidden)]
 pub use output::{Emitted, StepOutput};
+#[doc(hidden)]
+pub use workflow::StepConfig;
 
 /// `#[workflow]`: turns an `impl` block of `#[step]` methods into a [`Workflow`].
 ///

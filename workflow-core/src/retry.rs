@@ -104,7 +104,9 @@ impl RetryPolicy {
         if !self.exponential {
             return self.base;
         }
-        let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
         let delay = self.base.saturating_mul(factor).min(self.max_delay);
         if !self.jitter {
             return delay;

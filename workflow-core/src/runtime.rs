@@ -15,18 +15,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context as TaskContext, Poll};
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tracing::Instrument;
 
 use crate::context::{Context, RunShared};
-use crate::event::StepFailure;
-use crate::workflow::StepConfig;
 use crate::error::{Result, WorkflowError};
+use crate::event::StepFailure;
 use crate::event::{DynEvent, EventId, EventKind};
 use crate::graph::Graph;
 use crate::output::Emitted;
 use crate::stream::{Outcome, StreamItem, lock};
+use crate::workflow::StepConfig;
 use crate::workflow::{Runner, Workflow};
 
 /// Event id -> the steps accepting it, built once per runner from the graph.
@@ -139,7 +139,10 @@ async fn invoke<W: Workflow>(
         // `None`: the attempt ran out of time.
         let outcome = match config.timeout {
             None => Some(call.instrument(span).await),
-            Some(limit) => tokio::time::timeout(limit, call).instrument(span).await.ok(),
+            Some(limit) => tokio::time::timeout(limit, call)
+                .instrument(span)
+                .await
+                .ok(),
         };
         let attempt_result = match outcome {
             Some(Ok(Ok(emitted))) => Attempt::Emitted(emitted),
@@ -160,7 +163,10 @@ async fn invoke<W: Workflow>(
                     eprintln!("[run {run_id}] step `{name}` panicked: {message}");
                 }
                 return Err(Failed {
-                    error: WorkflowError::StepPanicked { step: name, message },
+                    error: WorkflowError::StepPanicked {
+                        step: name,
+                        message,
+                    },
                     input: None,
                     last: None,
                 });
@@ -170,7 +176,10 @@ async fn invoke<W: Workflow>(
                     eprintln!("[run {run_id}] step `{name}` timed out after {timeout:?}");
                 }
                 return Err(Failed {
-                    error: WorkflowError::StepTimedOut { step: name, timeout },
+                    error: WorkflowError::StepTimedOut {
+                        step: name,
+                        timeout,
+                    },
                     input: None,
                     last: None,
                 });
@@ -265,7 +274,12 @@ pub(crate) async fn execute<W: Workflow>(
     async move {
         // Wait for a turn under `max_concurrent_runs` (the run's timeout starts after).
         let _permit = match &limit {
-            Some(semaphore) => Some(semaphore.acquire().await.expect("the semaphore is never closed")),
+            Some(semaphore) => Some(
+                semaphore
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed"),
+            ),
             None => None,
         };
         let sleep = timeout.map(tokio::time::sleep);
@@ -460,10 +474,7 @@ impl<W: Workflow> Executor<W> {
                 if !W::GRAPH.accepts(step, event.id()) {
                     return Err(WorkflowError::Undeliverable {
                         event: event.name(),
-                        reason: format!(
-                            "step `{}` does not accept it",
-                            W::GRAPH.steps[step].name
-                        ),
+                        reason: format!("step `{}` does not accept it", W::GRAPH.steps[step].name),
                     });
                 }
                 single = [step];

@@ -218,5 +218,7 @@ impl Stream for EventStream {
 /// Locks a mutex, ignoring poisoning: the data under our locks stays consistent across a panic
 /// because no lock is held while user code runs.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

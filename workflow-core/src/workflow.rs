@@ -10,8 +10,8 @@ use crate::event::{DynEvent, Event, StartEvent};
 use crate::graph::Graph;
 use crate::handler::Handler;
 use crate::output::Emitted;
-use crate::runtime::{RouteTable, execute};
 use crate::retry::RetryPolicy;
+use crate::runtime::{RouteTable, execute};
 use crate::stream::{DEFAULT_STREAM_CAPACITY, lock};
 use tokio::sync::Semaphore;
 
@@ -289,7 +289,10 @@ impl<W: Workflow> Runner<W> {
     /// # Errors
     /// See [`Runner::run`].
     pub async fn run_with(&self, input: W::Input, state: &mut W::State) -> Result<W::Output> {
-        let shared = Arc::new(RunShared::new(std::mem::take(state), self.config.stream_capacity));
+        let shared = Arc::new(RunShared::new(
+            std::mem::take(state),
+            self.config.stream_capacity,
+        ));
         let result = execute(self.clone(), shared.clone(), W::__start_event(input)).await;
         *state = std::mem::take(&mut *lock(&shared.state));
         result

@@ -67,7 +67,12 @@ pub(crate) fn type_name(ty: &Type) -> String {
     out
 }
 
-fn generate(item: &ItemImpl, options: &WorkflowOptions, model: &Model, shape: &Shape<'_>) -> TokenStream {
+fn generate(
+    item: &ItemImpl,
+    options: &WorkflowOptions,
+    model: &Model,
+    shape: &Shape<'_>,
+) -> TokenStream {
     let krate = options
         .krate
         .as_ref()
@@ -99,7 +104,11 @@ fn generate(item: &ItemImpl, options: &WorkflowOptions, model: &Model, shape: &S
         }
     });
 
-    let arms = model.steps.iter().enumerate().map(|(index, step)| invoke_arm(&private, index, step));
+    let arms = model
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(index, step)| invoke_arm(&private, index, step));
     let config_arms = model.steps.iter().enumerate().filter_map(|(index, step)| {
         let retry = step.options.retry.as_ref();
         let timeout = step.options.timeout.as_ref();
