@@ -27,9 +27,11 @@ pub(crate) fn workflow(args: TokenStream, input: TokenStream) -> TokenStream {
     let shape = check::check(&item, &model, &mut errors);
     if !errors.is_empty() {
         // The user's impl is still emitted (without the `#[step]` markers) so rust-analyzer
-        // and the rest of the crate keep working; only the generated impl is missing.
+        // and the rest of the crate keep working, with a stand-in `Workflow` impl so that code
+        // calling `.run(..)` does not add follow-on errors to the real ones.
+        let fallback = fallback(&item, &options, &shape);
         let errors = errors.into_compile_errors();
-        return quote!(#item #errors);
+        return quote!(#item #fallback #errors);
     }
     let generated = generate(&item, &options, &model, &shape);
     quote! {
@@ -109,23 +111,39 @@ fn generate(
         .iter()
         .enumerate()
         .map(|(index, step)| invoke_arm(&private, index, step));
-    let config_arms = model.steps.iter().enumerate().filter_map(|(index, step)| {
-        let retry = step.options.retry.as_ref();
-        let timeout = step.options.timeout.as_ref();
-        if retry.is_none() && timeout.is_none() {
-            return None;
-        }
-        let retry = retry.map_or_else(
-            || quote!(::core::option::Option::None),
-            |expr| quote_spanned!(expr_span(expr)=> ::core::option::Option::Some(#expr)),
-        );
-        let timeout = timeout.map_or_else(
-            || quote!(::core::option::Option::None),
-            |expr| quote_spanned!(expr_span(expr)=> ::core::option::Option::Some(#expr)),
-        );
-        Some(quote! {
-            #index => #private::StepConfig { retry: #retry, timeout: #timeout },
+    let config_arms: Vec<_> = model
+        .steps
+        .iter()
+        .enumerate()
+        .filter_map(|(index, step)| {
+            let retry = step.options.retry.as_ref();
+            let timeout = step.options.timeout.as_ref();
+            if retry.is_none() && timeout.is_none() {
+                return None;
+            }
+            let retry = retry.map_or_else(
+                || quote!(::core::option::Option::None),
+                |expr| quote_spanned!(expr_span(expr)=> ::core::option::Option::Some(#expr)),
+            );
+            let timeout = timeout.map_or_else(
+                || quote!(::core::option::Option::None),
+                |expr| quote_spanned!(expr_span(expr)=> ::core::option::Option::Some(#expr)),
+            );
+            Some(quote! {
+                #index => #private::StepConfig { retry: #retry, timeout: #timeout },
+            })
         })
+        .collect();
+    // Only steps with `retry` or `timeout` need a config; the trait's default covers the rest.
+    let step_config = (!config_arms.is_empty()).then(|| {
+        quote! {
+            fn __step_config(step: usize) -> #private::StepConfig {
+                match step {
+                    #(#config_arms)*
+                    _ => #private::StepConfig::default(),
+                }
+            }
+        }
     });
 
     let event_of = event_of_impls(&private, self_ty, model);
@@ -160,12 +178,7 @@ fn generate(
                     }
                 }
 
-                fn __step_config(step: usize) -> #private::StepConfig {
-                    match step {
-                        #(#config_arms)*
-                        _ => #private::StepConfig::default(),
-                    }
-                }
+                #step_config
 
                 fn __start_event(input: Self::Input) -> #private::DynEvent {
                     #private::start_event::<Self::Input>(input)
@@ -180,6 +193,63 @@ fn generate(
 
             #(#event_of)*
             #checks
+        };
+    }
+}
+
+/// The stand-in `Workflow` impl emitted beside errors: the right input and output types where
+/// they are known, no steps, and code that is never run (the crate does not compile).
+fn fallback(item: &ItemImpl, options: &WorkflowOptions, shape: &Shape<'_>) -> TokenStream {
+    if !item.generics.params.is_empty() {
+        return TokenStream::new();
+    }
+    let krate = options
+        .krate
+        .as_ref()
+        .map_or_else(|| quote!(::workflow_core), |path| quote!(#path));
+    let private = quote!(#krate::__private);
+    let self_ty = &item.self_ty;
+    let payload = |ty: Option<&&Type>| {
+        ty.map_or_else(
+            || quote!(()),
+            |ty| quote!(<#ty as ::core::ops::Deref>::Target),
+        )
+    };
+    let input = payload(shape.starts.first());
+    let output = payload(shape.stops.first());
+    let state = options
+        .state
+        .as_ref()
+        .map_or_else(|| quote!(()), |ty| quote!(#ty));
+    let name = type_name(self_ty);
+    quote! {
+        #[doc(hidden)]
+        const _: () = {
+            #[automatically_derived]
+            impl #private::Workflow for #self_ty {
+                type Input = #input;
+                type Output = #output;
+                type State = #state;
+                const GRAPH: &'static #private::Graph =
+                    &#private::Graph { workflow: #name, steps: &[] };
+                fn __invoke(
+                    self: #private::Arc<Self>,
+                    _ctx: #private::Context<Self>,
+                    _event: #private::DynEvent,
+                ) -> impl ::core::future::Future<
+                    Output = ::core::result::Result<#private::Emitted, #private::BoxError>,
+                > + ::core::marker::Send + 'static {
+                    async { ::core::unreachable!("`#[workflow]` reported errors") }
+                }
+                fn __start_event(_input: Self::Input) -> #private::DynEvent {
+                    ::core::unreachable!("`#[workflow]` reported errors")
+                }
+                fn __output(
+                    stop: #private::DynEvent,
+                ) -> ::core::result::Result<Self::Output, #private::DynEvent> {
+                    ::core::result::Result::Err(stop)
+                }
+            }
         };
     }
 }
