@@ -1,0 +1,850 @@
+//! The client for OpenAI-compatible chat completion servers: OpenAI, Ollama, vLLM, the
+//! llama.cpp server, LM Studio, and the many proxies that speak the same wire format.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::HeaderMap;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tracing::{Instrument, Span};
+
+use crate::error::{LlmError, Result, excerpt, is_retryable_status};
+use crate::http::{self, Endpoint};
+use crate::llm::{Assembler, ChatStream, Llm, StreamEvent};
+use crate::sse::SseParser;
+use crate::telemetry;
+use crate::types::{
+    ChatRequest, ChatResponse, FinishReason, Message, Role, ToolCall, ToolChoice, Usage,
+};
+
+/// The default base URL when `OPENAI_BASE_URL` is not set.
+pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+/// The default model when `OPENAI_MODEL` is not set.
+pub const DEFAULT_MODEL: &str = "gpt-4o-mini";
+
+/// When and how long to wait before sending a failed request again.
+///
+/// Retried: 408, 409, 429 and 5xx answers, connection failures and timeouts. The wait is the
+/// server's `retry-after-ms` or `Retry-After` (in seconds) when it sends one, otherwise
+/// `initial_backoff` doubled on each retry up to `max_backoff`. A server that asks for a
+/// longer wait than `max_retry_after` gets its error returned at once instead.
+///
+/// ```
+/// use std::time::Duration;
+/// use workflow_llm::RetryPolicy;
+/// let p = RetryPolicy::default();
+/// assert_eq!(p.backoff(1), Duration::from_millis(500));
+/// assert_eq!(p.backoff(2), Duration::from_secs(1));
+/// assert_eq!(p.backoff(30), p.max_backoff);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0: never retry).
+    pub max_retries: u32,
+    /// The wait before the first retry.
+    pub initial_backoff: Duration,
+    /// The longest computed wait.
+    pub max_backoff: Duration,
+    /// The longest server-requested wait the client accepts.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 2,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(8),
+            max_retry_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Never retry.
+    pub fn none() -> RetryPolicy {
+        RetryPolicy {
+            max_retries: 0,
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// The computed wait before retry number `retry` (1-based).
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(retry.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.initial_backoff
+            .checked_mul(factor)
+            .unwrap_or(self.max_backoff)
+            .min(self.max_backoff)
+    }
+}
+
+/// A client for any server that speaks OpenAI's `/chat/completions`.
+///
+/// Configure it from the environment with [`OpenAiClient::from_env`], or by hand:
+///
+/// ```
+/// use std::time::Duration;
+/// use workflow_llm::{Llm, OpenAiClient, RetryPolicy};
+///
+/// let llm = OpenAiClient::new("http://127.0.0.1:11434/v1", "llama3.2")
+///     .unwrap()
+///     .timeout(Duration::from_secs(120))
+///     .retry(RetryPolicy::none());
+/// assert_eq!(llm.model(), "llama3.2");
+/// ```
+///
+/// Plain `http://` works out of the box; `https://` needs the crate's `tls` feature.
+#[derive(Debug, Clone)]
+pub struct OpenAiClient {
+    endpoint: Endpoint,
+    api_key: Option<String>,
+    model: String,
+    timeout: Duration,
+    connect_timeout: Duration,
+    retry: RetryPolicy,
+}
+
+impl OpenAiClient {
+    /// A client for the API at `base_url` (up to and including `/v1`), asking `model`.
+    ///
+    /// # Errors
+    /// [`LlmError::Config`] when the URL is not `http(s)://host[:port][/path]`, or is https
+    /// without the `tls` feature.
+    pub fn new(base_url: &str, model: impl Into<String>) -> Result<OpenAiClient> {
+        Ok(OpenAiClient {
+            endpoint: Endpoint::parse(base_url)?,
+            api_key: None,
+            model: model.into(),
+            timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// A client configured by the environment: `OPENAI_BASE_URL` (default
+    /// [`DEFAULT_BASE_URL`]), `OPENAI_API_KEY` (optional: local servers need none),
+    /// `OPENAI_MODEL` (default [`DEFAULT_MODEL`]), `OPENAI_TIMEOUT_SECS` (default 120).
+    ///
+    /// # Errors
+    /// See [`OpenAiClient::new`]; also a timeout that is not a number.
+    pub fn from_env() -> Result<OpenAiClient> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let base = var("OPENAI_BASE_URL").unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+        let model = var("OPENAI_MODEL").unwrap_or_else(|| DEFAULT_MODEL.to_string());
+        let mut client = OpenAiClient::new(base.trim(), model.trim())?;
+        client.api_key = var("OPENAI_API_KEY").map(|k| k.trim().to_string());
+        if let Some(secs) = var("OPENAI_TIMEOUT_SECS") {
+            let secs: f64 = secs.trim().parse().map_err(|_| {
+                LlmError::Config(format!("OPENAI_TIMEOUT_SECS=`{secs}` is not a number"))
+            })?;
+            client.timeout = Duration::from_secs_f64(secs);
+        }
+        Ok(client)
+    }
+
+    /// Sends `Authorization: Bearer <key>`.
+    pub fn api_key(mut self, key: impl Into<String>) -> OpenAiClient {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// The time limit of one attempt: for `chat`, the whole answer; for `chat_stream`, the
+    /// response head and then each gap between two pieces of the stream.
+    pub fn timeout(mut self, limit: Duration) -> OpenAiClient {
+        self.timeout = limit;
+        self
+    }
+
+    /// The time limit for opening a connection.
+    pub fn connect_timeout(mut self, limit: Duration) -> OpenAiClient {
+        self.connect_timeout = limit;
+        self
+    }
+
+    /// How failed requests are retried.
+    pub fn retry(mut self, policy: RetryPolicy) -> OpenAiClient {
+        self.retry = policy;
+        self
+    }
+
+    /// The chat completions URL this client posts to.
+    pub fn url(&self) -> String {
+        self.endpoint.url("/chat/completions")
+    }
+
+    fn span(&self, request: &ChatRequest, stream: bool) -> Span {
+        let model = request.model.as_deref().unwrap_or(&self.model);
+        let span = telemetry::chat_span("openai", model, request, stream);
+        span.record("server.address", self.endpoint.host.as_str());
+        span.record("server.port", self.endpoint.port);
+        span
+    }
+
+    /// Sends the request, retrying per the policy; returns the successful response (its body
+    /// already read when `stream` is false).
+    async fn send(&self, body: Bytes, stream: bool) -> Result<Success> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (error, retry_after) = match self.attempt(body.clone(), stream).await {
+                Ok(success) => return Ok(success),
+                Err(failure) => failure,
+            };
+            let error = with_attempts(error, attempt);
+            if !error.is_retryable() || attempt > self.retry.max_retries {
+                return Err(error);
+            }
+            let wait = retry_after.unwrap_or_else(|| self.retry.backoff(attempt));
+            if wait > self.retry.max_retry_after {
+                return Err(error);
+            }
+            tracing::info!(attempt, ?wait, error = %error, "retrying the model call");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        body: Bytes,
+        stream: bool,
+    ) -> std::result::Result<Success, (LlmError, Option<Duration>)> {
+        let url = self.url();
+        let accept = if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        let request = self
+            .endpoint
+            .post("/chat/completions", self.api_key.as_deref(), accept, body)
+            .map_err(|e| (e, None))?;
+        let timeout = |url: String| LlmError::Timeout {
+            url,
+            timeout: self.timeout,
+            attempts: 1,
+        };
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let response = match tokio::time::timeout_at(
+            deadline,
+            http::send(&self.endpoint, request, self.connect_timeout),
+        )
+        .await
+        {
+            Err(_) => return Err((timeout(url), None)),
+            Ok(Err(source)) => {
+                return Err((
+                    LlmError::Transport {
+                        url,
+                        attempts: 1,
+                        source,
+                    },
+                    None,
+                ));
+            }
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        if status.is_success() && stream {
+            return Ok(Success::Stream(response.into_body()));
+        }
+        let body = match tokio::time::timeout_at(deadline, response.into_body().collect()).await {
+            Err(_) => return Err((timeout(url), None)),
+            Ok(Err(source)) => {
+                return Err((
+                    LlmError::Transport {
+                        url,
+                        attempts: 1,
+                        source: Box::new(source),
+                    },
+                    None,
+                ));
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+        if status.is_success() {
+            return Ok(Success::Full(body));
+        }
+        let text = String::from_utf8_lossy(&body);
+        let error = LlmError::Status {
+            status: status.as_u16(),
+            message: error_message(&text).unwrap_or_else(|| {
+                let reason = status.canonical_reason().unwrap_or("error");
+                if text.trim().is_empty() {
+                    format!("{reason} (empty body)")
+                } else {
+                    format!("{reason}: {}", excerpt(text.trim(), 500))
+                }
+            }),
+            body: excerpt(&text, 4096),
+            attempts: 1,
+        };
+        let retry_after = retry_after.filter(|_| is_retryable_status(status.as_u16()));
+        Err((error, retry_after))
+    }
+}
+
+enum Success {
+    Full(Bytes),
+    Stream(Incoming),
+}
+
+fn with_attempts(mut error: LlmError, n: u32) -> LlmError {
+    match &mut error {
+        LlmError::Status { attempts, .. }
+        | LlmError::Timeout { attempts, .. }
+        | LlmError::Transport { attempts, .. } => *attempts = n,
+        _ => {}
+    }
+    error
+}
+
+/// The server's requested wait: `retry-after-ms` (OpenAI), else `Retry-After` in seconds.
+/// (An HTTP-date `Retry-After` is not parsed; the computed backoff applies then.)
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let number = |name: &str| -> Option<f64> {
+        let value = headers
+            .get(name)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse::<f64>()
+            .ok()?;
+        (value.is_finite() && value >= 0.0).then_some(value)
+    };
+    if let Some(ms) = number("retry-after-ms") {
+        return Some(Duration::from_secs_f64(ms / 1000.0));
+    }
+    number("retry-after").map(Duration::from_secs_f64)
+}
+
+/// The message of an error body: `{"error": {"message": ..}}` (OpenAI, vLLM),
+/// `{"error": ".."}` (Ollama), `{"message": ..}`, `{"detail": ..}`.
+fn error_message(body: &str) -> Option<String> {
+    let value: Value = serde_json::from_str(body).ok()?;
+    let text = |v: &Value| v.as_str().map(str::to_string);
+    value
+        .get("error")
+        .and_then(|e| e.get("message").and_then(text).or_else(|| text(e)))
+        .or_else(|| value.get("message").and_then(text))
+        .or_else(|| value.get("detail").and_then(text))
+}
+
+/// The request body in OpenAI's wire format.
+pub(crate) fn wire_request(request: &ChatRequest, default_model: &str, stream: bool) -> Value {
+    let messages: Vec<Value> = request.messages.iter().map(wire_message).collect();
+    let mut body = json!({
+        "model": request.model.as_deref().unwrap_or(default_model),
+        "messages": messages,
+    });
+    let map = body.as_object_mut().expect("a JSON object");
+    if !request.tools.is_empty() {
+        let tools: Vec<Value> = request
+            .tools
+            .iter()
+            .map(|t| {
+                json!({"type": "function", "function": {
+                    "name": t.name, "description": t.description, "parameters": t.parameters,
+                }})
+            })
+            .collect();
+        map.insert("tools".into(), tools.into());
+    }
+    if let Some(choice) = &request.tool_choice {
+        let choice = match choice {
+            ToolChoice::Auto => json!("auto"),
+            ToolChoice::None => json!("none"),
+            ToolChoice::Required => json!("required"),
+            ToolChoice::Tool(name) => json!({"type": "function", "function": {"name": name}}),
+        };
+        map.insert("tool_choice".into(), choice);
+    }
+    if let Some(output) = &request.json_output {
+        map.insert(
+            "response_format".into(),
+            json!({"type": "json_schema", "json_schema": {
+                "name": output.name, "schema": output.schema, "strict": output.strict,
+            }}),
+        );
+    }
+    if let Some(t) = request.temperature {
+        map.insert("temperature".into(), json!(t));
+    }
+    if let Some(m) = request.max_tokens {
+        map.insert("max_tokens".into(), json!(m));
+    }
+    if stream {
+        map.insert("stream".into(), json!(true));
+        map.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    body
+}
+
+fn wire_message(message: &Message) -> Value {
+    let role = match message.role {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    };
+    let mut m = json!({"role": role, "content": message.content});
+    let map = m.as_object_mut().expect("a JSON object");
+    if !message.tool_calls.is_empty() {
+        if message.content.is_empty() {
+            map.insert("content".into(), Value::Null);
+        }
+        let calls: Vec<Value> = message
+            .tool_calls
+            .iter()
+            .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+            .collect();
+        map.insert("tool_calls".into(), calls.into());
+    }
+    if let Some(id) = &message.tool_call_id {
+        map.insert("tool_call_id".into(), json!(id));
+    }
+    m
+}
+
+#[derive(Deserialize)]
+struct WireResponse {
+    #[serde(default)]
+    model: Option<String>,
+    choices: Vec<WireChoice>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice {
+    message: WireMessage,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    refusal: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<WireToolCall>>,
+}
+
+#[derive(Deserialize)]
+struct WireToolCall {
+    #[serde(default)]
+    id: Option<String>,
+    function: WireFunction,
+}
+
+#[derive(Deserialize)]
+struct WireFunction {
+    name: String,
+    /// A JSON string per the spec; some servers send the object itself.
+    #[serde(default)]
+    arguments: Option<Value>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u32,
+    #[serde(default)]
+    completion_tokens: u32,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(u: WireUsage) -> Usage {
+        Usage {
+            input_tokens: u.prompt_tokens,
+            output_tokens: u.completion_tokens,
+        }
+    }
+}
+
+fn arguments_text(arguments: Option<Value>) -> String {
+    match arguments {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s,
+        Some(other) => other.to_string(),
+    }
+}
+
+fn malformed(reason: impl Into<String>, body: &[u8]) -> LlmError {
+    LlmError::Malformed {
+        reason: reason.into(),
+        excerpt: excerpt(&String::from_utf8_lossy(body), 300),
+    }
+}
+
+pub(crate) fn parse_response(body: &[u8]) -> Result<ChatResponse> {
+    let wire: WireResponse = serde_json::from_slice(body)
+        .map_err(|e| malformed(format!("not a chat completion ({e})"), body))?;
+    let choice = wire
+        .choices
+        .into_iter()
+        .next()
+        .ok_or_else(|| malformed("the answer has no choices", body))?;
+    let calls = choice
+        .message
+        .tool_calls
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| ToolCall {
+            id: c.id.unwrap_or_else(|| format!("call_{i}")),
+            name: c.function.name,
+            arguments: arguments_text(c.function.arguments),
+        })
+        .collect();
+    let content = choice
+        .message
+        .content
+        .or(choice.message.refusal)
+        .unwrap_or_default();
+    Ok(ChatResponse {
+        message: Message::assistant_tool_calls(content, calls),
+        usage: wire.usage.map(Usage::from),
+        finish_reason: choice.finish_reason.as_deref().map(FinishReason::parse),
+        model: wire.model.unwrap_or_default(),
+    })
+}
+
+#[derive(Deserialize)]
+struct WireChunk {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    choices: Option<Vec<WireDeltaChoice>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireDeltaChoice {
+    #[serde(default)]
+    delta: Option<WireDelta>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireDelta {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<WireToolDelta>>,
+}
+
+#[derive(Deserialize)]
+struct WireToolDelta {
+    #[serde(default)]
+    index: Option<usize>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<WireFunctionDelta>,
+}
+
+#[derive(Deserialize)]
+struct WireFunctionDelta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<Value>,
+}
+
+/// Reads an SSE chat completion stream into [`StreamEvent`]s.
+struct StreamState {
+    body: Incoming,
+    parser: SseParser,
+    assembler: Assembler,
+    pending: VecDeque<StreamEvent>,
+    idle: Duration,
+    url: String,
+    done: bool,
+    span: Span,
+}
+
+impl StreamState {
+    /// Handles one SSE data payload.
+    fn data(&mut self, data: &str) -> Result<()> {
+        if data.trim() == "[DONE]" {
+            self.finish();
+            return Ok(());
+        }
+        let chunk: WireChunk = serde_json::from_str(data).map_err(|e| {
+            malformed(
+                format!("a stream chunk is not JSON of the expected shape ({e})"),
+                data.as_bytes(),
+            )
+        })?;
+        if let Some(error) = chunk.error {
+            let message = error
+                .get("message")
+                .and_then(Value::as_str)
+                .map_or_else(|| error.to_string(), str::to_string);
+            return Err(LlmError::Stream { message });
+        }
+        if let Some(model) = chunk.model.filter(|m| !m.is_empty()) {
+            self.assembler.model = model;
+        }
+        if let Some(usage) = chunk.usage {
+            self.assembler.usage = Some(usage.into());
+        }
+        for choice in chunk.choices.unwrap_or_default() {
+            if let Some(reason) = choice.finish_reason {
+                self.assembler.finish_reason = Some(FinishReason::parse(&reason));
+            }
+            let Some(delta) = choice.delta else { continue };
+            if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+                self.emit(StreamEvent::Text(text));
+            }
+            for (position, call) in delta.tool_calls.unwrap_or_default().into_iter().enumerate() {
+                let function = call.function;
+                let (name, arguments) = match function {
+                    Some(f) => (f.name, arguments_text(f.arguments)),
+                    None => (None, String::new()),
+                };
+                self.emit(StreamEvent::ToolCallDelta {
+                    index: call.index.unwrap_or(position),
+                    id: call.id,
+                    name,
+                    arguments,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, event: StreamEvent) {
+        self.assembler.push(&event);
+        self.pending.push_back(event);
+    }
+
+    fn finish(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let answer = std::mem::take(&mut self.assembler).finish();
+        telemetry::record_response(&self.span, &answer);
+        self.pending.push_back(StreamEvent::Done(answer));
+    }
+
+    /// The next event, reading more of the body when none is pending.
+    async fn next(&mut self) -> Option<Result<StreamEvent>> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(Ok(event));
+            }
+            if self.done {
+                return None;
+            }
+            let frame = match tokio::time::timeout(self.idle, self.body.frame()).await {
+                Err(_) => {
+                    return Some(Err(LlmError::Timeout {
+                        url: self.url.clone(),
+                        timeout: self.idle,
+                        attempts: 1,
+                    }));
+                }
+                Ok(frame) => frame,
+            };
+            let mut payloads = Vec::new();
+            match frame {
+                Some(Ok(frame)) => {
+                    if let Some(bytes) = frame.data_ref() {
+                        self.parser.push(bytes, &mut payloads);
+                    }
+                }
+                Some(Err(source)) => {
+                    return Some(Err(LlmError::Transport {
+                        url: self.url.clone(),
+                        attempts: 1,
+                        source: Box::new(source),
+                    }));
+                }
+                None => {
+                    self.parser.finish(&mut payloads);
+                    for data in &payloads {
+                        if let Err(e) = self.data(data) {
+                            return Some(Err(e));
+                        }
+                    }
+                    if !self.done {
+                        if self.assembler.finish_reason.is_some() {
+                            // Lenient: the server closed after the last chunk without `[DONE]`.
+                            self.finish();
+                        } else {
+                            return Some(Err(LlmError::Malformed {
+                                reason:
+                                    "the stream ended before the answer was complete (no `[DONE]`)"
+                                        .into(),
+                                excerpt: String::new(),
+                            }));
+                        }
+                    }
+                    continue;
+                }
+            }
+            for data in &payloads {
+                if let Err(e) = self.data(data) {
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+impl Llm for OpenAiClient {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn chat(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatResponse>> {
+        let span = self.span(&request, false);
+        let body = Bytes::from(wire_request(&request, &self.model, false).to_string());
+        let traced = span.clone();
+        Box::pin(
+            async move {
+                let result = match self.send(body, false).await {
+                    Ok(Success::Full(bytes)) => parse_response(&bytes),
+                    Ok(Success::Stream(_)) => {
+                        unreachable!("a non-streaming request reads its body")
+                    }
+                    Err(e) => Err(e),
+                };
+                match &result {
+                    Ok(answer) => telemetry::record_response(&traced, answer),
+                    Err(error) => telemetry::record_error(&traced, error),
+                }
+                result
+            }
+            .instrument(span),
+        )
+    }
+
+    fn chat_stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream>> {
+        let span = self.span(&request, true);
+        let body = Bytes::from(wire_request(&request, &self.model, true).to_string());
+        let traced = span.clone();
+        Box::pin(
+            async move {
+                let body = match self.send(body, true).await {
+                    Ok(Success::Stream(body)) => body,
+                    Ok(Success::Full(_)) => unreachable!("a streaming request keeps its body"),
+                    Err(error) => {
+                        telemetry::record_error(&traced, &error);
+                        return Err(error);
+                    }
+                };
+                let state = StreamState {
+                    body,
+                    parser: SseParser::default(),
+                    assembler: Assembler::default(),
+                    pending: VecDeque::new(),
+                    idle: self.timeout,
+                    url: self.url(),
+                    done: false,
+                    span: traced,
+                };
+                let stream = futures_util::stream::unfold(state, |mut state| async move {
+                    let span = state.span.clone();
+                    let item = state.next().instrument(span.clone()).await;
+                    if let Some(Err(error)) = &item {
+                        telemetry::record_error(&span, error);
+                        state.done = true;
+                        state.pending.clear();
+                    }
+                    item.map(|item| (item, state))
+                });
+                Ok(ChatStream::new(stream))
+            }
+            .instrument(span),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::ToolSpec;
+
+    #[test]
+    fn the_request_body_follows_the_wire_format() {
+        let request = ChatRequest::user("weather?")
+            .system("be brief")
+            .message(Message::assistant_tool_calls(
+                "",
+                vec![ToolCall::new("c1", "weather", "{}")],
+            ))
+            .message(Message::tool_result("c1", "sunny"))
+            .tool(ToolSpec {
+                name: "weather".into(),
+                description: "the weather".into(),
+                parameters: json!({"type": "object"}),
+            })
+            .tool_choice(ToolChoice::Tool("weather".into()))
+            .json_output("answer", json!({"type": "object"}))
+            .max_tokens(9);
+        let body = wire_request(&request, "m", true);
+        assert_eq!(body["model"], "m");
+        assert_eq!(
+            body["messages"][0],
+            json!({"role": "system", "content": "be brief"})
+        );
+        assert_eq!(
+            body["messages"][2],
+            json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]})
+        );
+        assert_eq!(
+            body["messages"][3],
+            json!({"role": "tool", "content": "sunny", "tool_call_id": "c1"})
+        );
+        assert_eq!(body["tools"][0]["function"]["name"], "weather");
+        assert_eq!(body["tool_choice"]["function"]["name"], "weather");
+        assert_eq!(body["response_format"]["json_schema"]["name"], "answer");
+        assert_eq!(body["max_tokens"], 9);
+        assert_eq!(body["stream_options"]["include_usage"], true);
+        assert!(body.get("temperature").is_none());
+    }
+
+    #[test]
+    fn error_messages_are_found_in_common_shapes() {
+        assert_eq!(
+            error_message(r#"{"error":{"message":"bad key","type":"auth"}}"#).as_deref(),
+            Some("bad key")
+        );
+        assert_eq!(
+            error_message(r#"{"error":"model not found"}"#).as_deref(),
+            Some("model not found")
+        );
+        assert_eq!(
+            error_message(r#"{"detail":"nope"}"#).as_deref(),
+            Some("nope")
+        );
+        assert_eq!(error_message("<html>"), None);
+    }
+
+    #[test]
+    fn object_arguments_are_accepted() {
+        let body = br#"{"choices":[{"message":{"content":null,"tool_calls":[{"function":{"name":"f","arguments":{"a":1}}}]},"finish_reason":"tool_calls"}]}"#;
+        let answer = parse_response(body).unwrap();
+        assert_eq!(answer.calls(), [ToolCall::new("call_0", "f", r#"{"a":1}"#)]);
+        assert_eq!(answer.finish_reason, Some(FinishReason::ToolCalls));
+    }
+}

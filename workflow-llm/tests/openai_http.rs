@@ -1,0 +1,586 @@
+//! The OpenAI-compatible client against a real HTTP server on 127.0.0.1 (see `common`).
+
+mod common;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use common::{Reply, Server, completion, text_chunk};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use workflow_llm::schema::{JsonSchema, ObjectSchema};
+use workflow_llm::{
+    ChatRequest, FinishReason, Llm, LlmError, LlmExt, OpenAiClient, RetryPolicy, StreamEvent,
+    ToolCall, ToolSpec, Usage,
+};
+
+/// Every test is bounded in time: a hang is a failure, not a stuck CI job.
+async fn bounded<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(15), f)
+        .await
+        .expect("the test took longer than 15 s")
+}
+
+fn client(server: &Server) -> OpenAiClient {
+    OpenAiClient::new(&server.base_url(), "test-model")
+        .unwrap()
+        .api_key("test-key")
+        .timeout(Duration::from_secs(5))
+        .retry(RetryPolicy {
+            max_retries: 2,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+            max_retry_after: Duration::from_secs(5),
+        })
+}
+
+#[tokio::test]
+async fn plain_chat_sends_the_wire_format_and_reads_the_answer() {
+    bounded(async {
+        let server = Server::start(vec![Reply::json(200, completion("Paris."))]).await;
+        let answer = client(&server)
+            .chat(ChatRequest::user("Capital of France?").system("Be brief.").temperature(0.0))
+            .await
+            .unwrap();
+        assert_eq!(answer.content(), "Paris.");
+        assert_eq!(answer.model, "test-model-0613");
+        assert_eq!(answer.finish_reason, Some(FinishReason::Stop));
+        assert_eq!(answer.usage, Some(Usage { input_tokens: 12, output_tokens: 5 }));
+
+        let sent = &server.received()[0];
+        assert_eq!((sent.method.as_str(), sent.path.as_str()), ("POST", "/v1/chat/completions"));
+        assert_eq!(sent.header("authorization"), Some("Bearer test-key"));
+        assert_eq!(sent.header("content-type"), Some("application/json"));
+        assert_eq!(sent.body["model"], "test-model");
+        assert_eq!(sent.body["temperature"], 0.0);
+        assert_eq!(
+            sent.body["messages"],
+            json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}])
+        );
+        assert!(sent.body.get("stream").is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn streamed_chat_yields_tokens_then_the_assembled_answer_with_usage() {
+    bounded(async {
+        let pieces = vec![
+            format!(
+                "data: {}\n\n",
+                json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+            ),
+            format!("data: {}\n\n", text_chunk("Hel")),
+            // One chunk split across two TCP writes, and a keep-alive comment.
+            format!("data: {}", text_chunk("lo, ")),
+            "\n\n: ping\n\n".to_string(),
+            format!("data: {}\n\n", text_chunk("world")),
+            format!(
+                "data: {}\n\n",
+                json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            ),
+            format!(
+                "data: {}\n\n",
+                json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}})
+            ),
+            "data: [DONE]\n\n".to_string(),
+        ];
+        let server = Server::start(vec![Reply::Sse {
+            pieces,
+            gap: Duration::from_millis(5),
+        }])
+        .await;
+        let mut stream = client(&server)
+            .chat_stream(ChatRequest::user("hi"))
+            .await
+            .unwrap();
+        let mut deltas = Vec::new();
+        let mut done = None;
+        while let Some(event) = stream.next().await {
+            match event.unwrap() {
+                StreamEvent::Text(t) => deltas.push(t),
+                StreamEvent::Done(answer) => done = Some(answer),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(deltas, ["Hel", "lo, ", "world"]);
+        let answer = done.expect("the stream ends with the answer");
+        assert_eq!(answer.content(), "Hello, world");
+        assert_eq!(
+            answer.usage,
+            Some(Usage {
+                input_tokens: 3,
+                output_tokens: 4
+            })
+        );
+        assert_eq!(answer.finish_reason, Some(FinishReason::Stop));
+        assert_eq!(answer.model, "test-model-0613");
+
+        let sent = &server.received()[0];
+        assert_eq!(sent.body["stream"], true);
+        assert_eq!(sent.body["stream_options"]["include_usage"], true);
+        assert_eq!(sent.header("accept"), Some("text/event-stream"));
+    })
+    .await;
+}
+
+fn weather_tool() -> ToolSpec {
+    ToolSpec {
+        name: "get_weather".into(),
+        description: "Current weather".into(),
+        parameters: ObjectSchema::new().field::<String>("city", "").build(),
+    }
+}
+
+#[tokio::test]
+async fn parallel_tool_calls_are_parsed() {
+    bounded(async {
+        let body = json!({"model": "m", "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}},
+                {"id": "call_b", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Rome\"}"}}
+            ]}}]});
+        let server = Server::start(vec![Reply::json(200, body)]).await;
+        let answer = client(&server)
+            .chat(ChatRequest::user("Weather in Oslo and Rome?").tool(weather_tool()))
+            .await
+            .unwrap();
+        assert_eq!(answer.content(), "");
+        assert_eq!(answer.finish_reason, Some(FinishReason::ToolCalls));
+        assert_eq!(
+            answer.calls(),
+            [
+                ToolCall::new("call_a", "get_weather", r#"{"city":"Oslo"}"#),
+                ToolCall::new("call_b", "get_weather", r#"{"city":"Rome"}"#),
+            ]
+        );
+        let sent = &server.received()[0];
+        assert_eq!(sent.body["tools"][0]["type"], "function");
+        assert_eq!(sent.body["tools"][0]["function"]["parameters"]["required"], json!(["city"]));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn streamed_tool_call_deltas_are_assembled() {
+    bounded(async {
+        let call = |index: u32, id: Option<&str>, name: Option<&str>, args: &str| {
+            let mut function = json!({"arguments": args});
+            if let Some(name) = name {
+                function["name"] = json!(name);
+            }
+            let mut delta = json!({"index": index, "function": function});
+            if let Some(id) = id {
+                delta["id"] = json!(id);
+                delta["type"] = json!("function");
+            }
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [delta]}, "finish_reason": null}]})
+        };
+        let server = Server::start(vec![Reply::sse(&[
+            call(0, Some("call_a"), Some("get_weather"), ""),
+            call(0, None, None, "{\"ci"),
+            call(1, Some("call_b"), Some("get_weather"), "{\"city\""),
+            call(0, None, None, "ty\": \"Oslo\"}"),
+            call(1, None, None, ": \"Rome\"}"),
+            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+        ])])
+        .await;
+        let stream = client(&server)
+            .chat_stream(ChatRequest::user("Weather?").tool(weather_tool()))
+            .await
+            .unwrap();
+        let events: Vec<StreamEvent> = stream.map(Result::unwrap).collect().await;
+        let fragments = events.iter().filter(|e| matches!(e, StreamEvent::ToolCallDelta { .. })).count();
+        assert_eq!(fragments, 5);
+        let Some(StreamEvent::Done(answer)) = events.last() else { panic!("no final answer") };
+        assert_eq!(
+            answer.calls(),
+            [
+                ToolCall::new("call_a", "get_weather", r#"{"city": "Oslo"}"#),
+                ToolCall::new("call_b", "get_weather", r#"{"city": "Rome"}"#),
+            ]
+        );
+        assert_eq!(answer.finish_reason, Some(FinishReason::ToolCalls));
+    })
+    .await;
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+struct Capital {
+    country: String,
+    city: String,
+    population_millions: f64,
+}
+
+impl JsonSchema for Capital {
+    fn json_schema() -> serde_json::Value {
+        ObjectSchema::new()
+            .field::<String>("country", "")
+            .field::<String>("city", "")
+            .field::<f64>("population_millions", "")
+            .build()
+    }
+}
+
+#[tokio::test]
+async fn structured_output_sends_the_schema_and_validates_the_answer() {
+    bounded(async {
+        let server = Server::start(vec![
+            Reply::json(200, completion(r#"{"country": "France", "city": "Paris", "population_millions": 2.1}"#)),
+            Reply::json(200, completion(r#"{"country": "France", "city": 75}"#)),
+        ])
+        .await;
+        let llm = client(&server);
+        let capital: Capital = llm.structured(ChatRequest::user("Capital of France?")).await.unwrap();
+        assert_eq!(
+            capital,
+            Capital { country: "France".into(), city: "Paris".into(), population_millions: 2.1 }
+        );
+        let format = &server.received()[0].body["response_format"];
+        assert_eq!(format["type"], "json_schema");
+        assert_eq!(format["json_schema"]["name"], "Capital");
+        assert_eq!(format["json_schema"]["schema"]["required"], json!(["country", "city", "population_millions"]));
+
+        let err = llm.structured::<Capital>(ChatRequest::user("again")).await.unwrap_err();
+        let LlmError::InvalidOutput { reason, content } = err else { panic!("expected InvalidOutput, got {err:?}") };
+        assert_eq!(reason, "$: missing required property `population_millions`; $.city: expected string, found integer 75");
+        assert_eq!(content, r#"{"country": "France", "city": 75}"#);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_429_is_retried_after_the_servers_retry_after() {
+    bounded(async {
+        let server = Server::start(vec![
+            Reply::json(
+                429,
+                json!({"error": {"message": "Rate limit reached", "type": "requests"}}),
+            )
+            .with_header("retry-after", "1"),
+            Reply::json(200, completion("finally")),
+        ])
+        .await;
+        let started = Instant::now();
+        let answer = client(&server).chat(ChatRequest::user("hi")).await.unwrap();
+        assert_eq!(answer.content(), "finally");
+        assert_eq!(server.received().len(), 2);
+        // The computed backoff is 10 ms: waiting a second means `Retry-After` was honoured.
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "waited only {:?}",
+            started.elapsed()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn retry_after_ms_wins_and_exhausted_retries_report_the_server_message() {
+    bounded(async {
+        let limited = || {
+            Reply::json(429, json!({"error": {"message": "Rate limit reached"}}))
+                .with_header("retry-after-ms", "20")
+        };
+        let server = Server::start(vec![
+            limited(),
+            limited(),
+            limited(),
+            Reply::json(200, completion("never")),
+        ])
+        .await;
+        let err = client(&server)
+            .chat(ChatRequest::user("hi"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the server answered 429 after 3 attempt(s): Rate limit reached"
+        );
+        assert_eq!(err.status(), Some(429));
+        assert_eq!(server.received().len(), 3);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_retry_after_longer_than_the_policy_allows_fails_at_once() {
+    bounded(async {
+        let server = Server::start(vec![
+            Reply::json(429, json!({"error": {"message": "come back tomorrow"}}))
+                .with_header("retry-after", "86400"),
+        ])
+        .await;
+        let started = Instant::now();
+        let err = client(&server)
+            .chat(ChatRequest::user("hi"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LlmError::Status {
+                    status: 429,
+                    attempts: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_500_is_retried_with_backoff_then_succeeds() {
+    bounded(async {
+        let server = Server::start(vec![
+            Reply::Http {
+                status: 500,
+                headers: vec![],
+                body: "upstream exploded".into(),
+            },
+            Reply::json(200, completion("recovered")),
+        ])
+        .await;
+        let answer = client(&server).chat(ChatRequest::user("hi")).await.unwrap();
+        assert_eq!(answer.content(), "recovered");
+        assert_eq!(server.received().len(), 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_persistent_500_reports_status_and_body() {
+    bounded(async {
+        let server = Server::start(vec![Reply::Http {
+            status: 500,
+            headers: vec![],
+            body: "upstream exploded".into(),
+        }])
+        .await;
+        let err = client(&server)
+            .retry(RetryPolicy::none())
+            .chat(ChatRequest::user("hi"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the server answered 500 after 1 attempt(s): Internal Server Error: upstream exploded"
+        );
+        let LlmError::Status { body, .. } = &err else {
+            panic!()
+        };
+        assert_eq!(body, "upstream exploded");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_400_is_not_retried() {
+    bounded(async {
+        let server = Server::start(vec![
+            Reply::json(
+                400,
+                json!({"error": {"message": "Invalid schema for response_format"}}),
+            ),
+            Reply::json(200, completion("should not be asked")),
+        ])
+        .await;
+        let err = client(&server)
+            .chat(ChatRequest::user("hi"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the server answered 400 after 1 attempt(s): Invalid schema for response_format"
+        );
+        assert!(!err.is_retryable());
+        assert_eq!(server.received().len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_silent_server_times_out() {
+    bounded(async {
+        let server = Server::start(vec![
+            Reply::Silence(Duration::from_secs(30)),
+            Reply::Silence(Duration::from_secs(30)),
+        ])
+        .await;
+        let started = Instant::now();
+        let err = client(&server)
+            .timeout(Duration::from_millis(200))
+            .retry(RetryPolicy {
+                max_retries: 1,
+                initial_backoff: Duration::from_millis(10),
+                ..RetryPolicy::default()
+            })
+            .chat(ChatRequest::user("hi"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, LlmError::Timeout { attempts: 2, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("within 200ms"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert_eq!(server.received().len(), 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stream_that_stalls_times_out_after_its_first_tokens() {
+    bounded(async {
+        let pieces = vec![
+            format!("data: {}\n\n", text_chunk("partial")),
+            "data: [DONE]\n\n".into(),
+        ];
+        let server = Server::start(vec![Reply::Sse {
+            pieces,
+            gap: Duration::from_secs(30),
+        }])
+        .await;
+        let mut stream = client(&server)
+            .timeout(Duration::from_millis(200))
+            .chat_stream(ChatRequest::user("hi"))
+            .await
+            .unwrap();
+        assert_eq!(
+            stream.next().await.unwrap().unwrap(),
+            StreamEvent::Text("partial".into())
+        );
+        let err = stream.next().await.unwrap().unwrap_err();
+        assert!(matches!(err, LlmError::Timeout { .. }), "{err:?}");
+        assert!(
+            stream.next().await.is_none(),
+            "the stream ends after its error"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_answers_say_what_the_server_sent() {
+    bounded(async {
+        let server = Server::start(vec![
+            Reply::Http {
+                status: 200,
+                headers: vec![],
+                body: "<html>gateway</html>".into(),
+            },
+            Reply::json(200, json!({"id": "x", "choices": []})),
+            Reply::Raw("this is not http\r\n\r\n".into()),
+        ])
+        .await;
+        let llm = client(&server).retry(RetryPolicy::none());
+        let err = llm.chat(ChatRequest::user("1")).await.unwrap_err();
+        let LlmError::Malformed { reason, excerpt } = &err else {
+            panic!("{err:?}")
+        };
+        assert!(reason.starts_with("not a chat completion"), "{reason}");
+        assert_eq!(excerpt, "<html>gateway</html>");
+
+        let err = llm.chat(ChatRequest::user("2")).await.unwrap_err();
+        assert!(
+            err.to_string().contains("the answer has no choices"),
+            "{err}"
+        );
+
+        let err = llm.chat(ChatRequest::user("3")).await.unwrap_err();
+        assert!(matches!(err, LlmError::Transport { .. }), "{err:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_streams_fail_instead_of_ending_quietly() {
+    bounded(async {
+        let server = Server::start(vec![
+            Reply::Sse {
+                pieces: vec![
+                    format!("data: {}\n\n", text_chunk("a")),
+                    "data: {not json\n\n".into(),
+                ],
+                gap: Duration::ZERO,
+            },
+            Reply::Sse {
+                pieces: vec![format!("data: {}\n\n", text_chunk("cut off"))],
+                gap: Duration::ZERO,
+            },
+            Reply::Sse {
+                pieces: vec![format!(
+                    "data: {}\n\n",
+                    json!({"error": {"message": "model overloaded"}})
+                )],
+                gap: Duration::ZERO,
+            },
+        ])
+        .await;
+        let llm = client(&server);
+
+        let err = llm
+            .chat_stream(ChatRequest::user("1"))
+            .await
+            .unwrap()
+            .into_response()
+            .await
+            .unwrap_err();
+        let LlmError::Malformed { reason, excerpt } = &err else {
+            panic!("{err:?}")
+        };
+        assert!(reason.starts_with("a stream chunk is not JSON"), "{reason}");
+        assert_eq!(excerpt, "{not json");
+
+        let err = llm
+            .chat_stream(ChatRequest::user("2"))
+            .await
+            .unwrap()
+            .into_response()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no `[DONE]`"), "{err}");
+
+        let err = llm
+            .chat_stream(ChatRequest::user("3"))
+            .await
+            .unwrap()
+            .into_response()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the server reported an error mid-stream: model overloaded"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_transport_error_naming_the_url() {
+    bounded(async {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let err = OpenAiClient::new(&format!("http://{addr}/v1"), "m")
+            .unwrap()
+            .retry(RetryPolicy::none())
+            .chat(ChatRequest::user("hi"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, LlmError::Transport { attempts: 1, .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("http://{addr}/v1/chat/completions")),
+            "{err}"
+        );
+    })
+    .await;
+}
