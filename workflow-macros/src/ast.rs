@@ -20,12 +20,17 @@ pub(crate) struct Step {
     pub(crate) accepts: Vec<Type>,
     /// The event types the step may emit: its return type unfolded, then `emits = [..]`.
     pub(crate) emits: Vec<Type>,
+    /// The return type's span (the name's, for `-> ()` left out), for rustc's errors on it.
+    pub(crate) output_span: Span,
     pub(crate) options: StepOptions,
 }
 
 /// The model of a `#[workflow]` impl block.
 pub(crate) struct Model {
     pub(crate) steps: Vec<Step>,
+    /// Some `#[step]` had a malformed signature (already reported) and is missing from `steps`,
+    /// so the whole-workflow rules (a start, a stop, any step at all) cannot be judged.
+    pub(crate) incomplete: bool,
 }
 
 /// Is `ty` a path whose last segment is `name` (`StartEvent`, `crate::StartEvent<T>`, ...)?
@@ -64,6 +69,7 @@ pub(crate) fn type_span(ty: &Type) -> Span {
 /// Removes the `#[step]` attributes of `item` and returns the model of its steps.
 pub(crate) fn parse(item: &mut ItemImpl, errors: &mut Errors) -> Model {
     let mut steps = Vec::new();
+    let mut incomplete = false;
     for impl_item in &mut item.items {
         let ImplItem::Fn(method) = impl_item else {
             continue;
@@ -84,11 +90,12 @@ pub(crate) fn parse(item: &mut ItemImpl, errors: &mut Errors) -> Model {
             errors.add(extra.span(), "`#[step]` is given twice on one method");
         }
         let options = parse_step_options(attr, errors);
-        if let Some(step) = parse_step(&method.sig, options, errors) {
-            steps.push(step);
+        match parse_step(&method.sig, options, errors) {
+            Some(step) => steps.push(step),
+            None => incomplete = true,
         }
     }
-    Model { steps }
+    Model { steps, incomplete }
 }
 
 fn parse_step(sig: &syn::Signature, mut options: StepOptions, errors: &mut Errors) -> Option<Step> {
@@ -115,8 +122,12 @@ fn parse_step(sig: &syn::Signature, mut options: StepOptions, errors: &mut Error
         match arg {
             FnArg::Receiver(receiver) => {
                 if receiver.reference.is_none() || receiver.mutability.is_some() {
+                    // On `mut` of `&mut self`, on `self` of `self`: the token to change.
+                    let span = receiver
+                        .mutability
+                        .map_or(receiver.self_token.span, |token| token.span);
                     errors.add(
-                        receiver.span(),
+                        span,
                         "a step takes `&self`: steps of one run may execute concurrently",
                     );
                     ok = false;
@@ -144,6 +155,8 @@ fn parse_step(sig: &syn::Signature, mut options: StepOptions, errors: &mut Error
                         "a step takes its event by value: remove the `&`",
                     );
                     ok = false;
+                    // Still the event parameter: no follow-on "no event parameter" error.
+                    event = Some((position, (*reference.elem).clone()));
                 } else {
                     event = Some((position, ty.clone()));
                 }
@@ -183,6 +196,10 @@ fn parse_step(sig: &syn::Signature, mut options: StepOptions, errors: &mut Error
         input,
         accepts,
         emits,
+        output_span: match &sig.output {
+            ReturnType::Default => sig.ident.span(),
+            ReturnType::Type(_, ty) => ty.span(),
+        },
         options,
     })
 }

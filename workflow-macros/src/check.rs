@@ -25,8 +25,12 @@ pub(crate) fn check<'a>(item: &ItemImpl, model: &'a Model, errors: &mut Errors) 
             "`#[workflow]` does not support generic impl blocks yet",
         );
     }
+    // A step with a malformed signature is already reported and missing from the model: the
+    // whole-workflow rules would only add follow-on errors ("no step takes a `StartEvent`"
+    // when the broken step was the one taking it).
+    let whole = !model.incomplete;
     // Rejects `#[workflow] impl Flow { fn helper(&self) {} }` with no step at all.
-    if model.steps.is_empty() {
+    if whole && model.steps.is_empty() {
         errors.add(
             type_span(&item.self_ty),
             "`#[workflow]` impl has no `#[step]` methods: mark the workflow's async methods with `#[step]`",
@@ -49,14 +53,14 @@ pub(crate) fn check<'a>(item: &ItemImpl, model: &'a Model, errors: &mut Errors) 
         .filter(|ty| last_segment_is(ty, "StopEvent"))
         .collect();
     // Rejects a workflow where no step has `ev: StartEvent<_>`: nothing could ever run.
-    if starts.is_empty() {
+    if whole && starts.is_empty() {
         errors.add(
             type_span(&item.self_ty),
             "no step takes a `StartEvent`: a workflow needs one step whose event is `StartEvent<Input>`",
         );
     }
     // Rejects a workflow where no step returns `StopEvent<_>`: no run could ever finish.
-    if stops.is_empty() {
+    if whole && stops.is_empty() {
         errors.add(
             type_span(&item.self_ty),
             "no step returns a `StopEvent`: a workflow needs one step that can emit `StopEvent<Output>`",

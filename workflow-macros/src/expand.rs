@@ -94,7 +94,8 @@ fn generate(
         let accepts = step.accepts.iter().map(|ty| meta(&private, ty));
         let emits = step.emits.iter().map(|ty| meta(&private, ty));
         let workers = step.options.num_workers.unwrap_or(1);
-        let skip = step.options.skip_graph_checks;
+        // `#[workflow(skip_graph_checks)]` marks every step, so `Graph::validate` agrees.
+        let skip = step.options.skip_graph_checks || options.skip_graph_checks;
         quote! {
             #private::StepSpec {
                 name: #name,
@@ -146,7 +147,7 @@ fn generate(
         }
     });
 
-    let event_of = event_of_impls(&private, self_ty, model);
+    let event_of = event_of_impls(&private, self_ty, model, shape);
     let checks = graph_checks(&private, self_ty, options, model, shape);
 
     quote! {
@@ -282,27 +283,39 @@ fn invoke_arm(private: &TokenStream, index: usize, step: &Step) -> TokenStream {
     } else {
         quote!(Self::#ident(#(#args),*))
     };
+    // Spanned on the return type: "`String` cannot be returned by a step" points there.
+    let emit = quote_spanned!(step.output_span=> #private::emit(output));
     quote! {
         #index => {
             let event = match #private::take_input::<#input>(event) {
                 ::core::result::Result::Ok(event) => event,
                 ::core::result::Result::Err(error) => return ::core::result::Result::Err(error),
             };
-            #private::emit(#call.await)
+            let output = #call.await;
+            #emit
         }
     }
 }
 
-/// `impl EventOf<Flow> for E` for every event of the graph (but the start event), so that
-/// `ctx.send_event` only compiles for them. One impl per spelling's last segment: `Draft` and
-/// `crate::events::Draft` must not give two impls of one type.
-fn event_of_impls(private: &TokenStream, self_ty: &Type, model: &Model) -> Vec<TokenStream> {
+/// `impl EventOf<Flow> for E` for every event a step accepts, and the stop event, so that
+/// `ctx.send_event` only compiles for them (in a valid graph every other emitted event is
+/// accepted somewhere). Emitted-only spellings are left out, and only the first stop event is
+/// used, because two spellings of one type would give two impls (E0119): `Either<D, ..>` with
+/// `type D = Draft;` beside `ev: Draft`. One impl per spelling's last segment, so `Draft` and
+/// `crate::events::Draft` give one impl.
+fn event_of_impls(
+    private: &TokenStream,
+    self_ty: &Type,
+    model: &Model,
+    shape: &Shape<'_>,
+) -> Vec<TokenStream> {
     let mut seen = std::collections::HashSet::new();
     model
         .steps
         .iter()
-        .flat_map(|s| s.accepts.iter().chain(&s.emits))
+        .flat_map(|s| &s.accepts)
         .filter(|ty| !last_segment_is(ty, "StartEvent"))
+        .chain(shape.stops.first().copied())
         .filter(|ty| seen.insert(last_name(ty)))
         .map(|ty| {
             quote! {
@@ -351,10 +364,12 @@ fn graph_checks(
         });
     }
 
-    for step in &model.steps {
+    // The ids are read back from `GRAPH`, not as `<#ty as Event>::ID`: a type that is not an
+    // event is then reported once (where `GRAPH` names it), not once more per rule.
+    for (index, step) in model.steps.iter().enumerate() {
         let step_name = step.ident.to_string();
         // Rejects `async fn b(&self, ev: Orphan)` when no step returns `Orphan`.
-        for ty in &step.accepts {
+        for (slot, ty) in step.accepts.iter().enumerate() {
             if last_segment_is(ty, "StartEvent") || last_segment_is(ty, "StopEvent") {
                 continue;
             }
@@ -363,13 +378,13 @@ fn graph_checks(
                 type_name(ty)
             );
             checks.push(quote_spanned! {type_span(ty)=>
-                const _: () = if !#graph.is_produced(<#ty as #private::Event>::ID) {
+                const _: () = if !#graph.is_produced(#graph.steps[#index].accepts[#slot].id) {
                     ::core::panic!(#message)
                 };
             });
         }
         // Rejects `async fn a(..) -> Either<Unused, StopEvent<()>>` when no step takes `Unused`.
-        for ty in &step.emits {
+        for (slot, ty) in step.emits.iter().enumerate() {
             if last_segment_is(ty, "StopEvent") {
                 continue;
             }
@@ -378,7 +393,7 @@ fn graph_checks(
                 type_name(ty)
             );
             checks.push(quote_spanned! {type_span(ty)=>
-                const _: () = if !#graph.is_consumed(<#ty as #private::Event>::ID) {
+                const _: () = if !#graph.is_consumed(#graph.steps[#index].emits[#slot].id) {
                     ::core::panic!(#message)
                 };
             });
