@@ -115,23 +115,20 @@ struct Item(u64);
 #[derive(Debug, Clone, Event)]
 struct Doubled(u64);
 
-/// The collector's state (stand-in until the collect API lands).
+/// How many items the collector waits for, set by the start step (Python keeps it in the store).
 #[derive(Debug, Default)]
-struct Tally {
-    expected: u64,
-    got: u64,
-    sum: u64,
-}
+struct Expected(usize);
 
-/// Start sends `n` items; 8 workers double them; a collector sums all `n` and stops.
+/// Start sends `n` items; 8 workers double them; a collector fans all `n` in with
+/// `ctx.collect` and stops with the sum.
 struct FanOut;
 
-#[workflow(state = Tally)]
+#[workflow(state = Expected)]
 impl FanOut {
     #[step(emits = [Item])]
     async fn start(&self, ctx: &Context<Self>, ev: StartEvent<u64>) {
         let n = ev.0;
-        ctx.update_state(|s| s.expected = n);
+        ctx.update_state(|s| s.0 = n as usize);
         for i in 0..n {
             ctx.send_event(Item(i));
         }
@@ -142,11 +139,9 @@ impl FanOut {
     }
     #[step]
     async fn gather(&self, ctx: &Context<Self>, ev: Doubled) -> Option<StopEvent<u64>> {
-        ctx.update_state(|s| {
-            s.got += 1;
-            s.sum += ev.0;
-            (s.got == s.expected).then_some(StopEvent(s.sum))
-        })
+        let expected = ctx.update_state(|s| s.0);
+        let all = ctx.collect(ev, expected)?;
+        Some(StopEvent(all.iter().map(|d| d.0).sum()))
     }
 }
 

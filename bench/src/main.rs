@@ -4,12 +4,13 @@
 //!
 //! ```text
 //! workflow-bench [all|chain|loop|fanout|concurrent|memory] [--scale tiny|small|full]
-//!                [--reps N] [--fan N] [--runtime multi|current] [--profile]
+//!                [--reps N] [--fan N] [--runtime multi|current] [--profile IMPL]
 //! ```
 //!
 //! Prints one JSON line per scenario and implementation, then one ratio line per scenario.
 //! Every scenario checks its results and the program exits with status 1 on a wrong one.
-//! `--profile` runs the framework side of the chosen scenario once, untimed (for callgrind).
+//! `--profile framework|handwritten|handwritten_1task` runs one implementation of the chosen
+//! scenario once, untimed and unprinted (for callgrind or DHAT; see `docs/benchmarks.md`).
 
 mod alloc;
 mod framework;
@@ -292,7 +293,7 @@ struct Args {
     which: String,
     plan: Plan,
     multi_thread: bool,
-    profile: bool,
+    profile: Option<Impl>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -300,7 +301,7 @@ fn parse_args() -> Result<Args, String> {
     let mut scale = "small".to_string();
     let (mut reps, mut fan) = (None, None);
     let mut multi_thread = true;
-    let mut profile = false;
+    let mut profile = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -321,12 +322,20 @@ fn parse_args() -> Result<Args, String> {
                     other => return Err(format!("--runtime multi|current, not {other}")),
                 }
             }
-            "--profile" => profile = true,
+            "--profile" => {
+                let name = value("--profile")?;
+                profile = Some(
+                    Impl::ALL
+                        .into_iter()
+                        .find(|i| i.name() == name)
+                        .ok_or(format!("--profile {name}: not an implementation"))?,
+                );
+            }
             "-h" | "--help" => {
                 return Err(
                     "usage: workflow-bench [all|chain|loop|fanout|concurrent|memory] \
                      [--scale tiny|small|full] [--reps N] [--fan N] [--runtime multi|current] \
-                     [--profile]"
+                     [--profile framework|handwritten|handwritten_1task]"
                         .into(),
                 );
             }
@@ -358,21 +367,26 @@ async fn run(args: &Args) -> Check {
         ("fanout", Scenario::FanOut),
         ("concurrent", Scenario::Concurrent),
     ];
-    if args.profile {
+    if let Some(imp) = args.profile {
         for (name, scenario) in scenarios {
             if args.which == name {
-                return scenario.run(Impl::Framework, &args.plan).await;
+                return scenario.run(imp, &args.plan).await;
             }
         }
-        return framework::parked(args.plan.parked).await.map(drop);
+        return match imp {
+            Impl::Framework => framework::parked(args.plan.parked).await.map(drop),
+            Impl::Hand(_) => handwritten::parked(args.plan.parked).await.map(drop),
+        };
+    }
+    // Memory first: before the other scenarios have grown the heap, so that the resident
+    // memory growth it reports (a cross-check of the counted bytes) is not hidden by reuse.
+    if args.which == "all" || args.which == "memory" {
+        bench_memory(&args.plan).await?;
     }
     for (name, scenario) in scenarios {
         if args.which == "all" || args.which == name {
             bench(scenario, &args.plan).await?;
         }
-    }
-    if args.which == "all" || args.which == "memory" {
-        bench_memory(&args.plan).await?;
     }
     Ok(())
 }
