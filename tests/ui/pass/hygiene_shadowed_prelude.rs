@@ -1,5 +1,6 @@
-// Guards hygiene: user types named `Result`, `Option`, `Box`, `Vec` and `Either` in scope, and
-// glob imports, never break the expansion (it only names `::core` and `::workflow_core::__private`).
+// Guards hygiene: user items named `Result` (an alias with one parameter), `Option`, `Box`,
+// `Vec`, `Some`, `Ok`, `Arc`, `Send`, `Future` in scope, and glob imports, never break the
+// expansion (it only names `::core` and `::workflow_core::__private`).
 
 #![allow(dead_code)]
 

@@ -58,4 +58,5 @@ fn main() {
     assert_eq!(rt.block_on(Island.run(7)).unwrap(), 7);
     assert_eq!(rt.block_on(Whole.run(8)).unwrap(), 8);
     assert!(Island::graph().validate().is_ok());
+    assert!(Whole::graph().validate().is_ok());
 }
