@@ -1,1 +1,442 @@
-//! agent
+//! A function-calling agent, written as a workflow: the model answers or asks for tools; the
+//! tools run in parallel; their results go back to the model; and so on until it answers, or
+//! until the iteration limit, which is an error, never a quiet half-answer.
+//!
+//! ```text
+//! StartEvent<String> ─► begin ─► ModelTurn ─► think ─┬─► StopEvent<AgentAnswer>
+//!                                    ▲               └─► ToolCallRequest × n ─► act (parallel)
+//!                                    └──── observe (all n results in) ◄── ToolCallResult × n
+//! ```
+//!
+//! Tools are typed Rust functions: their argument type gives the JSON schema the model sees,
+//! and the arguments the model writes are validated and deserialized before the function runs.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use serde::Deserialize;
+//! use workflow_core::prelude::*;
+//! use workflow_llm::agent::{Agent, Tool};
+//! use workflow_llm::schema::{JsonSchema, ObjectSchema};
+//! use workflow_llm::{MockLlm, ToolCall};
+//!
+//! #[derive(Deserialize)]
+//! struct Add { a: i64, b: i64 }
+//!
+//! impl JsonSchema for Add {
+//!     fn json_schema() -> serde_json::Value {
+//!         ObjectSchema::new().field::<i64>("a", "").field::<i64>("b", "").build()
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let add = Tool::sync("add", "Adds two integers", |x: Add| Ok::<_, String>(x.a + x.b));
+//! let llm = MockLlm::new()
+//!     .tool_calls(vec![ToolCall::new("1", "add", r#"{"a": 2, "b": 3}"#)])
+//!     .reply("2 + 3 = 5");
+//! let answer = Agent::new(Arc::new(llm.clone()), vec![add]).run("What is 2 + 3?".into()).await.unwrap();
+//! assert_eq!(answer.text, "2 + 3 = 5");
+//! assert_eq!(answer.model_calls, 2);
+//! // The tool's result went back to the model:
+//! assert_eq!(llm.requests()[1].messages.last().unwrap().content, "5");
+//! # }
+//! ```
+
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use workflow_core::prelude::*;
+
+use crate::error::LlmError;
+use crate::llm::Llm;
+use crate::schema::{self, JsonSchema};
+use crate::types::{ChatRequest, Message, ToolCall, ToolSpec, Usage};
+
+type ToolFn = dyn Fn(Value) -> BoxFuture<'static, Result<String, String>> + Send + Sync;
+
+/// A tool the model may call: a typed Rust function with a name and a description.
+#[derive(Clone)]
+pub struct Tool {
+    spec: ToolSpec,
+    run: Arc<ToolFn>,
+}
+
+impl std::fmt::Debug for Tool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tool")
+            .field("name", &self.spec.name)
+            .finish()
+    }
+}
+
+fn output_text<O: Serialize>(output: &O) -> Result<String, String> {
+    match serde_json::to_value(output) {
+        Ok(Value::String(s)) => Ok(s),
+        Ok(other) => Ok(other.to_string()),
+        Err(e) => Err(format!("the tool's output cannot be serialized: {e}")),
+    }
+}
+
+impl Tool {
+    /// A tool from an async function of its typed arguments. What it returns is sent to the
+    /// model as JSON text (a string as is); an `Err` is sent as `error: <message>`, so the
+    /// model can react.
+    pub fn new<A, O, E, F, Fut>(name: &str, description: &str, f: F) -> Tool
+    where
+        A: DeserializeOwned + JsonSchema + Send + 'static,
+        O: Serialize,
+        E: Display,
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, E>> + Send + 'static,
+    {
+        let run = move |args: Value| -> BoxFuture<'static, Result<String, String>> {
+            match serde_json::from_value::<A>(args) {
+                Ok(args) => {
+                    let fut = f(args);
+                    Box::pin(async move {
+                        match fut.await {
+                            Ok(output) => output_text(&output),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    })
+                }
+                Err(e) => Box::pin(async move { Err(format!("bad arguments: {e}")) }),
+            }
+        };
+        Tool {
+            spec: ToolSpec {
+                name: name.to_string(),
+                description: description.to_string(),
+                parameters: A::json_schema(),
+            },
+            run: Arc::new(run),
+        }
+    }
+
+    /// A tool from a plain (non-async) function.
+    pub fn sync<A, O, E, F>(name: &str, description: &str, f: F) -> Tool
+    where
+        A: DeserializeOwned + JsonSchema + Send + 'static,
+        O: Serialize + Send + 'static,
+        E: Display + Send + 'static,
+        F: Fn(A) -> Result<O, E> + Send + Sync + 'static,
+    {
+        Tool::new(name, description, move |args: A| {
+            std::future::ready(f(args))
+        })
+    }
+
+    /// What the model is told about the tool.
+    pub fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    /// Runs the tool on the arguments the model wrote: parses them, validates them against
+    /// the schema, deserializes them and calls the function.
+    ///
+    /// # Errors
+    /// A message for the model: bad JSON, the schema violations, or the tool's own error.
+    pub async fn call(&self, arguments: &str) -> Result<String, String> {
+        let text = if arguments.trim().is_empty() {
+            "{}"
+        } else {
+            arguments
+        };
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| format!("the arguments are not valid JSON: {e}"))?;
+        if let Err(errors) = schema::validate(&self.spec.parameters, &value) {
+            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return Err(format!("bad arguments: {}", list.join("; ")));
+        }
+        (self.run)(value).await
+    }
+}
+
+/// Why an agent run failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The model still wanted tools after the last allowed model call.
+    #[error("the agent reached its limit of {limit} model calls without a final answer (it still wanted: {})", .wanted.join(", "))]
+    MaxIterations {
+        /// The limit.
+        limit: u32,
+        /// The tools the model asked for in its last turn.
+        wanted: Vec<String>,
+    },
+    /// A model call failed.
+    #[error("a model call failed")]
+    Llm(#[from] LlmError),
+}
+
+impl AgentError {
+    /// Finds the agent's error inside a failed run's error.
+    ///
+    /// ```
+    /// # use workflow_llm::agent::AgentError;
+    /// # use workflow_core::WorkflowError;
+    /// fn explain(err: &WorkflowError) -> String {
+    ///     match AgentError::of(err) {
+    ///         Some(AgentError::MaxIterations { limit, .. }) => format!("gave up after {limit} turns"),
+    ///         _ => err.to_string(),
+    ///     }
+    /// }
+    /// # assert_eq!(explain(&WorkflowError::Cancelled), "the run was cancelled");
+    /// ```
+    pub fn of(error: &WorkflowError) -> Option<&AgentError> {
+        let mut source = std::error::Error::source(error);
+        while let Some(e) = source {
+            if let Some(agent) = e.downcast_ref::<AgentError>() {
+                return Some(agent);
+            }
+            source = e.source();
+        }
+        None
+    }
+}
+
+/// Carries an [`AgentError`] out of a step so that [`AgentError::of`] finds it.
+///
+/// Why: the core wraps a step's error in a type whose `source()` skips the error itself and
+/// returns the error's own source; this wrapper makes the agent error that source. Harmless
+/// once the core exposes the step's error directly (`of` walks the whole chain).
+#[derive(Debug)]
+struct Reported(AgentError);
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Reported {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+impl<E: Into<AgentError>> From<E> for Reported {
+    fn from(error: E) -> Reported {
+        Reported(error.into())
+    }
+}
+
+/// The agent's final answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentAnswer {
+    /// The model's answer.
+    pub text: String,
+    /// How many times the model was called.
+    pub model_calls: u32,
+    /// Every tool call made, with its result, in order.
+    pub tool_calls: Vec<ToolCallResult>,
+    /// Tokens used over all model calls.
+    pub usage: Usage,
+    /// The whole conversation.
+    pub messages: Vec<Message>,
+}
+
+/// Asks the model for its next move (internal to the agent's graph).
+#[derive(Debug, Clone, Event)]
+pub struct ModelTurn;
+
+/// One tool call to run; also written to the run's stream when it starts.
+#[derive(Debug, Clone, Event)]
+pub struct ToolCallRequest {
+    /// Its position among the calls of one model turn.
+    pub index: usize,
+    /// The call.
+    pub call: ToolCall,
+}
+
+/// The result of one tool call; also written to the run's stream.
+#[derive(Debug, Clone, PartialEq, Event)]
+pub struct ToolCallResult {
+    /// Its position among the calls of one model turn.
+    pub index: usize,
+    /// The call.
+    pub call: ToolCall,
+    /// What goes back to the model.
+    pub content: String,
+    /// Whether the tool failed (or did not exist, or got bad arguments).
+    pub is_error: bool,
+}
+
+/// A piece of the model's text, written to the run's stream as it is generated.
+#[derive(Debug, Clone, Event)]
+pub struct AgentToken(pub String);
+
+/// The agent's per-run state.
+#[derive(Debug, Default)]
+pub struct AgentState {
+    messages: Vec<Message>,
+    model_calls: u32,
+    usage: Usage,
+    pending: Vec<Option<ToolCallResult>>,
+    done: Vec<ToolCallResult>,
+}
+
+/// A function-calling agent. Run it like any workflow: `agent.run(question).await`, or
+/// `agent.start(question)` to watch [`AgentToken`]s and tool calls on the stream.
+pub struct Agent {
+    llm: Arc<dyn Llm>,
+    tools: Vec<Tool>,
+    system: Option<String>,
+    max_iterations: u32,
+}
+
+impl Agent {
+    /// The default limit of model calls per run.
+    pub const DEFAULT_MAX_ITERATIONS: u32 = 10;
+
+    /// An agent asking `llm`, with these tools.
+    pub fn new(llm: Arc<dyn Llm>, tools: Vec<Tool>) -> Agent {
+        Agent {
+            llm,
+            tools,
+            system: None,
+            max_iterations: Agent::DEFAULT_MAX_ITERATIONS,
+        }
+    }
+
+    /// The system prompt.
+    pub fn system_prompt(mut self, prompt: impl Into<String>) -> Agent {
+        self.system = Some(prompt.into());
+        self
+    }
+
+    /// The most model calls one run may make; a run that needs more fails with
+    /// [`AgentError::MaxIterations`].
+    pub fn max_iterations(mut self, limit: u32) -> Agent {
+        self.max_iterations = limit.max(1);
+        self
+    }
+
+    /// The tools' specs, as sent to the model.
+    pub fn tool_specs(&self) -> Vec<ToolSpec> {
+        self.tools.iter().map(|t| t.spec.clone()).collect()
+    }
+}
+
+#[workflow(state = AgentState)]
+impl Agent {
+    /// Opens the conversation.
+    #[step]
+    async fn begin(&self, ctx: &Context<Self>, ev: StartEvent<String>) -> ModelTurn {
+        let mut messages = Vec::new();
+        if let Some(system) = &self.system {
+            messages.push(Message::system(system.clone()));
+        }
+        messages.push(Message::user(ev.into_inner()));
+        ctx.update_state(|s| s.messages = messages);
+        ModelTurn
+    }
+
+    /// Asks the model: it answers (the end) or asks for tools (run them all at once).
+    #[step]
+    async fn think(
+        &self,
+        ctx: &Context<Self>,
+        _ev: ModelTurn,
+    ) -> Result<Either<Vec<ToolCallRequest>, StopEvent<AgentAnswer>>, Reported> {
+        let messages = ctx.update_state(|s| {
+            s.model_calls += 1;
+            s.messages.clone()
+        });
+        let request = ChatRequest::new(messages).tools(self.tool_specs());
+        let answer = self
+            .llm
+            .chat_stream(request)
+            .await?
+            .for_each_text(|text| ctx.write_event_to_stream(AgentToken(text.to_string())))
+            .await?;
+        let calls = answer.calls().to_vec();
+        let model_calls = ctx.update_state(|s| {
+            s.messages.push(answer.message.clone());
+            s.usage += answer.usage.unwrap_or_default();
+            s.pending = vec![None; calls.len()];
+            s.model_calls
+        });
+        if calls.is_empty() {
+            let answer = ctx.update_state(|s| AgentAnswer {
+                text: answer.message.content,
+                model_calls,
+                tool_calls: std::mem::take(&mut s.done),
+                usage: s.usage,
+                messages: std::mem::take(&mut s.messages),
+            });
+            return Ok(Either::Right(StopEvent(answer)));
+        }
+        if model_calls >= self.max_iterations {
+            return Err(Reported(AgentError::MaxIterations {
+                limit: self.max_iterations,
+                wanted: calls.into_iter().map(|c| c.name).collect(),
+            }));
+        }
+        let requests: Vec<ToolCallRequest> = calls
+            .into_iter()
+            .enumerate()
+            .map(|(index, call)| ToolCallRequest { index, call })
+            .collect();
+        for request in &requests {
+            ctx.write_event_to_stream(request.clone());
+        }
+        Ok(Either::Left(requests))
+    }
+
+    /// Runs one tool call; several run at once.
+    #[step(num_workers = 8)]
+    async fn act(&self, ctx: &Context<Self>, ev: ToolCallRequest) -> ToolCallResult {
+        let outcome = match self.tools.iter().find(|t| t.spec.name == ev.call.name) {
+            Some(tool) => tool.call(&ev.call.arguments).await,
+            None => Err(format!(
+                "there is no tool `{}`; the tools are: {}",
+                ev.call.name,
+                self.tools
+                    .iter()
+                    .map(|t| t.spec.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        };
+        let (content, is_error) = match outcome {
+            Ok(content) => (content, false),
+            Err(message) => (format!("error: {message}"), true),
+        };
+        let result = ToolCallResult {
+            index: ev.index,
+            call: ev.call,
+            content,
+            is_error,
+        };
+        ctx.write_event_to_stream(result.clone());
+        result
+    }
+
+    /// Collects the turn's tool results; once all are in, in the model's order, asks the
+    /// model again.
+    #[step]
+    async fn observe(&self, ctx: &Context<Self>, ev: ToolCallResult) -> Option<ModelTurn> {
+        ctx.update_state(|s| {
+            let index = ev.index;
+            if let Some(slot) = s.pending.get_mut(index) {
+                *slot = Some(ev);
+            }
+            if s.pending.iter().any(Option::is_none) {
+                return None;
+            }
+            for result in std::mem::take(&mut s.pending).into_iter().flatten() {
+                s.messages.push(Message::tool_result(
+                    result.call.id.clone(),
+                    result.content.clone(),
+                ));
+                s.done.push(result);
+            }
+            Some(ModelTurn)
+        })
+    }
+}

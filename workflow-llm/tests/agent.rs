@@ -1,0 +1,235 @@
+//! The function-calling agent workflow, on the scripted mock.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::sync::Barrier;
+use workflow_core::prelude::*;
+use workflow_llm::agent::{Agent, AgentError, AgentToken, Tool, ToolCallRequest, ToolCallResult};
+use workflow_llm::schema::{JsonSchema, ObjectSchema};
+use workflow_llm::{ChatResponse, LlmError, MockLlm, Role, ToolCall};
+
+async fn bounded<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("the test took longer than 10 s")
+}
+
+#[derive(Deserialize)]
+struct City {
+    city: String,
+}
+
+impl JsonSchema for City {
+    fn json_schema() -> serde_json::Value {
+        ObjectSchema::new()
+            .field::<String>("city", "the city")
+            .build()
+    }
+}
+
+#[derive(Deserialize)]
+struct Add {
+    a: i64,
+    b: i64,
+}
+
+impl JsonSchema for Add {
+    fn json_schema() -> serde_json::Value {
+        ObjectSchema::new()
+            .field::<i64>("a", "")
+            .field::<i64>("b", "")
+            .build()
+    }
+}
+
+fn add_tool() -> Tool {
+    Tool::sync("add", "Adds two integers", |x: Add| {
+        Ok::<_, String>(x.a + x.b)
+    })
+}
+
+#[tokio::test]
+async fn tool_calls_run_in_parallel_and_results_return_in_call_order() {
+    bounded(async {
+        // Both weather calls wait for each other: if the agent ran them one after the other,
+        // the first would wait forever and the test would time out.
+        let barrier = Arc::new(Barrier::new(2));
+        let weather = Tool::new("get_weather", "Current weather", move |c: City| {
+            let barrier = barrier.clone();
+            async move {
+                barrier.wait().await;
+                Ok::<_, String>(format!("{}: 18°C", c.city))
+            }
+        });
+        let llm = MockLlm::new()
+            .tool_calls(vec![
+                ToolCall::new("w1", "get_weather", r#"{"city": "Oslo"}"#),
+                ToolCall::new("w2", "get_weather", r#"{"city": "Rome"}"#),
+                ToolCall::new("s1", "add", r#"{"a": 18, "b": 18}"#),
+            ])
+            .reply("Both are at 18°C; together 36.");
+        let agent = Agent::new(Arc::new(llm.clone()), vec![weather, add_tool()])
+            .system_prompt("Use tools.");
+        let answer = agent
+            .run("Weather in Oslo and Rome, summed?".into())
+            .await
+            .unwrap();
+
+        assert_eq!(answer.text, "Both are at 18°C; together 36.");
+        assert_eq!(answer.model_calls, 2);
+        let results: Vec<(&str, &str)> = answer
+            .tool_calls
+            .iter()
+            .map(|r| (r.call.id.as_str(), r.content.as_str()))
+            .collect();
+        assert_eq!(
+            results,
+            [("w1", "Oslo: 18°C"), ("w2", "Rome: 18°C"), ("s1", "36")]
+        );
+
+        let requests = llm.requests();
+        assert_eq!(requests.len(), 2);
+        assert_eq!(requests[0].tools.len(), 2);
+        assert_eq!(requests[0].messages[0].role, Role::System);
+        let tool_messages: Vec<(Option<&str>, &str)> = requests[1]
+            .messages
+            .iter()
+            .filter(|m| m.role == Role::Tool)
+            .map(|m| (m.tool_call_id.as_deref(), m.content.as_str()))
+            .collect();
+        assert_eq!(
+            tool_messages,
+            [
+                (Some("w1"), "Oslo: 18°C"),
+                (Some("w2"), "Rome: 18°C"),
+                (Some("s1"), "36")
+            ]
+        );
+        // The assistant turn that asked for the tools precedes their results.
+        assert_eq!(requests[1].messages[2].tool_calls.len(), 3);
+        llm.assert_exhausted();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_iteration_limit_is_an_error_not_a_quiet_answer() {
+    bounded(async {
+        let llm = MockLlm::new().responder(|_| {
+            ChatResponse::tool_calls(vec![ToolCall::new("again", "add", r#"{"a": 1, "b": 1}"#)])
+        });
+        let err = Agent::new(Arc::new(llm.clone()), vec![add_tool()])
+            .max_iterations(3)
+            .run("loop forever".into())
+            .await
+            .unwrap_err();
+        match AgentError::of(&err) {
+            Some(AgentError::MaxIterations { limit, wanted }) => {
+                assert_eq!(*limit, 3);
+                assert_eq!(wanted, &["add"]);
+            }
+            other => panic!("expected MaxIterations, got {other:?} from {err}"),
+        }
+        assert_eq!(
+            llm.requests().len(),
+            3,
+            "exactly `max_iterations` model calls"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tool_failures_go_back_to_the_model() {
+    bounded(async {
+        let failing = Tool::sync("divide", "Divides", |x: Add| {
+            if x.b == 0 {
+                Err("division by zero")
+            } else {
+                Ok(x.a / x.b)
+            }
+        });
+        let llm = MockLlm::new()
+            .tool_calls(vec![
+                ToolCall::new("1", "nope", "{}"),
+                ToolCall::new("2", "add", r#"{"a": "x", "b": 1}"#),
+                ToolCall::new("3", "divide", r#"{"a": 1, "b": 0}"#),
+                ToolCall::new("4", "add", r#"{"a": 1"#),
+            ])
+            .reply("I could not compute it.");
+        let answer = Agent::new(Arc::new(llm.clone()), vec![add_tool(), failing])
+            .run("compute".into())
+            .await
+            .unwrap();
+        assert_eq!(answer.text, "I could not compute it.");
+        let contents: Vec<&str> = answer
+            .tool_calls
+            .iter()
+            .map(|r| r.content.as_str())
+            .collect();
+        assert_eq!(
+            contents[0],
+            "error: there is no tool `nope`; the tools are: add, divide"
+        );
+        assert_eq!(
+            contents[1],
+            "error: bad arguments: $.a: expected integer, found string \"x\""
+        );
+        assert_eq!(contents[2], "error: division by zero");
+        assert!(
+            contents[3].starts_with("error: the arguments are not valid JSON"),
+            "{}",
+            contents[3]
+        );
+        assert!(answer.tool_calls.iter().all(|r| r.is_error));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_model_failure_fails_the_run() {
+    bounded(async {
+        let llm = MockLlm::new().error(LlmError::Mock("service unavailable".into()));
+        let err = Agent::new(Arc::new(llm), vec![]).run("hi".into()).await.unwrap_err();
+        assert!(matches!(AgentError::of(&err), Some(AgentError::Llm(LlmError::Mock(m))) if m == "service unavailable"), "{err}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tokens_and_tool_activity_are_streamed() {
+    bounded(async {
+        let llm = MockLlm::new()
+            .tool_calls(vec![ToolCall::new("1", "add", r#"{"a": 2, "b": 2}"#)])
+            .reply("The sum is 4.");
+        let mut run = Agent::new(Arc::new(llm), vec![add_tool()]).start("2 + 2?".into());
+        let mut events = run.events();
+        let mut log = Vec::new();
+        while let Some(item) = events.next().await {
+            if let Some(AgentToken(t)) = item.event::<AgentToken>() {
+                log.push(format!("token {t:?}"));
+            } else if let Some(r) = item.event::<ToolCallRequest>() {
+                log.push(format!("call {}", r.call.name));
+            } else if let Some(r) = item.event::<ToolCallResult>() {
+                log.push(format!("result {}", r.content));
+            }
+        }
+        assert_eq!(
+            log,
+            [
+                "call add",
+                "result 4",
+                "token \"The \"",
+                "token \"sum \"",
+                "token \"is \"",
+                "token \"4.\""
+            ]
+        );
+        assert_eq!(run.await.unwrap().text, "The sum is 4.");
+    })
+    .await;
+}
