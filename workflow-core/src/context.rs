@@ -39,6 +39,18 @@ pub(crate) struct RunShared<W: Workflow> {
     pub(crate) stream: Publisher,
     /// Fan-in buffers, per collecting step and collected type.
     collect: Mutex<HashMap<(usize, TypeId), Box<dyn Any + Send>>>,
+    /// Steps waiting inline for an event, in registration order.
+    waiters: Mutex<Vec<Waiter>>,
+    next_waiter: AtomicU64,
+    /// Responses that arrived while nobody waited for them, for the next matching waiter.
+    pub(crate) unclaimed: Mutex<Vec<DynEvent>>,
+}
+
+/// A step waiting inline (`ctx.wait_for`) for an event that matches.
+struct Waiter {
+    id: u64,
+    matches: Box<dyn Fn(&DynEvent) -> bool + Send>,
+    answer: tokio::sync::oneshot::Sender<DynEvent>,
 }
 
 impl<W: Workflow> RunShared<W> {
@@ -52,6 +64,9 @@ impl<W: Workflow> RunShared<W> {
             waker: AtomicWaker::new(),
             stream: Publisher::new(stream_capacity),
             collect: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(Vec::new()),
+            next_waiter: AtomicU64::new(1),
+            unclaimed: Mutex::new(Vec::new()),
         }
     }
 
@@ -59,6 +74,28 @@ impl<W: Workflow> RunShared<W> {
         lock(&self.inbox).push(envelope);
         self.mail.store(true, Ordering::Release);
         self.waker.wake();
+    }
+
+    /// Gives `event` to the first waiter it matches, or back when none does.
+    pub(crate) fn offer_to_waiters(&self, event: DynEvent) -> Option<DynEvent> {
+        let mut waiters = lock(&self.waiters);
+        if waiters.is_empty() {
+            return Some(event);
+        }
+        let mut event = event;
+        while let Some(i) = waiters.iter().position(|w| (w.matches)(&event)) {
+            let waiter = waiters.remove(i);
+            match waiter.answer.send(event) {
+                Ok(()) => return None,
+                // The waiter went away (its step was cancelled): try the next one.
+                Err(back) => event = back,
+            }
+        }
+        Some(event)
+    }
+
+    fn remove_waiter(&self, id: u64) {
+        lock(&self.waiters).retain(|w| w.id != id);
     }
 
     pub(crate) fn cancel(&self) {
@@ -288,6 +325,65 @@ impl<W: Workflow> Context<W> {
         }
     }
 
+    /// Waits inside the step for an event of type `R` sent to the run (typically a response
+    /// from outside through `Handler::send_event`), optionally publishing a request first,
+    /// matching on its fields, and with a time limit.
+    ///
+    /// The event that satisfies a waiter goes to that waiter only: no step receives it too.
+    /// Several waiters each get their own answer (the first registered matching waiter wins).
+    /// On resume from a snapshot the step runs again, so what it did before the wait happens
+    /// again: put side effects that must happen once in a step before a graph-level request.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use workflow_core::prelude::*;
+    ///
+    /// #[derive(Debug, Clone, Event)]
+    /// struct Question { id: u32, text: String }
+    ///
+    /// #[derive(Debug, Clone, Event)]
+    /// #[event(response)]
+    /// struct Answer { id: u32, text: String }
+    ///
+    /// struct Interview;
+    ///
+    /// #[workflow]
+    /// impl Interview {
+    ///     #[step]
+    ///     async fn ask(&self, ctx: &Context<Self>, ev: StartEvent<u32>) -> Result<StopEvent<String>, WorkflowError> {
+    ///         let id = ev.0;
+    ///         let answer = ctx
+    ///             .wait_for::<Answer>()
+    ///             .publishing(Question { id, text: "name?".into() })
+    ///             .matching(move |a| a.id == id)
+    ///             .timeout(Duration::from_secs(60))
+    ///             .await?;
+    ///         Ok(StopEvent(answer.text))
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use futures_util::StreamExt;
+    /// let mut run = Interview.start(7);
+    /// let mut events = run.events();
+    /// while let Some(item) = events.next().await {
+    ///     if let Some(q) = item.event::<Question>() {
+    ///         run.send_response(Answer { id: q.id, text: "Ada".into() });
+    ///         break;
+    ///     }
+    /// }
+    /// assert_eq!(run.await.unwrap(), "Ada");
+    /// # }
+    /// ```
+    pub fn wait_for<R: Event>(&self) -> WaitFor<'_, W, R> {
+        WaitFor {
+            ctx: self,
+            matches: None,
+            request: None,
+            timeout: None,
+        }
+    }
+
     /// Writes an event to the run's stream, for whoever watches the run (progress, tokens, ...).
     /// It does not enter the graph. Costs nothing when nobody subscribed.
     pub fn write_event_to_stream<E: Event>(&self, event: E) {
@@ -367,3 +463,92 @@ collect_set!(3: A 0, B 1, C 2);
 collect_set!(4: A 0, B 1, C 2, D 3);
 collect_set!(5: A 0, B 1, C 2, D 3, E 4);
 collect_set!(6: A 0, B 1, C 2, D 3, E 4, F 5);
+
+/// A pending inline wait, built by [`Context::wait_for`]; `.await` it.
+#[must_use = "a wait does nothing until it is awaited"]
+pub struct WaitFor<'a, W: Workflow, R: Event> {
+    ctx: &'a Context<W>,
+    matches: Option<Box<dyn Fn(&R) -> bool + Send>>,
+    request: Option<DynEvent>,
+    timeout: Option<std::time::Duration>,
+}
+
+impl<'a, W: Workflow, R: Event> WaitFor<'a, W, R> {
+    /// Accept only events for which `predicate` is true (e.g. the answer to *this* request).
+    pub fn matching(mut self, predicate: impl Fn(&R) -> bool + Send + 'static) -> Self {
+        self.matches = Some(Box::new(predicate));
+        self
+    }
+
+    /// Publish `request` on the run's stream once the wait is registered, so that an answer
+    /// cannot arrive before anyone waits for it.
+    pub fn publishing<E: Event>(mut self, request: E) -> Self {
+        self.request = Some(DynEvent::new(request));
+        self
+    }
+
+    /// Give up after `limit` with [`WorkflowError::WaitTimedOut`].
+    pub fn timeout(mut self, limit: std::time::Duration) -> Self {
+        self.timeout = Some(limit);
+        self
+    }
+}
+
+impl<'a, W: Workflow, R: Event> std::future::IntoFuture for WaitFor<'a, W, R> {
+    type Output = Result<R>;
+    type IntoFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<R>> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let shared = &self.ctx.shared;
+            let id = shared.next_waiter.fetch_add(1, Ordering::Relaxed);
+            let (answer, receive) = tokio::sync::oneshot::channel();
+            let user = self.matches;
+            let matches: Box<dyn Fn(&DynEvent) -> bool + Send> = Box::new(move |event| {
+                event
+                    .downcast_ref::<R>()
+                    .is_some_and(|r| user.as_ref().is_none_or(|f| f(r)))
+            });
+            {
+                let mut waiters = lock(&shared.waiters);
+                // An answer that came before anyone waited is taken at once.
+                let mut unclaimed = lock(&shared.unclaimed);
+                if let Some(i) = unclaimed.iter().position(|e| matches(e)) {
+                    let event = unclaimed.remove(i);
+                    return Ok(event
+                        .downcast::<R>()
+                        .unwrap_or_else(|_| unreachable!("the matcher checked the type")));
+                }
+                waiters.push(Waiter {
+                    id,
+                    matches,
+                    answer,
+                });
+            }
+            // Deregisters on every exit: answered, timed out, or the step dropped.
+            struct Deregister<'s, W: Workflow>(&'s RunShared<W>, u64);
+            impl<W: Workflow> Drop for Deregister<'_, W> {
+                fn drop(&mut self) {
+                    self.0.remove_waiter(self.1);
+                }
+            }
+            let _guard = Deregister(shared, id);
+            if let Some(request) = self.request {
+                shared.stream.publish(StreamItem::Event(request));
+            }
+            let received = match self.timeout {
+                Some(limit) => tokio::time::timeout(limit, receive).await.map_err(|_| {
+                    WorkflowError::WaitTimedOut {
+                        event: R::NAME,
+                        timeout: limit,
+                    }
+                })?,
+                None => receive.await,
+            };
+            let event = received.map_err(|_| WorkflowError::Cancelled)?;
+            Ok(event
+                .downcast::<R>()
+                .unwrap_or_else(|_| unreachable!("the matcher checked the type")))
+        })
+    }
+}

@@ -58,6 +58,14 @@ pub enum WorkflowError {
         /// The steps that were running or had queued events when time ran out.
         active: Vec<&'static str>,
     },
+    /// An inline wait (`ctx.wait_for`) got no matching event in time.
+    #[error("no `{event}` arrived within {timeout:?}")]
+    WaitTimedOut {
+        /// The awaited event's stable name.
+        event: &'static str,
+        /// The wait's time limit.
+        timeout: Duration,
+    },
     /// The run was cancelled through its handler.
     #[error("the run was cancelled")]
     Cancelled,

@@ -31,9 +31,40 @@ pub trait Event: fmt::Debug + Clone + Send + 'static {
     const NAME: &'static str;
     /// The identity of the event type, derived from [`NAME`](Event::NAME). Equal names, equal ids.
     const ID: EventId = EventId::of(Self::NAME);
-    /// What the event means to the executor; `Regular` for every derived event.
+    /// What the event means to the executor; `Regular` unless derived with
+    /// `#[event(request = R)]` or `#[event(response)]`.
     #[doc(hidden)]
     const KIND: EventKind = EventKind::Regular;
+    /// For a request: the id of its paired response type.
+    #[doc(hidden)]
+    const RESPONSE: Option<EventId> = None;
+}
+
+/// A request to the world outside the workflow (a human, another system): a step emits it, the
+/// run publishes it on its stream and waits, and the outside answers with
+/// [`Request::Response`] through `Handler::send_event`.
+///
+/// Derive it with `#[event(request = ResponseType)]`; derive the response with
+/// `#[event(response)]`. A request whose response no step accepts does not compile.
+///
+/// ```
+/// use workflow_core::prelude::*;
+/// use workflow_core::Request;
+///
+/// #[derive(Debug, Clone, Event)]
+/// #[event(request = Approval)]
+/// struct AskApproval { text: String }
+///
+/// #[derive(Debug, Clone, Event)]
+/// #[event(response)]
+/// struct Approval { approved: bool }
+///
+/// fn response_name<R: Request>() -> &'static str { <R::Response as Event>::NAME }
+/// assert!(response_name::<AskApproval>().ends_with("::Approval"));
+/// ```
+pub trait Request: Event {
+    /// The event the outside answers with.
+    type Response: Event;
 }
 
 /// The compile-time identity of an event type: an FNV-1a hash of its stable name.
@@ -84,6 +115,10 @@ pub enum EventKind {
     Stop,
     /// [`StepFailure`]: emitted by the executor when a step fails, for a catch-error step.
     Failure,
+    /// A [`Request`] to the outside world: published on the stream, answered from outside.
+    Request,
+    /// The answer to a request: enters the run from outside.
+    Response,
 }
 
 impl EventKind {
@@ -292,6 +327,11 @@ impl DynEvent {
         self.0.meta().kind
     }
 
+    #[doc(hidden)]
+    pub fn meta(&self) -> EventMeta {
+        self.0.meta()
+    }
+
     /// Is this event an `E`?
     pub fn is<E: Event>(&self) -> bool {
         self.0.as_any().type_id() == TypeId::of::<E>()
@@ -340,6 +380,8 @@ pub struct EventMeta {
     pub id: EventId,
     /// Start, stop or regular.
     pub kind: EventKind,
+    /// For a request: its paired response's id.
+    pub response: Option<EventId>,
     /// The Rust type's identity, for run-time checks the constants cannot make.
     pub type_id: fn() -> TypeId,
 }
@@ -351,6 +393,7 @@ impl EventMeta {
             name: E::NAME,
             id: E::ID,
             kind: E::KIND,
+            response: E::RESPONSE,
             type_id: TypeId::of::<E>,
         }
     }
@@ -359,6 +402,11 @@ impl EventMeta {
 /// Converts a type-erased event into what a step's parameter expects: one event type or an
 /// [`Either`] of several. Used by the generated code.
 #[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a step's event parameter",
+    label = "not an event",
+    note = "a step takes one event (a type with `#[derive(Event)]`) or an `Either` of events"
+)]
 pub trait StepInput: Sized + Send + 'static {
     /// Takes the event if it is one of the accepted types.
     fn from_dyn(event: DynEvent) -> Result<Self, DynEvent>;

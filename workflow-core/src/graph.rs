@@ -132,9 +132,27 @@ pub enum GraphError {
         /// The step.
         step: &'static str,
     },
+    /// A request is emitted but no step accepts its response.
+    #[error("request `{request}` is emitted by step `{step}` but no step accepts its response")]
+    Unanswered {
+        /// The request's stable name.
+        request: &'static str,
+        /// The step that emits it.
+        step: &'static str,
+    },
     /// More steps than [`MAX_STEPS`].
     #[error("a workflow has at most {MAX_STEPS} steps")]
     TooManySteps,
+}
+
+/// Events that enter the graph from outside it: the start event, a step failure, a response.
+const fn is_entry(kind: EventKind) -> bool {
+    kind.is(EventKind::Start) || kind.is(EventKind::Failure) || kind.is(EventKind::Response)
+}
+
+/// Events that leave the graph: the stop event, and requests to the outside world.
+const fn is_exit(kind: EventKind) -> bool {
+    kind.is(EventKind::Stop) || kind.is(EventKind::Request)
 }
 
 /// A set of step indices for the constant-evaluated checks.
@@ -157,10 +175,7 @@ impl Graph {
             let accepts = self.steps[s].accepts;
             let mut a = 0;
             while a < accepts.len() {
-                if accepts[a].id.eq(id)
-                    && (accepts[a].kind.is(EventKind::Start)
-                        || accepts[a].kind.is(EventKind::Failure))
-                {
+                if accepts[a].id.eq(id) && is_entry(accepts[a].kind) {
                     return true;
                 }
                 a += 1;
@@ -180,7 +195,7 @@ impl Graph {
             let emits = self.steps[s].emits;
             let mut e = 0;
             while e < emits.len() {
-                if emits[e].id.eq(id) && emits[e].kind.is(EventKind::Stop) {
+                if emits[e].id.eq(id) && is_exit(emits[e].kind) {
                     return true;
                 }
                 e += 1;
@@ -188,6 +203,29 @@ impl Graph {
             s += 1;
         }
         false
+    }
+
+    /// Does some step accept the event `id`?
+    pub const fn is_accepted(&self, id: EventId) -> bool {
+        let mut s = 0;
+        while s < self.steps.len() {
+            if self.accepts(s, id) {
+                return true;
+            }
+            s += 1;
+        }
+        false
+    }
+
+    /// Rule: a request's response is accepted by some step (given the request's `RESPONSE`).
+    ///
+    /// Rejects a step returning `AskApproval` (`#[event(request = Approval)]`) when no step
+    /// takes `Approval`: the answer would have nowhere to go.
+    pub const fn request_is_answered(&self, response: Option<EventId>) -> bool {
+        match response {
+            Some(id) => self.is_accepted(id),
+            None => true,
+        }
     }
 
     /// Does step `step` accept the event `id`?
@@ -216,11 +254,13 @@ impl Graph {
         false
     }
 
+    /// Does the step emit the stop event, or a request (whose answer re-enters the graph at a
+    /// step checked on its own)?
     const fn emits_stop(&self, step: usize) -> bool {
         let emits = self.steps[step].emits;
         let mut e = 0;
         while e < emits.len() {
-            if emits[e].kind.is(EventKind::Stop) {
+            if is_exit(emits[e].kind) {
                 return true;
             }
             e += 1;
@@ -234,7 +274,7 @@ impl Graph {
         let accepts = self.steps[step].accepts;
         let mut a = 0;
         while a < accepts.len() {
-            if accepts[a].kind.is(EventKind::Start) || accepts[a].kind.is(EventKind::Failure) {
+            if is_entry(accepts[a].kind) {
                 return true;
             }
             a += 1;
@@ -448,6 +488,12 @@ impl Graph {
                 }
             }
             for meta in step.emits {
+                if !self.request_is_answered(meta.response) {
+                    errors.push(GraphError::Unanswered {
+                        request: meta.name,
+                        step: step.name,
+                    });
+                }
                 if !self.is_consumed(meta.id) {
                     errors.push(GraphError::NotConsumed {
                         event: meta.name,

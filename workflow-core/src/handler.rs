@@ -90,6 +90,13 @@ impl<W: Workflow> Handler<W> {
         post_external(&self.shared, DynEvent::new(event), None);
     }
 
+    /// Answers a request from outside: sends the response event into the run. Same as
+    /// [`Handler::send_event`], for any event type (a response may be awaited inline with
+    /// `ctx.wait_for` without being part of the graph).
+    pub fn send_response<E: crate::Event>(&self, event: E) {
+        post_external(&self.shared, DynEvent::new(event), None);
+    }
+
     /// Cancels the run: it ends with [`WorkflowError::Cancelled`], its running steps are
     /// dropped and its stream ends with `Outcome::Cancelled`. Idempotent; a run that already
     /// ended keeps its outcome.

@@ -47,9 +47,9 @@ mod runtime;
 mod stream;
 mod workflow;
 
-pub use context::{CollectSet, Context, EventOf, RunId};
+pub use context::{CollectSet, Context, EventOf, RunId, WaitFor};
 pub use error::{BoxError, Result, WorkflowError};
-pub use event::{DynEvent, Either, Event, EventId, StartEvent, StepFailure, StopEvent};
+pub use event::{DynEvent, Either, Event, EventId, Request, StartEvent, StepFailure, StopEvent};
 pub use graph::{Graph, GraphError, StepSpec};
 pub use handler::Handler;
 pub use retry::RetryPolicy;
@@ -97,7 +97,7 @@ pub mod prelude {
 pub mod __private {
     pub use crate::context::{Context, EventOf};
     pub use crate::error::BoxError;
-    pub use crate::event::{DynEvent, Event, EventMeta, StepInput};
+    pub use crate::event::{DynEvent, Event, EventId, EventKind, EventMeta, Request, StepInput};
     pub use crate::graph::{Graph, StepSpec};
     pub use crate::output::{Emitted, StepOutput};
     pub use crate::retry::RetryPolicy;

@@ -253,6 +253,8 @@ struct Executor<W: Workflow> {
     last: Option<(&'static str, usize)>,
     /// Does a step take `StepFailure`? Then failing invocations keep their input for it.
     catches: bool,
+    /// Requests published to the outside and not answered yet: the run waits for them.
+    pending_requests: Vec<DynEvent>,
     recoveries: u32,
     ended: bool,
 }
@@ -323,6 +325,7 @@ impl<W: Workflow> Executor<W> {
                 .iter()
                 .any(|s| s.accepts.iter().any(|m| m.kind == EventKind::Failure)),
             recoveries: 0,
+            pending_requests: Vec::new(),
             ended: false,
         }
     }
@@ -353,7 +356,7 @@ impl<W: Workflow> Executor<W> {
             if self.shared.mail.load(Ordering::Acquire) {
                 continue;
             }
-            if self.in_flight.is_empty() && self.queued == 0 {
+            if self.in_flight.is_empty() && self.queued == 0 && self.pending_requests.is_empty() {
                 return Poll::Ready(Err(self.stuck()));
             }
             if let (Some(sleep), Some(limit)) = (sleep.as_mut(), timeout) {
@@ -377,7 +380,21 @@ impl<W: Workflow> Executor<W> {
         }
         let mail = std::mem::take(&mut *lock(&self.shared.inbox));
         for envelope in mail {
-            self.route(envelope.event, envelope.target)?;
+            // A step waiting inline for this event takes it; no other step sees it.
+            let Some(event) = self.shared.offer_to_waiters(envelope.event) else {
+                continue;
+            };
+            if envelope.target.is_none()
+                && event.kind() == EventKind::Response
+                && self.runner.routes.consumers(event.id()).is_empty()
+            {
+                // An answer no step takes and nobody waits for yet: kept for a later
+                // `wait_for`, never lost and never fatal.
+                tracing::debug!(event = event.name(), "keeping an unclaimed response");
+                lock(&self.shared.unclaimed).push(event);
+                continue;
+            }
+            self.route(event, envelope.target)?;
             if self.output.is_some() {
                 break;
             }
@@ -466,6 +483,25 @@ impl<W: Workflow> Executor<W> {
                     reason: "it is a stop event of another workflow's output type".into(),
                 }),
             };
+        }
+        match event.kind() {
+            EventKind::Request => {
+                // Leaves the graph: published for the outside world, which answers later.
+                self.shared.stream.publish(StreamItem::Event(event.clone()));
+                self.pending_requests.push(event);
+                return Ok(());
+            }
+            EventKind::Response => {
+                let id = Some(event.id());
+                if let Some(i) = self
+                    .pending_requests
+                    .iter()
+                    .position(|r| r.meta().response == id)
+                {
+                    self.pending_requests.remove(i);
+                }
+            }
+            _ => {}
         }
         let routes = self.runner.routes.clone();
         let single;

@@ -23,23 +23,63 @@ fn expand(input: TokenStream) -> syn::Result<TokenStream> {
         ));
     }
     let mut krate = quote!(::workflow_core);
+    let mut request: Option<syn::Type> = None;
+    let mut response = false;
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("event")) {
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("crate") {
                 let path: syn::Path = meta.value()?.parse::<syn::LitStr>()?.parse()?;
                 krate = quote!(#path);
-                Ok(())
+            } else if meta.path.is_ident("request") {
+                request = Some(meta.value()?.parse()?);
+            } else if meta.path.is_ident("response") {
+                response = true;
             } else {
-                Err(meta.error("unknown `#[event]` option; expected `crate = \"path\"`"))
+                return Err(meta.error(
+                    "unknown `#[event]` option; expected `request = ResponseType`, `response` or `crate = \"path\"`",
+                ));
             }
+            Ok(())
         })?;
     }
     let ident = &input.ident;
     let name = ident.to_string();
+    let private = quote!(#krate::__private);
+    // Rejects `#[event(request = A, response)]`: one event cannot be both.
+    if let (Some(ty), true) = (&request, response) {
+        return Err(syn::Error::new(
+            ty.span(),
+            "an event is either a request (`request = Response`) or a `response`, not both",
+        ));
+    }
+    let kind = if request.is_some() {
+        quote!(const KIND: #private::EventKind = #private::EventKind::Request;)
+    } else if response {
+        quote!(const KIND: #private::EventKind = #private::EventKind::Response;)
+    } else {
+        quote!()
+    };
+    let request_impl = request.as_ref().map(|ty| {
+        quote! {
+            #[automatically_derived]
+            impl #private::Request for #ident {
+                type Response = #ty;
+            }
+        }
+    });
+    let response_id = request.as_ref().map(|ty| {
+        quote! {
+            const RESPONSE: ::core::option::Option<#private::EventId> =
+                ::core::option::Option::Some(<#ty as #private::Event>::ID);
+        }
+    });
     Ok(quote! {
         #[automatically_derived]
-        impl #krate::__private::Event for #ident {
+        impl #private::Event for #ident {
             const NAME: &'static str = ::core::concat!(::core::module_path!(), "::", #name);
+            #kind
+            #response_id
         }
+        #request_impl
     })
 }

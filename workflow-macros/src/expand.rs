@@ -397,6 +397,17 @@ fn graph_checks(
                     ::core::panic!(#message)
                 };
             });
+            // Rejects a step returning `Ask` (`#[event(request = Answer)]`) when no step takes
+            // `Answer`: the outside's answer would have nowhere to go.
+            let unanswered = format!(
+                "request `{}` is emitted by step `{step_name}` but no step accepts its response",
+                type_name(ty)
+            );
+            checks.push(quote_spanned! {type_span(ty)=>
+                const _: () = if !#graph.request_is_answered(#graph.steps[#index].emits[#slot].response) {
+                    ::core::panic!(#unanswered)
+                };
+            });
         }
     }
 
