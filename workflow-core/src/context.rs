@@ -464,11 +464,14 @@ collect_set!(4: A 0, B 1, C 2, D 3);
 collect_set!(5: A 0, B 1, C 2, D 3, E 4);
 collect_set!(6: A 0, B 1, C 2, D 3, E 4, F 5);
 
+/// A user's filter on awaited events.
+type Predicate<R> = Box<dyn Fn(&R) -> bool + Send>;
+
 /// A pending inline wait, built by [`Context::wait_for`]; `.await` it.
 #[must_use = "a wait does nothing until it is awaited"]
 pub struct WaitFor<'a, W: Workflow, R: Event> {
     ctx: &'a Context<W>,
-    matches: Option<Box<dyn Fn(&R) -> bool + Send>>,
+    matches: Option<Predicate<R>>,
     request: Option<DynEvent>,
     timeout: Option<std::time::Duration>,
 }
@@ -513,7 +516,7 @@ impl<'a, W: Workflow, R: Event> std::future::IntoFuture for WaitFor<'a, W, R> {
                 let mut waiters = lock(&shared.waiters);
                 // An answer that came before anyone waited is taken at once.
                 let mut unclaimed = lock(&shared.unclaimed);
-                if let Some(i) = unclaimed.iter().position(|e| matches(e)) {
+                if let Some(i) = unclaimed.iter().position(&matches) {
                     let event = unclaimed.remove(i);
                     return Ok(event
                         .downcast::<R>()
