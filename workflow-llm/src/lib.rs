@@ -47,7 +47,7 @@ pub mod schema;
 pub use error::{LlmError, Result};
 pub use llm::{ChatStream, Llm, LlmExt, StreamEvent};
 pub use mock::MockLlm;
-pub use openai::{DEFAULT_BASE_URL, DEFAULT_MODEL, OpenAiClient, RetryPolicy};
+pub use openai::{DEFAULT_BASE_URL, DEFAULT_MODEL, OpenAiClient, OpenAiEmbedder, RetryPolicy};
 pub use types::{
     ChatRequest, ChatResponse, FinishReason, JsonOutput, Message, Role, ToolCall, ToolChoice,
     ToolSpec, Usage,

@@ -190,11 +190,11 @@ impl OpenAiClient {
 
     /// Sends the request, retrying per the policy; returns the successful response (its body
     /// already read when `stream` is false).
-    async fn send(&self, body: Bytes, stream: bool) -> Result<Success> {
+    async fn send(&self, path: &str, body: Bytes, stream: bool) -> Result<Success> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (error, retry_after) = match self.attempt(body.clone(), stream).await {
+            let (error, retry_after) = match self.attempt(path, body.clone(), stream).await {
                 Ok(success) => return Ok(success),
                 Err(failure) => failure,
             };
@@ -213,10 +213,11 @@ impl OpenAiClient {
 
     async fn attempt(
         &self,
+        path: &str,
         body: Bytes,
         stream: bool,
     ) -> std::result::Result<Success, (LlmError, Option<Duration>)> {
-        let url = self.url();
+        let url = self.endpoint.url(path);
         let accept = if stream {
             "text/event-stream"
         } else {
@@ -224,7 +225,7 @@ impl OpenAiClient {
         };
         let request = self
             .endpoint
-            .post("/chat/completions", self.api_key.as_deref(), accept, body)
+            .post(path, self.api_key.as_deref(), accept, body)
             .map_err(|e| (e, None))?;
         let timeout = |url: String| LlmError::Timeout {
             url,
@@ -289,6 +290,82 @@ impl OpenAiClient {
         };
         let retry_after = retry_after.filter(|_| is_retryable_status(status.as_u16()));
         Err((error, retry_after))
+    }
+}
+
+/// Embeddings from the same server's `/embeddings` endpoint, as a retrieval
+/// [`Embedder`](crate::retrieval::Embedder).
+///
+/// ```
+/// use workflow_llm::OpenAiClient;
+/// let client = OpenAiClient::new("http://127.0.0.1:11434/v1", "llama3.2").unwrap();
+/// let embedder = client.embedder("nomic-embed-text");
+/// # let _ = embedder;
+/// ```
+#[derive(Debug, Clone)]
+pub struct OpenAiEmbedder {
+    client: OpenAiClient,
+    model: String,
+}
+
+impl OpenAiClient {
+    /// An embedder using `model` on this client's server (same URL, key, timeout, retries).
+    pub fn embedder(&self, model: impl Into<String>) -> OpenAiEmbedder {
+        OpenAiEmbedder {
+            client: self.clone(),
+            model: model.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WireEmbeddings {
+    data: Vec<WireEmbedding>,
+}
+
+#[derive(Deserialize)]
+struct WireEmbedding {
+    #[serde(default)]
+    index: Option<usize>,
+    embedding: Vec<f32>,
+}
+
+impl crate::retrieval::Embedder for OpenAiEmbedder {
+    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>>> {
+        Box::pin(async move {
+            if texts.is_empty() {
+                return Ok(Vec::new());
+            }
+            let body = json!({"model": self.model, "input": texts}).to_string();
+            let Success::Full(bytes) = self
+                .client
+                .send("/embeddings", Bytes::from(body), false)
+                .await?
+            else {
+                unreachable!("a non-streaming request reads its body")
+            };
+            let wire: WireEmbeddings = serde_json::from_slice(&bytes)
+                .map_err(|e| malformed(format!("not an embeddings answer ({e})"), &bytes))?;
+            if wire.data.len() != texts.len() {
+                return Err(malformed(
+                    format!(
+                        "asked for {} embeddings, got {}",
+                        texts.len(),
+                        wire.data.len()
+                    ),
+                    &bytes,
+                ));
+            }
+            let mut out = vec![Vec::new(); texts.len()];
+            for (position, item) in wire.data.into_iter().enumerate() {
+                let index = item.index.unwrap_or(position);
+                let slot = out.get_mut(index).ok_or_else(|| {
+                    malformed(format!("embedding index {index} out of range"), &bytes)
+                })?;
+                *slot = item.embedding;
+            }
+            Ok(out)
+        })
     }
 }
 
@@ -720,7 +797,7 @@ impl Llm for OpenAiClient {
         let traced = span.clone();
         Box::pin(
             async move {
-                let result = match self.send(body, false).await {
+                let result = match self.send("/chat/completions", body, false).await {
                     Ok(Success::Full(bytes)) => parse_response(&bytes),
                     Ok(Success::Stream(_)) => {
                         unreachable!("a non-streaming request reads its body")
@@ -743,7 +820,7 @@ impl Llm for OpenAiClient {
         let traced = span.clone();
         Box::pin(
             async move {
-                let body = match self.send(body, true).await {
+                let body = match self.send("/chat/completions", body, true).await {
                     Ok(Success::Stream(body)) => body,
                     Ok(Success::Full(_)) => unreachable!("a streaming request keeps its body"),
                     Err(error) => {

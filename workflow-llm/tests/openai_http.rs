@@ -584,3 +584,38 @@ async fn a_refused_connection_is_a_transport_error_naming_the_url() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn embeddings_come_back_in_input_order() {
+    use workflow_llm::retrieval::Embedder;
+    bounded(async {
+        let server = Server::start(vec![
+            Reply::json(
+                200,
+                json!({"object": "list", "data": [
+                    {"object": "embedding", "index": 1, "embedding": [0.0, 1.0]},
+                    {"object": "embedding", "index": 0, "embedding": [1.0, 0.0]}
+                ]}),
+            ),
+            Reply::json(200, json!({"data": [{"index": 0, "embedding": [1.0]}]})),
+        ])
+        .await;
+        let embedder = client(&server).embedder("embed-small");
+        let texts = vec!["first".to_string(), "second".to_string()];
+        let vectors = embedder.embed(&texts).await.unwrap();
+        assert_eq!(vectors, [vec![1.0, 0.0], vec![0.0, 1.0]]);
+        let sent = &server.received()[0];
+        assert_eq!(sent.path, "/v1/embeddings");
+        assert_eq!(
+            sent.body,
+            json!({"model": "embed-small", "input": ["first", "second"]})
+        );
+
+        let err = embedder.embed(&texts).await.unwrap_err();
+        assert!(
+            err.to_string().contains("asked for 2 embeddings, got 1"),
+            "{err}"
+        );
+    })
+    .await;
+}
