@@ -1,6 +1,5 @@
 //! The per-run context a step may take as `ctx: &Context<Self>`.
 
-use std::any::{Any, TypeId};
 use std::collections::{HashMap, VecDeque};
 use std::error::Error;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,6 +9,8 @@ use futures_util::task::AtomicWaker;
 
 use crate::error::{Result, WorkflowError};
 use crate::event::{DynEvent, Event, IntoDynEvent};
+use crate::snapshot::{Snapshot, SnapshotError};
+use crate::store::Store;
 use crate::stream::{Publisher, StreamItem, lock};
 use crate::workflow::Workflow;
 
@@ -37,13 +38,36 @@ pub(crate) struct RunShared<W: Workflow> {
     /// Wakes the run loop when something arrives from outside its own poll.
     pub(crate) waker: AtomicWaker,
     pub(crate) stream: Publisher,
-    /// Fan-in buffers, per collecting step and collected type.
-    collect: Mutex<HashMap<(usize, TypeId), Box<dyn Any + Send>>>,
+    /// Fan-in buffers, per collecting step and collected type (`CollectSet::KEY`).
+    pub(crate) collect: Mutex<HashMap<(usize, u64), CollectBuffer>>,
     /// Steps waiting inline for an event, in registration order.
     waiters: Mutex<Vec<Waiter>>,
     next_waiter: AtomicU64,
     /// Responses that arrived while nobody waited for them, for the next matching waiter.
     pub(crate) unclaimed: Mutex<Vec<DynEvent>>,
+    /// How many events steps wrote to the stream (the stream position of snapshots).
+    pub(crate) stream_seq: AtomicU64,
+    /// `Handler::snapshot` calls waiting for the loop.
+    pub(crate) snapshot_requests: Mutex<Vec<SnapshotReply>>,
+    /// Durable runs: where the run is journaled.
+    pub(crate) journal: Option<Journal>,
+}
+
+/// Where the loop answers a snapshot request.
+pub(crate) type SnapshotReply =
+    tokio::sync::oneshot::Sender<std::result::Result<Snapshot, SnapshotError>>;
+
+/// A durable run's journal: its store and key.
+pub(crate) struct Journal {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) key: String,
+    pub(crate) evict_when_waiting: bool,
+}
+
+/// The events a collecting step buffered: one queue per collected type (one for `collect`).
+#[derive(Clone)]
+pub(crate) struct CollectBuffer {
+    pub(crate) slots: Vec<VecDeque<DynEvent>>,
 }
 
 /// A step waiting inline (`ctx.wait_for`) for an event that matches.
@@ -67,7 +91,22 @@ impl<W: Workflow> RunShared<W> {
             waiters: Mutex::new(Vec::new()),
             next_waiter: AtomicU64::new(1),
             unclaimed: Mutex::new(Vec::new()),
+            stream_seq: AtomicU64::new(0),
+            snapshot_requests: Mutex::new(Vec::new()),
+            journal: None,
         }
+    }
+
+    pub(crate) fn with_journal(mut self, journal: Option<Journal>) -> RunShared<W> {
+        self.journal = journal;
+        self
+    }
+
+    /// Asks the loop for a snapshot at its next turn.
+    pub(crate) fn request_snapshot(&self, reply: SnapshotReply) {
+        lock(&self.snapshot_requests).push(reply);
+        self.mail.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     pub(crate) fn post(&self, envelope: Envelope) {
@@ -254,15 +293,20 @@ impl<W: Workflow> Context<W> {
     /// ```
     pub fn collect<E: Event>(&self, event: E, n: usize) -> Option<Vec<E>> {
         let mut buffers = lock(&self.shared.collect);
-        let buffer = buffers
-            .entry((self.step, TypeId::of::<Vec<E>>()))
-            .or_insert_with(|| Box::new(Vec::<E>::new()))
-            .downcast_mut::<Vec<E>>()
-            .expect("a collect buffer holds its own type");
-        buffer.push(event);
-        if buffer.len() >= n {
-            let rest = buffer.split_off(n);
-            Some(std::mem::replace(buffer, rest))
+        let buffer = &mut buffers
+            .entry((self.step, E::ID.raw()))
+            .or_insert_with(|| CollectBuffer {
+                slots: vec![VecDeque::new()],
+            })
+            .slots[0];
+        buffer.push_back(DynEvent::new(event));
+        if buffer.len() >= n.max(1) {
+            Some(
+                buffer
+                    .drain(..n.max(1))
+                    .map(|e| e.downcast::<E>().expect("a collect buffer holds one type"))
+                    .collect(),
+            )
         } else {
             None
         }
@@ -309,11 +353,12 @@ impl<W: Workflow> Context<W> {
             );
         };
         let mut buffers = lock(&self.shared.collect);
-        let slots = buffers
-            .entry((self.step, TypeId::of::<T>()))
-            .or_insert_with(|| Box::new(vec![VecDeque::<DynEvent>::new(); T::LEN]))
-            .downcast_mut::<Vec<VecDeque<DynEvent>>>()
-            .expect("a collect buffer holds its own type");
+        let slots = &mut buffers
+            .entry((self.step, T::KEY))
+            .or_insert_with(|| CollectBuffer {
+                slots: vec![VecDeque::new(); T::LEN],
+            })
+            .slots;
         slots[slot].push_back(event);
         if slots.iter().all(|s| !s.is_empty()) {
             let mut taken = slots
@@ -386,9 +431,26 @@ impl<W: Workflow> Context<W> {
 
     /// Writes an event to the run's stream, for whoever watches the run (progress, tokens, ...).
     /// It does not enter the graph. Costs nothing when nobody subscribed.
+    ///
+    /// In a durable run every such event is also journaled, in order, in the run's store
+    /// (serialized when it is an event of the graph, as its `Debug` text otherwise).
     pub fn write_event_to_stream<E: Event>(&self, event: E) {
-        if self.shared.stream.has_subscribers() {
-            self.shared
+        let shared = &self.shared;
+        let seq = shared.stream_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(journal) = &shared.journal {
+            let event = DynEvent::new(event.clone());
+            let record = crate::snapshot::encode_event::<W>(&event).unwrap_or_else(|_| {
+                crate::snapshot::EventRecord {
+                    event: event.name().to_string(),
+                    data: serde_json::json!({ "debug": format!("{event:?}") }),
+                }
+            });
+            if let Err(error) = journal.store.append_event(&journal.key, seq, &record) {
+                tracing::error!(%error, "could not journal a stream event");
+            }
+        }
+        if shared.stream.has_subscribers() {
+            shared
                 .stream
                 .publish(StreamItem::Event(DynEvent::new(event)));
         }
@@ -430,6 +492,9 @@ pub trait CollectSet: Sized + 'static {
     /// How many types.
     #[doc(hidden)]
     const LEN: usize;
+    /// The buffer's key: a mix of the types' ids, stable across processes.
+    #[doc(hidden)]
+    const KEY: u64;
     /// Which position of the tuple `event` fills, if any.
     #[doc(hidden)]
     fn slot_of(event: &DynEvent) -> Option<usize>;
@@ -442,6 +507,11 @@ macro_rules! collect_set {
     ($len:literal: $($ty:ident $index:tt),+) => {
         impl<$($ty: Event),+> CollectSet for ($($ty,)+) {
             const LEN: usize = $len;
+            const KEY: u64 = {
+                let mut key: u64 = 0x51_7C_C1_B7_27_22_0A_95;
+                $(key = (key ^ $ty::ID.raw()).rotate_left(17).wrapping_mul(0x0100_0000_01b3);)+
+                key
+            };
             fn slot_of(event: &DynEvent) -> Option<usize> {
                 $(if event.is::<$ty>() { return Some($index); })+
                 None

@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use crate::graph::GraphError;
 
+use crate::snapshot::SnapshotError;
+use crate::store::StoreError;
+
 /// The error type a step may return: any error that is `Send + Sync`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -84,6 +87,27 @@ pub enum WorkflowError {
         /// Why not.
         reason: String,
     },
+    /// A durable run parked waiting for an answer from outside, and was evicted from memory to
+    /// its store; `Runner::answer` resumes it.
+    #[error("run `{key}` is waiting for an answer and was moved to its store")]
+    Suspended {
+        /// The run's key in the store.
+        key: String,
+    },
+    /// A snapshot could not be taken or resumed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// A durable run's store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A durable run cannot be started or resumed as asked.
+    #[error("durable run `{key}`: {reason}")]
+    Durable {
+        /// The run's key.
+        key: String,
+        /// Why not.
+        reason: String,
+    },
     /// The workflow's graph breaks the graph rules (only possible for graphs built by hand;
     /// `#[workflow]` rejects these at compile time).
     #[error("the workflow graph is invalid: {}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
@@ -102,5 +126,57 @@ fn list(steps: &[&'static str]) -> String {
             .map(|s| format!("`{s}`"))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+impl WorkflowError {
+    /// The error a failed step returned, as its own type: `Some` when the run failed with
+    /// [`WorkflowError::StepFailed`] and the step's error is an `E`.
+    ///
+    /// ```
+    /// use workflow_core::prelude::*;
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("quota exceeded")]
+    /// struct Quota;
+    ///
+    /// struct Flow;
+    ///
+    /// #[workflow]
+    /// impl Flow {
+    ///     #[step]
+    ///     async fn go(&self, _ev: StartEvent<()>) -> Result<StopEvent<()>, Quota> { Err(Quota) }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let error = Flow.run(()).await.unwrap_err();
+    /// assert!(error.step_error::<Quota>().is_some());
+    /// # }
+    /// ```
+    pub fn step_error<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        let WorkflowError::StepFailed { source, .. } = self else {
+            return None;
+        };
+        match source.downcast_ref::<SharedError>() {
+            Some(shared) => shared.0.downcast_ref::<E>(),
+            None => source.downcast_ref::<E>(),
+        }
+    }
+}
+
+/// A step's error, shared between the run's error and the catch-error step's event. It shows
+/// as the step's error itself (same message, same source chain).
+#[derive(Debug)]
+pub(crate) struct SharedError(pub(crate) std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }

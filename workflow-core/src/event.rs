@@ -95,6 +95,11 @@ impl EventId {
     pub const fn eq(self, other: EventId) -> bool {
         self.0 == other.0
     }
+
+    /// The id as a number.
+    pub const fn raw(self) -> u64 {
+        self.0
+    }
 }
 
 impl fmt::Debug for EventId {
@@ -138,7 +143,8 @@ impl EventKind {
 /// assert_eq!(ev.len(), 7); // derefs to the input
 /// assert_eq!(ev.into_inner(), "pirates");
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct StartEvent<T>(pub T);
 
 /// The event that ends a run; it carries the workflow's typed output.
@@ -151,7 +157,8 @@ pub struct StartEvent<T>(pub T);
 /// let ev = StopEvent(42_u32);
 /// assert_eq!(*ev, 42);
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct StopEvent<T>(pub T);
 
 macro_rules! payload_event {

@@ -123,9 +123,38 @@ impl<W: Workflow> Handler<W> {
         Ok(())
     }
 
+    /// Captures the run as it is now (see [`crate::snapshot`]); the run goes on.
+    ///
+    /// # Errors
+    /// [`WorkflowError::Snapshot`] when the workflow is not `#[workflow(durable)]` or a value
+    /// does not serialize; [`WorkflowError::Cancelled`] when the run has already ended.
+    pub async fn snapshot(&self) -> Result<crate::snapshot::Snapshot> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.shared.request_snapshot(reply);
+        match answer.await {
+            Ok(snapshot) => Ok(snapshot?),
+            Err(_) => Err(WorkflowError::Cancelled),
+        }
+    }
+
+    /// The key of a durable run (`Runner::start_durable`), if it is one.
+    pub fn key(&self) -> Option<&str> {
+        self.shared.journal.as_ref().map(|j| j.key.as_str())
+    }
+
     /// Has the run ended?
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
+    }
+}
+
+impl<W: Workflow> std::fmt::Debug for Handler<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handler")
+            .field("workflow", &W::GRAPH.workflow)
+            .field("run_id", &self.shared.run_id)
+            .field("finished", &self.task.is_finished())
+            .finish()
     }
 }
 

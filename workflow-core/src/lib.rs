@@ -44,6 +44,8 @@ mod handler;
 mod output;
 mod retry;
 mod runtime;
+pub mod snapshot;
+pub mod store;
 mod stream;
 mod workflow;
 
@@ -101,7 +103,11 @@ pub mod __private {
     pub use crate::graph::{Graph, StepSpec};
     pub use crate::output::{Emitted, StepOutput};
     pub use crate::retry::RetryPolicy;
+    pub use crate::snapshot;
     pub use crate::workflow::{StepConfig, Workflow, start_event};
+    pub use serde_json;
+    pub use std::format;
+    pub use std::string::{String, ToString};
     pub use std::sync::Arc;
 
     /// Takes a step's input out of the erased event the executor routed to it.

@@ -12,19 +12,24 @@ use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context as TaskContext, Poll};
 
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tracing::Instrument;
 
-use crate::context::{Context, RunShared};
-use crate::error::{Result, WorkflowError};
+use crate::context::{CollectBuffer, Context, RunShared};
+use crate::error::{Result, SharedError, WorkflowError};
 use crate::event::StepFailure;
 use crate::event::{DynEvent, EventId, EventKind};
 use crate::graph::Graph;
 use crate::output::Emitted;
+use crate::snapshot::{
+    CollectRecord, EventRecord, InFlightRecord, QueuedRecord, SNAPSHOT_FORMAT, Snapshot,
+    SnapshotError, decode_event, encode_event,
+};
+use crate::store::{RunRecord, RunStatus};
 use crate::stream::{Outcome, StreamItem, lock};
 use crate::workflow::StepConfig;
 use crate::workflow::{Runner, Workflow};
@@ -71,7 +76,35 @@ impl RouteTable {
 struct Done {
     step: usize,
     worker: u32,
+    /// Where its input is kept for snapshots (`NOT_TRACKED` when the workflow is not durable).
+    input_slot: usize,
     result: std::result::Result<Emitted, Failed>,
+}
+
+const NOT_TRACKED: usize = usize::MAX;
+
+/// The input of a running invocation, kept by durable runs so a snapshot can re-run it.
+struct Running {
+    /// Start order, so a resumed run starts them again in the same order.
+    order: u64,
+    step: usize,
+    event: DynEvent,
+    /// The attempt the invocation is on, updated by its retry loop.
+    attempt: Arc<AtomicU32>,
+}
+
+/// Everything one invocation needs besides the workflow and the run.
+struct Job {
+    step: usize,
+    worker: u32,
+    event: DynEvent,
+    config: StepConfig,
+    /// Keep a copy of the input for the catch-error step.
+    keep_input: bool,
+    verbose: bool,
+    first_attempt: u32,
+    /// Durable runs: where the retry loop reports its attempt.
+    attempt_cell: Option<Arc<AtomicU32>>,
 }
 
 /// A failed invocation: the error, and the input when a catch-error step may want it.
@@ -99,23 +132,24 @@ enum Attempt {
 }
 
 /// One invocation of one step on one event, with its retries, polled by the run's own loop.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "a private function called from one place, with plain values"
-)]
 async fn invoke<W: Workflow>(
     workflow: Arc<W>,
     shared: Arc<RunShared<W>>,
-    step: usize,
-    worker: u32,
-    event: DynEvent,
-    config: StepConfig,
-    keep_input: bool,
-    verbose: bool,
+    job: Job,
 ) -> std::result::Result<Emitted, Failed> {
+    let Job {
+        step,
+        worker,
+        event,
+        config,
+        keep_input,
+        verbose,
+        first_attempt,
+        attempt_cell,
+    } = job;
     let name = W::GRAPH.steps[step].name;
     let run_id = shared.run_id;
-    let mut attempt = 1;
+    let mut attempt = first_attempt.max(1);
     let mut last_error: Option<Arc<dyn std::error::Error + Send + Sync>> = None;
     let mut event = Some(event);
     loop {
@@ -196,6 +230,9 @@ async fn invoke<W: Workflow>(
             tokio::time::sleep(delay).await;
             last_error = Some(Arc::from(error));
             attempt += 1;
+            if let Some(cell) = &attempt_cell {
+                cell.store(attempt, Ordering::Relaxed);
+            }
             continue;
         }
         if verbose {
@@ -211,22 +248,6 @@ async fn invoke<W: Workflow>(
             input: event,
             last: Some(last),
         });
-    }
-}
-
-/// A step's error, shared between the run's error and the catch-error step's event.
-#[derive(Debug)]
-struct SharedError(Arc<dyn std::error::Error + Send + Sync>);
-
-impl std::fmt::Display for SharedError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for SharedError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
     }
 }
 
@@ -256,14 +277,36 @@ struct Executor<W: Workflow> {
     /// Requests published to the outside and not answered yet: the run waits for them.
     pending_requests: Vec<DynEvent>,
     recoveries: u32,
+    /// Durable runs: the inputs of the running invocations, for snapshots.
+    running: Vec<Option<Running>>,
+    free_running: Vec<usize>,
+    /// How many invocations completed.
+    completed: u64,
+    /// How many invocations started (durable runs).
+    started: u64,
     ended: bool,
+}
+
+/// How a run begins: with its start event, or from a snapshot.
+pub(crate) enum Init {
+    Start(DynEvent),
+    Resume(Restored),
+}
+
+/// A snapshot, decoded and checked against the workflow.
+pub(crate) struct Restored {
+    pub(crate) in_flight: Vec<(usize, DynEvent, u32)>,
+    pub(crate) queued: Vec<(usize, DynEvent)>,
+    pub(crate) pending_requests: Vec<DynEvent>,
+    pub(crate) recoveries: u32,
+    pub(crate) completed: u64,
 }
 
 /// Runs one workflow run to its end.
 pub(crate) async fn execute<W: Workflow>(
     runner: Runner<W>,
     shared: Arc<RunShared<W>>,
-    start: DynEvent,
+    init: Init,
 ) -> Result<W::Output> {
     let span = tracing::info_span!(
         "workflow.run",
@@ -286,7 +329,7 @@ pub(crate) async fn execute<W: Workflow>(
         };
         let sleep = timeout.map(tokio::time::sleep);
         let mut sleep = std::pin::pin!(sleep);
-        let result = match executor.route(start, None) {
+        let result = match executor.begin(init) {
             Err(error) => Err(error),
             Ok(()) => {
                 poll_fn(|cx| executor.poll_run(cx, sleep.as_mut().as_pin_mut(), timeout)).await
@@ -326,7 +369,45 @@ impl<W: Workflow> Executor<W> {
                 .any(|s| s.accepts.iter().any(|m| m.kind == EventKind::Failure)),
             recoveries: 0,
             pending_requests: Vec::new(),
+            running: Vec::new(),
+            free_running: Vec::new(),
+            completed: 0,
+            started: 0,
             ended: false,
+        }
+    }
+
+    fn begin(&mut self, init: Init) -> Result<()> {
+        match init {
+            Init::Start(event) => {
+                self.checkpoint_with(Some(&event))?;
+                self.route(event, None)
+            }
+            Init::Resume(restored) => {
+                self.recoveries = restored.recoveries;
+                self.completed = restored.completed;
+                // The steps that were running run again, first, with their attempt counters.
+                for (step, event, attempt) in restored.in_flight {
+                    let slot = &mut self.slots[step];
+                    if slot.busy < slot.limit {
+                        self.start(step, event, attempt);
+                    } else {
+                        slot.queue.push_back(event);
+                        self.queued += 1;
+                    }
+                }
+                for (step, event) in restored.queued {
+                    self.deliver(step, event);
+                }
+                // Requests still unanswered are published again for whoever watches now.
+                for request in restored.pending_requests {
+                    self.shared
+                        .stream
+                        .publish(StreamItem::Event(request.clone()));
+                    self.pending_requests.push(request);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -356,8 +437,23 @@ impl<W: Workflow> Executor<W> {
             if self.shared.mail.load(Ordering::Acquire) {
                 continue;
             }
-            if self.in_flight.is_empty() && self.queued == 0 && self.pending_requests.is_empty() {
-                return Poll::Ready(Err(self.stuck()));
+            if self.in_flight.is_empty() && self.queued == 0 {
+                if self.pending_requests.is_empty() {
+                    return Poll::Ready(Err(self.stuck()));
+                }
+                if let Some(journal) = self
+                    .shared
+                    .journal
+                    .as_ref()
+                    .filter(|j| j.evict_when_waiting)
+                {
+                    // Parked for a human: keep the run in the store, not in memory.
+                    let key = journal.key.clone();
+                    return Poll::Ready(match self.save(RunStatus::Waiting, None, None) {
+                        Ok(()) => Err(WorkflowError::Suspended { key }),
+                        Err(error) => Err(error),
+                    });
+                }
             }
             if let (Some(sleep), Some(limit)) = (sleep.as_mut(), timeout) {
                 if sleep.as_mut().poll(cx).is_ready() {
@@ -371,8 +467,8 @@ impl<W: Workflow> Executor<W> {
         }
     }
 
-    /// Routes the events sent with `send_event` (from steps or from outside) and notices a
-    /// cancellation.
+    /// Routes the events sent with `send_event` (from steps or from outside), answers snapshot
+    /// requests, and notices a cancellation.
     fn drain_mail(&mut self) -> Result<()> {
         self.shared.mail.store(false, Ordering::Release);
         if self.shared.cancelled.load(Ordering::Acquire) {
@@ -399,13 +495,22 @@ impl<W: Workflow> Executor<W> {
                 break;
             }
         }
+        let requests = std::mem::take(&mut *lock(&self.shared.snapshot_requests));
+        for reply in requests {
+            let _ = reply.send(self.capture());
+        }
         Ok(())
     }
 
     fn complete(&mut self, done: Done) -> Result<()> {
+        if done.input_slot != NOT_TRACKED {
+            self.running[done.input_slot] = None;
+            self.free_running.push(done.input_slot);
+        }
         let slot = &mut self.slots[done.step];
         slot.busy -= 1;
         slot.free_workers.push(done.worker);
+        self.completed += 1;
         let name = W::GRAPH.steps[done.step].name;
         if self.runner.config.internal_events && self.shared.stream.has_subscribers() {
             self.shared.stream.publish(StreamItem::StepFinished {
@@ -415,7 +520,10 @@ impl<W: Workflow> Executor<W> {
         }
         let emitted = match done.result {
             Ok(emitted) => emitted,
-            Err(failed) => return self.recover(failed),
+            Err(failed) => {
+                self.recover(failed)?;
+                return self.checkpoint();
+            }
         };
         match emitted {
             Emitted::Nothing => self.last = Some((name, 0)),
@@ -437,8 +545,11 @@ impl<W: Workflow> Executor<W> {
         if self.output.is_none() {
             if let Some(event) = self.slots[done.step].queue.pop_front() {
                 self.queued -= 1;
-                self.start(done.step, event);
+                self.start(done.step, event, 1);
             }
+            // Durable runs: the completion and what it emitted are now in the store, so this
+            // step never runs again on this input, whatever happens to the process.
+            self.checkpoint()?;
         }
         Ok(())
     }
@@ -472,19 +583,19 @@ impl<W: Workflow> Executor<W> {
         if self.output.is_some() {
             return Ok(());
         }
-        if event.kind() == EventKind::Stop {
-            return match W::__output(event) {
-                Ok(output) => {
-                    self.output = Some(output);
-                    Ok(())
-                }
-                Err(event) => Err(WorkflowError::Undeliverable {
-                    event: event.name(),
-                    reason: "it is a stop event of another workflow's output type".into(),
-                }),
-            };
-        }
         match event.kind() {
+            EventKind::Stop => {
+                return match W::__output(event) {
+                    Ok(output) => {
+                        self.output = Some(output);
+                        Ok(())
+                    }
+                    Err(event) => Err(WorkflowError::Undeliverable {
+                        event: event.name(),
+                        reason: "it is a stop event of another workflow's output type".into(),
+                    }),
+                };
+            }
             EventKind::Request => {
                 // Leaves the graph: published for the outside world, which answers later.
                 self.shared.stream.publish(StreamItem::Event(event.clone()));
@@ -503,22 +614,18 @@ impl<W: Workflow> Executor<W> {
             }
             _ => {}
         }
-        let routes = self.runner.routes.clone();
-        let single;
-        let consumers = match target {
-            Some(step) => {
-                if !W::GRAPH.accepts(step, event.id()) {
-                    return Err(WorkflowError::Undeliverable {
-                        event: event.name(),
-                        reason: format!("step `{}` does not accept it", W::GRAPH.steps[step].name),
-                    });
-                }
-                single = [step];
-                &single[..]
+        if let Some(step) = target {
+            if !W::GRAPH.accepts(step, event.id()) {
+                return Err(WorkflowError::Undeliverable {
+                    event: event.name(),
+                    reason: format!("step `{}` does not accept it", W::GRAPH.steps[step].name),
+                });
             }
-            None => routes.consumers(event.id()),
-        };
-        let Some((&last, rest)) = consumers.split_last() else {
+            self.deliver(step, event);
+            return Ok(());
+        }
+        let routes = self.runner.routes.clone();
+        let Some((&last, rest)) = routes.consumers(event.id()).split_last() else {
             return Err(WorkflowError::Undeliverable {
                 event: event.name(),
                 reason: "no step of the workflow accepts it".into(),
@@ -534,14 +641,14 @@ impl<W: Workflow> Executor<W> {
     fn deliver(&mut self, step: usize, event: DynEvent) {
         let slot = &mut self.slots[step];
         if slot.busy < slot.limit && slot.queue.is_empty() {
-            self.start(step, event);
+            self.start(step, event, 1);
         } else {
             slot.queue.push_back(event);
             self.queued += 1;
         }
     }
 
-    fn start(&mut self, step: usize, event: DynEvent) {
+    fn start(&mut self, step: usize, event: DynEvent, attempt: u32) {
         let slot = &mut self.slots[step];
         slot.busy += 1;
         let worker = slot.free_workers.pop().unwrap_or_else(|| {
@@ -554,21 +661,49 @@ impl<W: Workflow> Executor<W> {
                 worker,
             });
         }
+        let (input_slot, attempt_cell) = if W::DURABLE {
+            let cell = Arc::new(AtomicU32::new(attempt));
+            self.started += 1;
+            let running = Some(Running {
+                order: self.started,
+                step,
+                event: event.clone(),
+                attempt: cell.clone(),
+            });
+            let index = match self.free_running.pop() {
+                Some(index) => {
+                    self.running[index] = running;
+                    index
+                }
+                None => {
+                    self.running.push(running);
+                    self.running.len() - 1
+                }
+            };
+            (index, Some(cell))
+        } else {
+            (NOT_TRACKED, None)
+        };
         let config = &self.runner.config;
         let invocation = invoke(
             self.runner.workflow.clone(),
             self.shared.clone(),
-            step,
-            worker,
-            event,
-            config.steps[step],
-            self.catches,
-            config.verbose,
+            Job {
+                step,
+                worker,
+                event,
+                config: config.steps[step],
+                keep_input: self.catches,
+                verbose: config.verbose,
+                first_attempt: attempt,
+                attempt_cell,
+            },
         );
         self.in_flight.push(Box::pin(async move {
             Done {
                 step,
                 worker,
+                input_slot,
                 result: invocation.await,
             }
         }));
@@ -599,12 +734,184 @@ impl<W: Workflow> Executor<W> {
         WorkflowError::Stuck { diagnostic }
     }
 
-    /// Publishes the terminal item once.
+    /// Captures the run as it is between two polls of its steps.
+    fn capture(&self) -> std::result::Result<Snapshot, SnapshotError> {
+        self.capture_with(None)
+    }
+
+    fn capture_with(
+        &self,
+        extra_start: Option<&DynEvent>,
+    ) -> std::result::Result<Snapshot, SnapshotError> {
+        if !W::DURABLE {
+            return Err(SnapshotError::new(
+                "",
+                format!(
+                    "workflow `{}` is not `#[workflow(durable)]`: its runs cannot be snapshotted",
+                    W::GRAPH.workflow
+                ),
+            ));
+        }
+        let encode = |path: String, event: &DynEvent| {
+            encode_event::<W>(event).map_err(|reason| SnapshotError::new(path, reason))
+        };
+        let state = W::__encode_state(&lock(&self.shared.state))
+            .map_err(|reason| SnapshotError::new("state", reason))?;
+        let mut in_flight = Vec::new();
+        let mut running: Vec<&Running> = self.running.iter().flatten().collect();
+        running.sort_by_key(|r| r.order);
+        for running in running {
+            in_flight.push(InFlightRecord {
+                step: W::GRAPH.steps[running.step].name.to_string(),
+                attempt: running.attempt.load(Ordering::Relaxed),
+                event: encode(
+                    format!("in_flight[{}].event", in_flight.len()),
+                    &running.event,
+                )?,
+            });
+        }
+        let mut queued = Vec::new();
+        if let Some(start) = extra_start {
+            // The very first checkpoint: the start event has not been routed yet.
+            for &step in self.runner.routes.consumers(start.id()) {
+                queued.push(QueuedRecord {
+                    step: W::GRAPH.steps[step].name.to_string(),
+                    event: encode(format!("queued[{}].event", queued.len()), start)?,
+                });
+            }
+        }
+        for (step, slot) in self.slots.iter().enumerate() {
+            for event in &slot.queue {
+                queued.push(QueuedRecord {
+                    step: W::GRAPH.steps[step].name.to_string(),
+                    event: encode(format!("queued[{}].event", queued.len()), event)?,
+                });
+            }
+        }
+        let mut collect = Vec::new();
+        let buffers = lock(&self.shared.collect);
+        let mut keys: Vec<_> = buffers.keys().copied().collect();
+        keys.sort_unstable();
+        for (step, key) in keys {
+            let n = collect.len();
+            let mut slots = Vec::new();
+            for (s, events) in buffers[&(step, key)].slots.iter().enumerate() {
+                let mut records = Vec::new();
+                for (e, event) in events.iter().enumerate() {
+                    records.push(encode(format!("collect[{n}].slots[{s}][{e}]"), event)?);
+                }
+                slots.push(records);
+            }
+            collect.push(CollectRecord {
+                step: W::GRAPH.steps[step].name.to_string(),
+                key,
+                slots,
+            });
+        }
+        drop(buffers);
+        let pending_requests = self
+            .pending_requests
+            .iter()
+            .enumerate()
+            .map(|(i, event)| encode(format!("pending_requests[{i}]"), event))
+            .collect::<std::result::Result<_, _>>()?;
+        let unclaimed = lock(&self.shared.unclaimed)
+            .iter()
+            .enumerate()
+            .map(|(i, event)| encode(format!("unclaimed[{i}]"), event))
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(Snapshot {
+            format: SNAPSHOT_FORMAT,
+            workflow: W::GRAPH.workflow.to_string(),
+            fingerprint: self.runner.fingerprint.to_string(),
+            run_id: self.shared.run_id,
+            completed: self.completed,
+            state,
+            in_flight,
+            queued,
+            collect,
+            pending_requests,
+            unclaimed,
+            recoveries: self.recoveries,
+            stream_seq: self.shared.stream_seq.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Durable runs: journals the run as it is now.
+    fn checkpoint(&mut self) -> Result<()> {
+        self.checkpoint_with(None)
+    }
+
+    fn checkpoint_with(&mut self, start: Option<&DynEvent>) -> Result<()> {
+        if self.shared.journal.is_none() {
+            return Ok(());
+        }
+        // Events the step sent with `send_event` belong to its completion: route them first,
+        // so the checkpoint holds them.
+        if self.shared.mail.load(Ordering::Acquire) {
+            self.drain_mail()?;
+            if self.output.is_some() {
+                return Ok(());
+            }
+        }
+        let snapshot = self.capture_with(start).map_err(WorkflowError::Snapshot)?;
+        self.save_snapshot(RunStatus::Running, snapshot, None, None)
+    }
+
+    fn save(
+        &mut self,
+        status: RunStatus,
+        output: Option<serde_json::Value>,
+        error: Option<String>,
+    ) -> Result<()> {
+        let snapshot = self.capture().map_err(WorkflowError::Snapshot)?;
+        self.save_snapshot(status, snapshot, output, error)
+    }
+
+    fn save_snapshot(
+        &mut self,
+        status: RunStatus,
+        snapshot: Snapshot,
+        output: Option<serde_json::Value>,
+        error: Option<String>,
+    ) -> Result<()> {
+        let Some(journal) = &self.shared.journal else {
+            return Ok(());
+        };
+        let record = RunRecord {
+            status,
+            snapshot,
+            output,
+            error,
+        };
+        journal
+            .store
+            .save(&journal.key, &record)
+            .map_err(WorkflowError::Store)
+    }
+
+    /// Publishes the terminal item once, and journals the outcome of a durable run.
     fn end(&mut self, result: &Result<W::Output>) {
         self.ended = true;
+        if self.shared.journal.is_some() {
+            let saved = match result {
+                Ok(output) => match W::__encode_output(output) {
+                    Ok(value) => self.save(RunStatus::Finished, Some(value), None),
+                    Err(reason) => self.save(RunStatus::Failed, None, Some(reason)),
+                },
+                // Suspended runs were saved as waiting; a run that could not journal cannot
+                // journal its end either.
+                Err(WorkflowError::Suspended { .. } | WorkflowError::Store(_)) => Ok(()),
+                Err(error) => self.save(RunStatus::Failed, None, Some(error.to_string())),
+            };
+            if let Err(error) = saved {
+                tracing::error!(%error, "could not journal the end of a durable run");
+            }
+        }
         let outcome = match result {
             Ok(_) => Outcome::Stopped,
             Err(WorkflowError::Cancelled) => Outcome::Cancelled,
+            Err(WorkflowError::Suspended { .. }) => Outcome::Suspended,
             Err(error @ (WorkflowError::TimedOut { .. } | WorkflowError::StepTimedOut { .. })) => {
                 Outcome::TimedOut(error.to_string())
             }
@@ -624,4 +931,146 @@ impl<W: Workflow> Drop for Executor<W> {
         // In-flight invocations are dropped with `in_flight`, after this: no step outlives
         // its run.
     }
+}
+
+/// Decodes a snapshot and checks it against workflow `W`.
+pub(crate) fn restore<W: Workflow>(
+    snapshot: &Snapshot,
+    fingerprint: &str,
+) -> std::result::Result<(W::State, Restored), SnapshotError> {
+    if snapshot.format != SNAPSHOT_FORMAT {
+        return Err(SnapshotError::new(
+            "format",
+            format!(
+                "snapshot format {} is not supported; this build reads format {SNAPSHOT_FORMAT}",
+                snapshot.format
+            ),
+        ));
+    }
+    if snapshot.workflow != W::GRAPH.workflow {
+        return Err(SnapshotError::new(
+            "workflow",
+            format!(
+                "the snapshot is of workflow `{}`, not `{}`",
+                snapshot.workflow,
+                W::GRAPH.workflow
+            ),
+        ));
+    }
+    if snapshot.fingerprint != fingerprint {
+        return Err(SnapshotError::new(
+            "fingerprint",
+            format!(
+                "the graph of `{}` changed since the snapshot was taken (snapshot {}, this build {fingerprint})",
+                W::GRAPH.workflow,
+                snapshot.fingerprint
+            ),
+        ));
+    }
+    if !W::DURABLE {
+        return Err(SnapshotError::new(
+            "workflow",
+            format!(
+                "workflow `{}` is not `#[workflow(durable)]`",
+                W::GRAPH.workflow
+            ),
+        ));
+    }
+    let state = W::__decode_state(snapshot.state.clone())
+        .map_err(|reason| SnapshotError::new("state", reason))?;
+    let step_of = |path: String, name: &str| {
+        W::GRAPH.step_index(name).ok_or_else(|| {
+            SnapshotError::new(
+                path,
+                format!("workflow `{}` has no step `{name}`", W::GRAPH.workflow),
+            )
+        })
+    };
+    let event_of = |path: String, record: &EventRecord| {
+        decode_event::<W>(record)
+            .map_err(|(field, reason)| SnapshotError::new(format!("{path}.{field}"), reason))
+    };
+    let accepted = |path: String, step: usize, event: DynEvent| {
+        if W::GRAPH.accepts(step, event.id()) {
+            Ok(event)
+        } else {
+            Err(SnapshotError::new(
+                path,
+                format!(
+                    "step `{}` does not accept `{}`",
+                    W::GRAPH.steps[step].name,
+                    event.name()
+                ),
+            ))
+        }
+    };
+    let mut in_flight = Vec::new();
+    for (i, record) in snapshot.in_flight.iter().enumerate() {
+        let step = step_of(format!("in_flight[{i}].step"), &record.step)?;
+        let event = event_of(format!("in_flight[{i}].event"), &record.event)?;
+        let event = accepted(format!("in_flight[{i}].event"), step, event)?;
+        in_flight.push((step, event, record.attempt.max(1)));
+    }
+    let mut queued = Vec::new();
+    for (i, record) in snapshot.queued.iter().enumerate() {
+        let step = step_of(format!("queued[{i}].step"), &record.step)?;
+        let event = event_of(format!("queued[{i}].event"), &record.event)?;
+        queued.push((step, accepted(format!("queued[{i}].event"), step, event)?));
+    }
+    let mut pending_requests = Vec::new();
+    for (i, record) in snapshot.pending_requests.iter().enumerate() {
+        pending_requests.push(event_of(format!("pending_requests[{i}]"), record)?);
+    }
+    Ok((
+        state,
+        Restored {
+            in_flight,
+            queued,
+            pending_requests,
+            recoveries: snapshot.recoveries,
+            completed: snapshot.completed,
+        },
+    ))
+}
+
+/// Decodes the fan-in buffers and unclaimed answers of a snapshot into a fresh run.
+pub(crate) fn restore_buffers<W: Workflow>(
+    snapshot: &Snapshot,
+    shared: &RunShared<W>,
+) -> std::result::Result<(), SnapshotError> {
+    let event_of = |path: String, record: &EventRecord| {
+        decode_event::<W>(record)
+            .map_err(|(field, reason)| SnapshotError::new(format!("{path}.{field}"), reason))
+    };
+    let mut buffers = lock(&shared.collect);
+    for (i, record) in snapshot.collect.iter().enumerate() {
+        let step = W::GRAPH.step_index(&record.step).ok_or_else(|| {
+            SnapshotError::new(
+                format!("collect[{i}].step"),
+                format!(
+                    "workflow `{}` has no step `{}`",
+                    W::GRAPH.workflow,
+                    record.step
+                ),
+            )
+        })?;
+        let mut slots = Vec::new();
+        for (s, events) in record.slots.iter().enumerate() {
+            let mut queue = VecDeque::new();
+            for (e, event) in events.iter().enumerate() {
+                queue.push_back(event_of(format!("collect[{i}].slots[{s}][{e}]"), event)?);
+            }
+            slots.push(queue);
+        }
+        buffers.insert((step, record.key), CollectBuffer { slots });
+    }
+    drop(buffers);
+    let mut unclaimed = lock(&shared.unclaimed);
+    for (i, record) in snapshot.unclaimed.iter().enumerate() {
+        unclaimed.push(event_of(format!("unclaimed[{i}]"), record)?);
+    }
+    shared
+        .stream_seq
+        .store(snapshot.stream_seq, Ordering::Relaxed);
+    Ok(())
 }

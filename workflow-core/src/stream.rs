@@ -77,6 +77,8 @@ pub enum Outcome {
     TimedOut(String),
     /// The run was cancelled.
     Cancelled,
+    /// A durable run parked for an answer and moved to its store (see `Runner::answer`).
+    Suspended,
 }
 
 #[derive(Debug)]

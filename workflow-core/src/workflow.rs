@@ -4,14 +4,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::context::{Context, Envelope, RunShared};
+use crate::context::{Context, Envelope, Journal, RunShared};
+use crate::error::WorkflowError;
 use crate::error::{BoxError, Result};
 use crate::event::{DynEvent, Event, StartEvent};
 use crate::graph::Graph;
 use crate::handler::Handler;
 use crate::output::Emitted;
 use crate::retry::RetryPolicy;
+use crate::runtime::{Init, restore, restore_buffers};
 use crate::runtime::{RouteTable, execute};
+use crate::snapshot::{Snapshot, SnapshotError, fingerprint};
+use crate::store::{RunStatus, Store};
 use crate::stream::{DEFAULT_STREAM_CAPACITY, lock};
 use tokio::sync::Semaphore;
 
@@ -74,6 +78,67 @@ pub trait Workflow: Sized + Send + Sync + 'static {
         StepConfig::default()
     }
 
+    /// `#[workflow(durable)]`: the run can be snapshotted and journaled. Generated.
+    #[doc(hidden)]
+    const DURABLE: bool = false;
+
+    /// Serializes an event of the graph (durable workflows). Generated.
+    #[doc(hidden)]
+    fn __encode_event(event: &DynEvent) -> std::result::Result<serde_json::Value, String> {
+        Err(format!(
+            "cannot serialize `{}`: workflow `{}` is not `#[workflow(durable)]`",
+            event.name(),
+            Self::GRAPH.workflow
+        ))
+    }
+
+    /// Deserializes an event of the graph by its stable name (durable workflows). Generated.
+    #[doc(hidden)]
+    fn __decode_event(
+        name: &str,
+        data: serde_json::Value,
+    ) -> std::result::Result<DynEvent, String> {
+        let _ = data;
+        Err(format!(
+            "unknown event type `{name}` for workflow `{}` (it is not `#[workflow(durable)]`)",
+            Self::GRAPH.workflow
+        ))
+    }
+
+    /// Serializes the state (durable workflows). Generated.
+    #[doc(hidden)]
+    fn __encode_state(state: &Self::State) -> std::result::Result<serde_json::Value, String> {
+        let _ = state;
+        Err(format!(
+            "workflow `{}` is not `#[workflow(durable)]`: its runs cannot be snapshotted",
+            Self::GRAPH.workflow
+        ))
+    }
+
+    /// Deserializes the state (durable workflows). Generated.
+    #[doc(hidden)]
+    fn __decode_state(data: serde_json::Value) -> std::result::Result<Self::State, String> {
+        let _ = data;
+        Err(format!(
+            "workflow `{}` is not `#[workflow(durable)]`",
+            Self::GRAPH.workflow
+        ))
+    }
+
+    /// Serializes the output (durable workflows keep it in their store). Generated.
+    #[doc(hidden)]
+    fn __encode_output(output: &Self::Output) -> std::result::Result<serde_json::Value, String> {
+        let _ = output;
+        Err("not durable".to_string())
+    }
+
+    /// Deserializes the output of a finished durable run. Generated.
+    #[doc(hidden)]
+    fn __decode_output(data: serde_json::Value) -> std::result::Result<Self::Output, String> {
+        let _ = data;
+        Err("not durable".to_string())
+    }
+
     /// The graph of this workflow (same as [`Workflow::GRAPH`]).
     fn graph() -> &'static Graph {
         Self::GRAPH
@@ -132,6 +197,7 @@ pub struct Runner<W: Workflow> {
     pub(crate) workflow: Arc<W>,
     pub(crate) routes: Arc<RouteTable>,
     pub(crate) config: RunConfig,
+    pub(crate) fingerprint: Arc<str>,
 }
 
 /// The per-step settings from `#[step(retry = .., timeout = ..)]`.
@@ -154,6 +220,24 @@ pub(crate) struct RunConfig {
     pub(crate) max_recoveries: u32,
     pub(crate) run_limit: Option<Arc<Semaphore>>,
     pub(crate) steps: Arc<[StepConfig]>,
+    pub(crate) store: Option<Arc<dyn Store>>,
+    pub(crate) evict_when_waiting: bool,
+}
+
+impl std::fmt::Debug for dyn Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dyn Store")
+    }
+}
+
+impl<W: Workflow> std::fmt::Debug for Runner<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("workflow", &W::GRAPH.workflow)
+            .field("timeout", &self.config.timeout)
+            .field("durable", &self.config.store.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<W: Workflow> Clone for Runner<W> {
@@ -162,6 +246,7 @@ impl<W: Workflow> Clone for Runner<W> {
             workflow: self.workflow.clone(),
             routes: self.routes.clone(),
             config: self.config.clone(),
+            fingerprint: self.fingerprint.clone(),
         }
     }
 }
@@ -181,7 +266,10 @@ impl<W: Workflow> Runner<W> {
                 max_recoveries: 3,
                 run_limit: None,
                 steps: (0..W::GRAPH.steps.len()).map(W::__step_config).collect(),
+                store: None,
+                evict_when_waiting: false,
             },
+            fingerprint: fingerprint(W::GRAPH).into(),
         }
     }
 
@@ -255,7 +343,7 @@ impl<W: Workflow> Runner<W> {
         state: W::State,
     ) -> impl Future<Output = Result<W::Output>> + Send + use<W> {
         let shared = Arc::new(RunShared::new(state, self.config.stream_capacity));
-        execute(self.clone(), shared, W::__start_event(input))
+        execute(self.clone(), shared, Init::Start(W::__start_event(input)))
     }
 
     /// Runs the workflow starting from `*state`, and leaves the run's final state in `*state`
@@ -293,7 +381,12 @@ impl<W: Workflow> Runner<W> {
             std::mem::take(state),
             self.config.stream_capacity,
         ));
-        let result = execute(self.clone(), shared.clone(), W::__start_event(input)).await;
+        let result = execute(
+            self.clone(),
+            shared.clone(),
+            Init::Start(W::__start_event(input)),
+        )
+        .await;
         *state = std::mem::take(&mut *lock(&shared.state));
         result
     }
@@ -318,9 +411,185 @@ impl<W: Workflow> Runner<W> {
         let task = tokio::spawn(execute(
             self.clone(),
             shared.clone(),
-            W::__start_event(input),
+            Init::Start(W::__start_event(input)),
         ));
         Handler::new(shared, task, events)
+    }
+
+    /// Resumes a run from a snapshot (taken with `Handler::snapshot`, possibly in another
+    /// process) in a new task. The start event is not emitted again; completed steps do not run
+    /// again; the steps that were running run again (at least once), continuing their attempt
+    /// count; queues, fan-in buffers and unanswered requests are as they were (unanswered
+    /// requests are published again on the new handler's stream).
+    ///
+    /// # Errors
+    /// A [`SnapshotError`] naming the bad field when the snapshot is of another format, another
+    /// workflow, a changed graph, or holds data that does not decode. Nothing is started then.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn resume(&self, snapshot: &Snapshot) -> std::result::Result<Handler<W>, SnapshotError> {
+        self.resume_journaled(snapshot, None)
+    }
+
+    fn resume_journaled(
+        &self,
+        snapshot: &Snapshot,
+        journal: Option<Journal>,
+    ) -> std::result::Result<Handler<W>, SnapshotError> {
+        let (state, restored) = restore::<W>(snapshot, &self.fingerprint)?;
+        let shared = RunShared::new(state, self.config.stream_capacity).with_journal(journal);
+        restore_buffers::<W>(snapshot, &shared)?;
+        let shared = Arc::new(shared);
+        let events = shared.stream.subscribe();
+        let task = tokio::spawn(execute(
+            self.clone(),
+            shared.clone(),
+            Init::Resume(restored),
+        ));
+        Ok(Handler::new(shared, task, events))
+    }
+
+    /// Journals every run started with [`Runner::start_durable`] in `store`: a checkpoint at
+    /// the start and after each step completion, each event written to the stream, and the
+    /// outcome. Only for `#[workflow(durable)]` workflows.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Runner<W> {
+        self.config.store = Some(store);
+        self
+    }
+
+    /// Durable runs parked only on unanswered requests are saved to the store as waiting and
+    /// leave memory (their handler ends with [`WorkflowError::Suspended`]);
+    /// [`Runner::answer`] brings them back when the answer comes.
+    pub fn evict_when_waiting(mut self, on: bool) -> Runner<W> {
+        self.config.evict_when_waiting = on;
+        self
+    }
+
+    /// Starts a journaled run under `key` (see [`Runner::store`]).
+    ///
+    /// # Errors
+    /// [`WorkflowError::Durable`] when the runner has no store, the workflow is not
+    /// `#[workflow(durable)]`, or a run with this key exists and has not ended;
+    /// [`WorkflowError::Store`] when the store cannot be read.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn start_durable(&self, key: &str, input: W::Input) -> Result<Handler<W>> {
+        let store = self.durable_store(key)?;
+        if let Some(record) = store.load(key)? {
+            if matches!(record.status, RunStatus::Running | RunStatus::Waiting) {
+                return Err(WorkflowError::Durable {
+                    key: key.to_string(),
+                    reason: format!(
+                        "a run with this key is {:?} in the store: resume it instead",
+                        record.status
+                    ),
+                });
+            }
+        }
+        let journal = self.journal(store, key);
+        let shared = Arc::new(
+            RunShared::new(W::State::default(), self.config.stream_capacity)
+                .with_journal(Some(journal)),
+        );
+        let events = shared.stream.subscribe();
+        let task = tokio::spawn(execute(
+            self.clone(),
+            shared.clone(),
+            Init::Start(W::__start_event(input)),
+        ));
+        Ok(Handler::new(shared, task, events))
+    }
+
+    /// Resumes the journaled run `key` from its last checkpoint: after a crash, a restart, or
+    /// an eviction.
+    ///
+    /// # Errors
+    /// [`WorkflowError::Durable`] when there is no such run or it has ended;
+    /// [`WorkflowError::Snapshot`] when its checkpoint does not fit this build of the workflow;
+    /// [`WorkflowError::Store`] when the store cannot be read.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn resume_stored(&self, key: &str) -> Result<Handler<W>> {
+        let store = self.durable_store(key)?;
+        let Some(record) = store.load(key)? else {
+            return Err(WorkflowError::Durable {
+                key: key.to_string(),
+                reason: "no run with this key in the store".to_string(),
+            });
+        };
+        if !matches!(record.status, RunStatus::Running | RunStatus::Waiting) {
+            return Err(WorkflowError::Durable {
+                key: key.to_string(),
+                reason: format!("the run has ended ({:?})", record.status),
+            });
+        }
+        let journal = self.journal(store, key);
+        Ok(self.resume_journaled(&record.snapshot, Some(journal))?)
+    }
+
+    /// Delivers the answer to a journaled run waiting for it: resumes the run from the store
+    /// (it may have been evicted, or its process restarted) and sends `response` into it.
+    ///
+    /// # Errors
+    /// As [`Runner::resume_stored`].
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn answer<E: Event>(&self, key: &str, response: E) -> Result<Handler<W>> {
+        let handler = self.resume_stored(key)?;
+        handler.send_response(response);
+        Ok(handler)
+    }
+
+    /// The output of a finished journaled run, read from the store.
+    ///
+    /// # Errors
+    /// [`WorkflowError::Durable`] when the run is unknown, not finished, or its output does
+    /// not decode; [`WorkflowError::Store`] when the store cannot be read.
+    pub fn stored_output(&self, key: &str) -> Result<W::Output> {
+        let store = self.durable_store(key)?;
+        let durable = |reason: String| WorkflowError::Durable {
+            key: key.to_string(),
+            reason,
+        };
+        let record = store
+            .load(key)?
+            .ok_or_else(|| durable("no run with this key in the store".into()))?;
+        match (record.status, record.output) {
+            (RunStatus::Finished, Some(output)) => W::__decode_output(output).map_err(durable),
+            (status, _) => Err(durable(format!(
+                "the run has no output: it is {status:?}{}",
+                record.error.map(|e| format!(" ({e})")).unwrap_or_default()
+            ))),
+        }
+    }
+
+    fn durable_store(&self, key: &str) -> Result<Arc<dyn Store>> {
+        let durable = |reason: String| WorkflowError::Durable {
+            key: key.to_string(),
+            reason,
+        };
+        if !W::DURABLE {
+            return Err(durable(format!(
+                "workflow `{}` is not `#[workflow(durable)]`",
+                W::GRAPH.workflow
+            )));
+        }
+        self.config
+            .store
+            .clone()
+            .ok_or_else(|| durable("the runner has no store: call `Runner::store` first".into()))
+    }
+
+    fn journal(&self, store: Arc<dyn Store>, key: &str) -> Journal {
+        Journal {
+            store,
+            key: key.to_string(),
+            evict_when_waiting: self.config.evict_when_waiting,
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use syn::{Expr, Lit, Path, Token, Type};
 
 /// `#[workflow(state = S, crate = "path", skip_graph_checks)]`.
 pub(crate) struct WorkflowOptions {
+    pub(crate) durable: bool,
     pub(crate) state: Option<Type>,
     pub(crate) krate: Option<Path>,
     pub(crate) skip_graph_checks: bool,
@@ -51,6 +52,7 @@ impl Errors {
 
 pub(crate) fn parse_workflow_options(args: TokenStream, errors: &mut Errors) -> WorkflowOptions {
     let mut options = WorkflowOptions {
+        durable: false,
         state: None,
         krate: None,
         skip_graph_checks: false,
@@ -63,9 +65,11 @@ pub(crate) fn parse_workflow_options(args: TokenStream, errors: &mut Errors) -> 
             options.krate = Some(lit.parse()?);
         } else if meta.path.is_ident("skip_graph_checks") {
             options.skip_graph_checks = true;
+        } else if meta.path.is_ident("durable") {
+            options.durable = true;
         } else {
             return Err(meta.error(format!(
-                "unknown `#[workflow]` option `{}`; expected `state`, `crate` or `skip_graph_checks`",
+                "unknown `#[workflow]` option `{}`; expected `state`, `durable`, `crate` or `skip_graph_checks`",
                 path_name(&meta.path)
             )));
         }

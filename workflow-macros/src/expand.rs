@@ -147,6 +147,7 @@ fn generate(
         }
     });
 
+    let durable = options.durable.then(|| durable_codec(&private, model));
     let event_of = event_of_impls(&private, self_ty, model, shape);
     let checks = graph_checks(&private, self_ty, options, model, shape);
 
@@ -180,6 +181,7 @@ fn generate(
                 }
 
                 #step_config
+                #durable
 
                 fn __start_event(input: Self::Input) -> #private::DynEvent {
                     #private::start_event::<Self::Input>(input)
@@ -293,6 +295,76 @@ fn invoke_arm(private: &TokenStream, index: usize, step: &Step) -> TokenStream {
             };
             let output = #call.await;
             #emit
+        }
+    }
+}
+
+/// `#[workflow(durable)]`: (de)serialization of every event of the graph, the state and the
+/// output, so runs can be snapshotted and journaled. Each type must be `Serialize` and
+/// `Deserialize`; rustc says so, spanned on the type, when one is not.
+fn durable_codec(private: &TokenStream, model: &Model) -> TokenStream {
+    let mut seen = std::collections::HashSet::new();
+    let events: Vec<&Type> = model
+        .steps
+        .iter()
+        .flat_map(|s| s.accepts.iter().chain(&s.emits))
+        .filter(|ty| !last_segment_is(ty, "StepFailure"))
+        .filter(|ty| seen.insert(last_name(ty)))
+        .collect();
+    let encode = events.iter().map(|ty| {
+        quote_spanned! {type_span(ty)=>
+            if let ::core::option::Option::Some(event) = event.downcast_ref::<#ty>() {
+                return #private::snapshot::encode::<#ty>(event);
+            }
+        }
+    });
+    let decode = events.iter().map(|ty| {
+        quote_spanned! {type_span(ty)=>
+            if name == <#ty as #private::Event>::NAME {
+                return #private::snapshot::decode::<#ty>(data);
+            }
+        }
+    });
+    quote! {
+        const DURABLE: bool = true;
+
+        fn __encode_event(
+            event: &#private::DynEvent,
+        ) -> ::core::result::Result<#private::serde_json::Value, #private::String> {
+            #(#encode)*
+            ::core::result::Result::Err(#private::format!("`{}` is not an event of this workflow", event.name()))
+        }
+
+        fn __decode_event(
+            name: &str,
+            data: #private::serde_json::Value,
+        ) -> ::core::result::Result<#private::DynEvent, #private::String> {
+            #(#decode)*
+            ::core::result::Result::Err(#private::format!("unknown event type `{}`", name))
+        }
+
+        fn __encode_state(
+            state: &Self::State,
+        ) -> ::core::result::Result<#private::serde_json::Value, #private::String> {
+            #private::serde_json::to_value(state).map_err(|e| #private::ToString::to_string(&e))
+        }
+
+        fn __decode_state(
+            data: #private::serde_json::Value,
+        ) -> ::core::result::Result<Self::State, #private::String> {
+            #private::serde_json::from_value(data).map_err(|e| #private::ToString::to_string(&e))
+        }
+
+        fn __encode_output(
+            output: &Self::Output,
+        ) -> ::core::result::Result<#private::serde_json::Value, #private::String> {
+            #private::serde_json::to_value(output).map_err(|e| #private::ToString::to_string(&e))
+        }
+
+        fn __decode_output(
+            data: #private::serde_json::Value,
+        ) -> ::core::result::Result<Self::Output, #private::String> {
+            #private::serde_json::from_value(data).map_err(|e| #private::ToString::to_string(&e))
         }
     }
 }
