@@ -1,8 +1,13 @@
-//! The smallest useful workflow: two steps joined by one event.
+//! The smallest useful workflow: two steps joined by one event, each asking a language model.
 //!
-//! Run it with `cargo run --example quickstart`.
+//! Run it with `cargo run --example quickstart`. With no `OPENAI_API_KEY` or `OPENAI_BASE_URL`
+//! in the environment it uses an offline stand-in model (and says so); set them (and
+//! `OPENAI_MODEL`) to use a real one, e.g. a local Ollama at `http://localhost:11434/v1`.
+
+use std::sync::Arc;
 
 use workflow_core::prelude::*;
+use workflow_llm::{ChatResponse, Llm, LlmError, LlmExt, MockLlm, Role, model_from_env_or};
 
 /// The event between the two steps: a joke waiting for its critique.
 #[derive(Debug, Clone, Event)]
@@ -10,36 +15,63 @@ struct Joke {
     text: String,
 }
 
-/// The workflow: its fields would be the steps' resources (a model client, a database...).
-struct JokeFlow;
+/// The workflow: its fields are the steps' resources, here the model.
+struct JokeFlow {
+    llm: Arc<dyn Llm>,
+}
 
 #[workflow]
 impl JokeFlow {
-    /// Takes the topic from the start event and writes a joke about it.
+    /// Takes the topic from the start event and asks the model for a joke about it.
     #[step]
-    async fn write_joke(&self, ev: StartEvent<String>) -> Joke {
+    async fn write_joke(&self, ev: StartEvent<String>) -> Result<Joke, LlmError> {
         let topic = ev.into_inner();
-        Joke {
-            text: format!("Why did the {topic} cross the road? To get to the other side!"),
-        }
+        let text = self
+            .llm
+            .complete(format!("Write a short joke about {topic}."))
+            .await?;
+        Ok(Joke { text })
     }
 
-    /// Critiques the joke and ends the run with the critique.
+    /// Asks the model to critique the joke, and ends the run with joke and critique.
     #[step]
-    async fn critique(&self, ev: Joke) -> StopEvent<String> {
-        let verdict = if ev.text.len() > 40 {
-            "a classic, if long"
-        } else {
-            "short and sweet"
-        };
-        StopEvent(format!("Joke: {}\nCritique: {verdict}.", ev.text))
+    async fn critique(&self, ev: Joke) -> Result<StopEvent<String>, LlmError> {
+        let critique = self
+            .llm
+            .complete(format!("Critique this joke in one sentence: {}", ev.text))
+            .await?;
+        Ok(StopEvent(format!("Joke: {}\nCritique: {critique}", ev.text)))
     }
 }
 
+/// The offline stand-in: answers the two prompts of this example without a network.
+fn stand_in() -> MockLlm {
+    MockLlm::named("offline-jokes").responder(|request| {
+        let prompt = request
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(|m| m.content.as_str())
+            .unwrap_or_default();
+        if let Some(topic) = prompt
+            .strip_prefix("Write a short joke about ")
+            .and_then(|rest| rest.strip_suffix('.'))
+        {
+            ChatResponse::text(format!(
+                "Why did the {topic} cross the road? To get to the other side!"
+            ))
+        } else {
+            ChatResponse::text("A classic: the setup is familiar, but the timing still works.")
+        }
+    })
+}
+
 #[tokio::main]
-async fn main() -> Result<(), WorkflowError> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let llm = model_from_env_or(stand_in)?;
     println!("{}", JokeFlow::graph());
-    let output = JokeFlow.run("chicken".to_string()).await?;
+    let output = JokeFlow { llm }.run("chicken".to_string()).await?;
     println!("{output}");
     Ok(())
 }
