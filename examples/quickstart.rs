@@ -40,7 +40,10 @@ impl JokeFlow {
             .llm
             .complete(format!("Critique this joke in one sentence: {}", ev.text))
             .await?;
-        Ok(StopEvent(format!("Joke: {}\nCritique: {critique}", ev.text)))
+        Ok(StopEvent(format!(
+            "Joke: {}\nCritique: {critique}",
+            ev.text
+        )))
     }
 }
 
