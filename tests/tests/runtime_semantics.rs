@@ -520,3 +520,47 @@ async fn cancelling_a_finished_run_keeps_its_outcome() {
     handler.cancel();
     assert_eq!(handler.await.unwrap(), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Targeted delivery checked at compile time.
+
+struct Typed {
+    hits: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[workflow]
+impl Typed {
+    #[step(emits = [Item, Doubled])]
+    async fn begin(&self, ctx: &Context<Self>, _ev: StartEvent<()>) {
+        // `both` takes an `Either`: both of its types can be sent to it.
+        ctx.send_to(Self::STEPS.both, Item(1));
+        ctx.send_to(Self::STEPS.both, Doubled(2));
+    }
+
+    #[step]
+    async fn items(&self, ev: Item) -> Option<StopEvent<u64>> {
+        self.hits.lock().unwrap().push(format!("items {}", ev.0));
+        None
+    }
+
+    #[step]
+    async fn both(&self, ctx: &Context<Self>, ev: Either<Item, Doubled>) -> Option<StopEvent<u64>> {
+        let (item, doubled) = ctx.collect_each::<(Item, Doubled)>(ev)?;
+        self.hits.lock().unwrap().push("both".to_string());
+        Some(StopEvent(item.0 + doubled.0))
+    }
+}
+
+#[tokio::test]
+async fn send_to_reaches_only_the_named_step_including_either_parameters() {
+    let hits = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = Typed { hits: hits.clone() }.run(()).await.unwrap();
+    assert_eq!(out, 3);
+    assert_eq!(
+        *hits.lock().unwrap(),
+        ["both"],
+        "`items` never saw the targeted `Item`"
+    );
+    assert_eq!(Typed::STEPS.both.name(), "both");
+    assert_eq!(format!("{:?}", Typed::STEPS.items), "StepRef(items)");
+}

@@ -67,6 +67,10 @@ impl<W: Workflow> Handler<W> {
         }
     }
 
+    pub(crate) fn shared(&self) -> &RunShared<W> {
+        &self.shared
+    }
+
     /// The run's id.
     pub fn run_id(&self) -> RunId {
         self.shared.run_id

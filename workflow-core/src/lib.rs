@@ -45,6 +45,7 @@ mod output;
 mod retry;
 mod runtime;
 pub mod snapshot;
+mod step_ref;
 pub mod store;
 mod stream;
 mod workflow;
@@ -55,6 +56,7 @@ pub use event::{DynEvent, Either, Event, EventId, Request, StartEvent, StepFailu
 pub use graph::{Graph, GraphError, StepSpec};
 pub use handler::Handler;
 pub use retry::RetryPolicy;
+pub use step_ref::{Accepts, StepRef};
 pub use stream::{DEFAULT_STREAM_CAPACITY, EventStream, Outcome, StreamItem};
 pub use workflow::{Runner, Workflow};
 
@@ -104,6 +106,7 @@ pub mod __private {
     pub use crate::output::{Emitted, StepOutput};
     pub use crate::retry::RetryPolicy;
     pub use crate::snapshot;
+    pub use crate::step_ref::StepRef;
     pub use crate::workflow::{StepConfig, Workflow, start_event};
     pub use serde_json;
     pub use std::format;

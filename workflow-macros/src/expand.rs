@@ -148,6 +148,7 @@ fn generate(
     });
 
     let durable = options.durable.then(|| durable_codec(&private, model));
+    let steps_const = steps_const(&private, self_ty, model);
     let event_of = event_of_impls(&private, self_ty, model, shape);
     let checks = graph_checks(&private, self_ty, options, model, shape);
 
@@ -194,6 +195,7 @@ fn generate(
                 }
             }
 
+            #steps_const
             #(#event_of)*
             #checks
         };
@@ -295,6 +297,33 @@ fn invoke_arm(private: &TokenStream, index: usize, step: &Step) -> TokenStream {
             };
             let output = #call.await;
             #emit
+        }
+    }
+}
+
+/// `Flow::STEPS`: one typed `StepRef` per step, named like the step, for targeted sends that
+/// rustc checks (`ctx.send_to(Self::STEPS.judge, ev)`: no such field, or a step that does not
+/// accept the event, does not compile).
+fn steps_const(private: &TokenStream, self_ty: &Type, model: &Model) -> TokenStream {
+    let names: Vec<_> = model.steps.iter().map(|s| &s.ident).collect();
+    let inputs: Vec<_> = model.steps.iter().map(|s| &s.input).collect();
+    let indices = 0..model.steps.len();
+    quote! {
+        /// The steps of the workflow, for `send_to`.
+        #[doc(hidden)]
+        #[allow(non_camel_case_types)]
+        pub struct __Steps {
+            #(pub #names: #private::StepRef<#self_ty, #inputs>,)*
+        }
+
+        #[automatically_derived]
+        impl #self_ty {
+            /// Typed references to the workflow's steps, one field per step, for
+            /// `ctx.send_to(Self::STEPS.step, event)`.
+            #[allow(dead_code)]
+            pub const STEPS: __Steps = __Steps {
+                #(#names: #private::StepRef::new(#indices),)*
+            };
         }
     }
 }
