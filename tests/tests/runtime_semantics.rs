@@ -564,3 +564,35 @@ async fn send_to_reaches_only_the_named_step_including_either_parameters() {
     assert_eq!(Typed::STEPS.both.name(), "both");
     assert_eq!(format!("{:?}", Typed::STEPS.items), "StepRef(items)");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A large fan-in completes (its linear cost is shown by the benchmark's scaling run).
+
+struct Big;
+
+#[workflow]
+impl Big {
+    #[step(emits = [Item])]
+    async fn fan_out(&self, ctx: &Context<Self>, ev: StartEvent<u64>) {
+        for i in 0..ev.0 {
+            ctx.send_event(Item(i));
+        }
+    }
+
+    #[step(num_workers = 8)]
+    async fn double(&self, ev: Item) -> Doubled {
+        Doubled(ev.0 * 2)
+    }
+
+    #[step]
+    async fn sum(&self, ctx: &Context<Self>, ev: Doubled) -> Option<StopEvent<u64>> {
+        let all = ctx.collect(ev, 100_000)?;
+        Some(StopEvent(all.iter().map(|d| d.0).sum()))
+    }
+}
+
+#[tokio::test]
+async fn a_fan_in_of_100_000_events_completes_exactly_once() {
+    let n = 100_000u64;
+    assert_eq!(Big.run(n).await.unwrap(), n * (n - 1));
+}
