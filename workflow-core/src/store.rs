@@ -18,6 +18,11 @@ use serde::{Deserialize, Serialize};
 use crate::snapshot::{EventRecord, Snapshot};
 use crate::stream::lock;
 
+#[cfg(feature = "sqlite")]
+mod sqlite;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+
 /// Where a journaled run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]

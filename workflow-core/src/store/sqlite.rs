@@ -1,0 +1,502 @@
+//! [`SqliteStore`]: durable runs in an embedded SQLite database (the `sqlite` feature).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{RunRecord, RunStatus, Store, StoreError};
+use crate::snapshot::EventRecord;
+use crate::stream::lock;
+
+/// How long a connection waits for another process's write lock on the same file before it
+/// gives up with an error.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    key     TEXT PRIMARY KEY NOT NULL,
+    status  TEXT NOT NULL,
+    record  TEXT NOT NULL,
+    updated INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, key);
+CREATE TABLE IF NOT EXISTS events (
+    key   TEXT NOT NULL,
+    seq   INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    PRIMARY KEY (key, seq)
+) WITHOUT ROWID;
+";
+
+/// A [`Store`] in an embedded SQLite database: one file, no server to start. SQLite is
+/// compiled into the crate, so no system library is needed.
+///
+/// Two tables: `runs (key, status, record, updated)` holds each run's last checkpoint as JSON,
+/// `events (key, seq, event)` the events it wrote to its stream. The database runs in WAL mode
+/// with `synchronous = FULL`: when [`Store::save`] or [`Store::append_event`] returns, the
+/// write survives a crash of the process (even `SIGKILL`) or of the machine. Several processes
+/// may open the same file; a writer waits up to 10 s for another's lock.
+///
+/// Calls block the calling thread for the time of a write and its `fsync` (the run's task, between
+/// two steps); the connection is shared behind a mutex.
+///
+/// Stream events are keyed by `(run key, seq)`: writing a sequence number again replaces the
+/// event. A step that was running when its process died runs again on resume and writes its
+/// events again under the same numbers, so the journal holds each event once. The first
+/// checkpoint of a new run under a key that an ended run used clears that run's events.
+///
+/// ```
+/// use workflow_core::store::{RunStatus, SqliteStore, Store};
+///
+/// let store = SqliteStore::in_memory().unwrap();
+/// assert!(store.load("nope").unwrap().is_none());
+/// assert!(store.keys(RunStatus::Waiting).unwrap().is_empty());
+/// ```
+pub struct SqliteStore {
+    connection: Mutex<Connection>,
+    path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens the database at `path`, creating the file and its tables if needed.
+    ///
+    /// ```
+    /// use workflow_core::store::SqliteStore;
+    ///
+    /// let path = std::env::temp_dir().join(format!("doc-{}.db", std::process::id()));
+    /// let store = SqliteStore::open(&path).unwrap();
+    /// assert_eq!(store.path(), Some(path.as_path()));
+    /// # drop(store);
+    /// # for suffix in ["", "-wal", "-shm"] {
+    /// #     let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// When the file cannot be opened or created, is not an SQLite database, or its tables
+    /// cannot be created.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref();
+        let connection = Connection::open(path)
+            .map_err(|e| StoreError::new(format!("cannot open `{}`: {e}", path.display())))?;
+        SqliteStore::setup(connection, Some(path.to_path_buf()))
+    }
+
+    /// A private database in memory, gone when the store is dropped (tests).
+    ///
+    /// # Errors
+    /// When SQLite cannot allocate it.
+    pub fn in_memory() -> Result<SqliteStore, StoreError> {
+        let connection = Connection::open_in_memory()
+            .map_err(|e| StoreError::new(format!("cannot open an in-memory database: {e}")))?;
+        SqliteStore::setup(connection, None)
+    }
+
+    /// The database file, or `None` for an in-memory store.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    fn setup(connection: Connection, path: Option<PathBuf>) -> Result<SqliteStore, StoreError> {
+        let at = match &path {
+            Some(path) => format!("`{}`", path.display()),
+            None => "the in-memory database".to_string(),
+        };
+        let fail = |what: &str, e: rusqlite::Error| StoreError::new(format!("{what} {at}: {e}"));
+        connection
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| fail("cannot set the busy timeout of", e))?;
+        // WAL: readers (another process polling the file) never block the writer, and a
+        // commit is one append to the log. FULL: the log is synced at every commit, so a
+        // checkpoint is on disk when `save` returns.
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| fail("cannot switch to WAL mode", e))?;
+        connection
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| fail("cannot set `synchronous = FULL` on", e))?;
+        connection
+            .execute_batch(SCHEMA)
+            .map_err(|e| fail("cannot create the tables of", e))?;
+        Ok(SqliteStore {
+            connection: Mutex::new(connection),
+            path,
+        })
+    }
+}
+
+fn status_name(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Running => "running",
+        RunStatus::Waiting => "waiting",
+        RunStatus::Finished => "finished",
+        RunStatus::Failed => "failed",
+    }
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn seq_column(seq: u64) -> Result<i64, StoreError> {
+    i64::try_from(seq).map_err(|_| StoreError::new(format!("event sequence {seq} is too large")))
+}
+
+/// Reads JSON text; on failure, the path of the bad field (when there is one) and the error,
+/// as the tail of a message: `` at `snapshot.state`: invalid type ...`` or `: EOF while ...`.
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        if path == "." || path == "?" {
+            format!(": {inner}")
+        } else {
+            format!(" at `{path}`: {inner}")
+        }
+    })
+}
+
+impl Store for SqliteStore {
+    fn save(&self, key: &str, record: &RunRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(record).map_err(|e| {
+            StoreError::new(format!("cannot serialize the record of run `{key}`: {e}"))
+        })?;
+        let fail = |e: rusqlite::Error| StoreError::new(format!("cannot save run `{key}`: {e}"));
+        let mut connection = lock(&self.connection);
+        let tx = connection.transaction().map_err(fail)?;
+        let snapshot = &record.snapshot;
+        if record.status == RunStatus::Running
+            && snapshot.completed == 0
+            && snapshot.stream_seq == 0
+        {
+            // The first checkpoint of a new run: the events of an ended run that used this key
+            // before are not part of its history.
+            tx.execute("DELETE FROM events WHERE key = ?1", params![key])
+                .map_err(fail)?;
+        }
+        tx.execute(
+            "INSERT INTO runs (key, status, record, updated) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (key) DO UPDATE SET
+                 status = excluded.status, record = excluded.record, updated = excluded.updated",
+            params![key, status_name(record.status), json, now_millis()],
+        )
+        .map_err(fail)?;
+        tx.commit().map_err(fail)
+    }
+
+    fn load(&self, key: &str) -> Result<Option<RunRecord>, StoreError> {
+        let text: Option<String> = lock(&self.connection)
+            .query_row(
+                "SELECT record FROM runs WHERE key = ?1",
+                params![key],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| StoreError::new(format!("cannot load run `{key}`: {e}")))?;
+        text.map(|text| {
+            from_json(&text)
+                .map_err(|reason| StoreError::new(format!("corrupt record of run `{key}`{reason}")))
+        })
+        .transpose()
+    }
+
+    fn append_event(&self, key: &str, seq: u64, event: &EventRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(event).map_err(|e| {
+            StoreError::new(format!("cannot serialize event {seq} of run `{key}`: {e}"))
+        })?;
+        lock(&self.connection)
+            .execute(
+                "INSERT OR REPLACE INTO events (key, seq, event) VALUES (?1, ?2, ?3)",
+                params![key, seq_column(seq)?, json],
+            )
+            .map_err(|e| {
+                StoreError::new(format!("cannot journal event {seq} of run `{key}`: {e}"))
+            })?;
+        Ok(())
+    }
+
+    fn events(&self, key: &str) -> Result<Vec<(u64, EventRecord)>, StoreError> {
+        let fail = |e: rusqlite::Error| {
+            StoreError::new(format!("cannot read the events of run `{key}`: {e}"))
+        };
+        let connection = lock(&self.connection);
+        let mut statement = connection
+            .prepare_cached("SELECT seq, event FROM events WHERE key = ?1 ORDER BY seq")
+            .map_err(fail)?;
+        let rows = statement
+            .query_map(params![key], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            })
+            .map_err(fail)?;
+        let mut events = Vec::new();
+        for row in rows {
+            let (seq, text) = row.map_err(fail)?;
+            let event = from_json(&text).map_err(|reason| {
+                StoreError::new(format!("corrupt event {seq} of run `{key}`{reason}"))
+            })?;
+            events.push((seq.max(0) as u64, event));
+        }
+        Ok(events)
+    }
+
+    fn keys(&self, status: RunStatus) -> Result<Vec<String>, StoreError> {
+        let fail =
+            |e: rusqlite::Error| StoreError::new(format!("cannot list the {status:?} runs: {e}"));
+        let connection = lock(&self.connection);
+        let mut statement = connection
+            .prepare_cached("SELECT key FROM runs WHERE status = ?1 ORDER BY key")
+            .map_err(fail)?;
+        let keys = statement
+            .query_map(params![status_name(status)], |row| row.get(0))
+            .map_err(fail)?
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(fail)?;
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{SNAPSHOT_FORMAT, Snapshot};
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = std::env::temp_dir()
+                .join(format!("workflow-sqlite-{name}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn record(status: RunStatus, completed: u64, stream_seq: u64) -> RunRecord {
+        RunRecord {
+            status,
+            snapshot: Snapshot {
+                format: SNAPSHOT_FORMAT,
+                workflow: "Sample".into(),
+                fingerprint: "00ff".into(),
+                run_id: 7,
+                completed,
+                state: serde_json::json!({ "n": completed }),
+                in_flight: Vec::new(),
+                queued: Vec::new(),
+                collect: Vec::new(),
+                pending_requests: Vec::new(),
+                unclaimed: Vec::new(),
+                recoveries: 0,
+                stream_seq,
+            },
+            output: (status == RunStatus::Finished).then(|| serde_json::json!("done")),
+            error: None,
+        }
+    }
+
+    fn event(n: u32) -> EventRecord {
+        EventRecord {
+            event: "tests::Note".into(),
+            data: serde_json::json!({ "n": n }),
+        }
+    }
+
+    #[test]
+    fn saves_loads_and_replaces_records() {
+        let store = SqliteStore::in_memory().unwrap();
+        assert_eq!(store.load("a").unwrap(), None);
+        store.save("a", &record(RunStatus::Running, 1, 0)).unwrap();
+        assert_eq!(
+            store.load("a").unwrap(),
+            Some(record(RunStatus::Running, 1, 0))
+        );
+        store.save("a", &record(RunStatus::Finished, 3, 0)).unwrap();
+        assert_eq!(
+            store.load("a").unwrap(),
+            Some(record(RunStatus::Finished, 3, 0))
+        );
+        assert_eq!(store.load("b").unwrap(), None);
+    }
+
+    #[test]
+    fn lists_keys_by_status_in_order() {
+        let store = SqliteStore::in_memory().unwrap();
+        store.save("c", &record(RunStatus::Waiting, 1, 0)).unwrap();
+        store.save("a", &record(RunStatus::Waiting, 1, 0)).unwrap();
+        store.save("b", &record(RunStatus::Running, 1, 0)).unwrap();
+        store.save("d", &record(RunStatus::Failed, 1, 0)).unwrap();
+        assert_eq!(store.keys(RunStatus::Waiting).unwrap(), ["a", "c"]);
+        assert_eq!(store.keys(RunStatus::Running).unwrap(), ["b"]);
+        assert_eq!(store.keys(RunStatus::Failed).unwrap(), ["d"]);
+        assert!(store.keys(RunStatus::Finished).unwrap().is_empty());
+        store.save("a", &record(RunStatus::Finished, 2, 0)).unwrap();
+        assert_eq!(store.keys(RunStatus::Waiting).unwrap(), ["c"]);
+        assert_eq!(store.keys(RunStatus::Finished).unwrap(), ["a"]);
+    }
+
+    #[test]
+    fn journals_events_in_order_per_run_and_replaces_a_rewritten_seq() {
+        let store = SqliteStore::in_memory().unwrap();
+        store.append_event("a", 2, &event(2)).unwrap();
+        store.append_event("a", 1, &event(1)).unwrap();
+        store.append_event("b", 1, &event(10)).unwrap();
+        // A step that re-runs after a crash writes its events again under the same numbers.
+        store.append_event("a", 2, &event(20)).unwrap();
+        assert_eq!(store.events("a").unwrap(), [(1, event(1)), (2, event(20))]);
+        assert_eq!(store.events("b").unwrap(), [(1, event(10))]);
+        assert!(store.events("c").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_new_run_under_an_ended_runs_key_starts_with_no_events() {
+        let store = SqliteStore::in_memory().unwrap();
+        store.save("k", &record(RunStatus::Running, 0, 0)).unwrap();
+        store.append_event("k", 1, &event(1)).unwrap();
+        store.save("k", &record(RunStatus::Running, 1, 1)).unwrap();
+        assert_eq!(store.events("k").unwrap().len(), 1);
+        store.save("k", &record(RunStatus::Finished, 2, 1)).unwrap();
+        assert_eq!(store.events("k").unwrap().len(), 1);
+        // Started again: its first checkpoint has nothing completed and nothing written.
+        store.save("k", &record(RunStatus::Running, 0, 0)).unwrap();
+        assert!(store.events("k").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_file_database_is_shared_by_connections_and_survives_reopening() {
+        let dir = TempDir::new("reopen");
+        let path = dir.0.join("runs.db");
+        let first = SqliteStore::open(&path).unwrap();
+        assert_eq!(first.path(), Some(path.as_path()));
+        first.save("a", &record(RunStatus::Waiting, 2, 1)).unwrap();
+        first.append_event("a", 1, &event(1)).unwrap();
+        // Another connection (another process, in real life) sees the writes at once.
+        let second = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            second.load("a").unwrap(),
+            Some(record(RunStatus::Waiting, 2, 1))
+        );
+        drop(first);
+        drop(second);
+        let reopened = SqliteStore::open(&path).unwrap();
+        assert_eq!(reopened.keys(RunStatus::Waiting).unwrap(), ["a"]);
+        assert_eq!(reopened.events("a").unwrap(), [(1, event(1))]);
+        let mode: String = lock(&reopened.connection)
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let synchronous: i64 = lock(&reopened.connection)
+            .query_row("PRAGMA synchronous", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(synchronous, 2, "FULL");
+    }
+
+    #[test]
+    fn a_corrupt_record_is_an_error_naming_the_run_and_the_field() {
+        let store = SqliteStore::in_memory().unwrap();
+        store.save("a", &record(RunStatus::Running, 1, 0)).unwrap();
+        let mut json: serde_json::Value =
+            serde_json::to_value(record(RunStatus::Running, 1, 0)).unwrap();
+        json["snapshot"]["completed"] = serde_json::json!("one");
+        lock(&store.connection)
+            .execute(
+                "UPDATE runs SET record = ?1 WHERE key = 'a'",
+                params![json.to_string()],
+            )
+            .unwrap();
+        let error = store.load("a").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "store: corrupt record of run `a` at `snapshot.completed`: \
+             invalid type: string \"one\", expected u64 at line 1 column 70"
+        );
+
+        lock(&store.connection)
+            .execute("UPDATE runs SET record = '{ not json' WHERE key = 'a'", [])
+            .unwrap();
+        let error = store.load("a").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("store: corrupt record of run `a`: key must be a string"),
+            "{error}"
+        );
+
+        lock(&store.connection)
+            .execute(
+                "INSERT INTO events (key, seq, event) VALUES ('a', 1, '[]')",
+                [],
+            )
+            .unwrap();
+        let error = store.events("a").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("store: corrupt event 1 of run `a`: invalid length 0"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_a_clear_error() {
+        let dir = TempDir::new("garbage");
+        let path = dir.0.join("not-a.db");
+        std::fs::write(&path, b"this is not an sqlite database, not at all, no").unwrap();
+        let error = SqliteStore::open(&path).unwrap_err().to_string();
+        assert!(error.contains(&path.display().to_string()), "{error}");
+        assert!(error.contains("not a database"), "{error}");
+
+        let error = SqliteStore::open(dir.0.join("missing/dir/x.db"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("store: cannot open `"), "{error}");
+    }
+
+    #[test]
+    fn the_store_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<SqliteStore>();
+        let store = std::sync::Arc::new(SqliteStore::in_memory().unwrap());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for seq in 1..=25 {
+                        store
+                            .append_event(&format!("t{t}"), seq, &event(t))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        for t in 0..4 {
+            assert_eq!(store.events(&format!("t{t}")).unwrap().len(), 25);
+        }
+    }
+}
