@@ -1,0 +1,414 @@
+//! A durable run whose process is killed with `SIGKILL` resumes from its SQLite store in
+//! another process: the output equals an uninterrupted run's, no journaled event is lost, no
+//! step completion journaled before the kill runs again, and only the steps that were running
+//! run twice (at least once).
+//!
+//! The child process is `src/bin/durable_child.rs`, running `integration_tests::durable`'s
+//! `Pipeline`: every step invocation appends `step <name> input <n>` to a side-effect log when
+//! it starts, so the log tells which invocations ran and how often.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use integration_tests::durable::{PARTS, Pipeline};
+use workflow_core::prelude::*;
+use workflow_core::snapshot::{EventRecord, InFlightRecord, Snapshot};
+use workflow_core::store::{RunStatus, SqliteStore, Store};
+
+/// No wait in this file lasts longer than this.
+const DEADLINE: Duration = Duration::from_secs(15);
+
+/// A scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!(
+            "workflow-durable-kill-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The child process; killed (`SIGKILL` on Unix) and reaped on drop, whatever happens.
+struct ChildGuard(Child);
+
+impl ChildGuard {
+    fn spawn(db: &Path, log: &Path, key: &str, delay_ms: u64, hang_on: Option<&str>) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_durable_child"));
+        command
+            .arg(db)
+            .arg(log)
+            .arg(key)
+            .arg(delay_ms.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(line) = hang_on {
+            command.arg(line);
+        }
+        ChildGuard(command.spawn().expect("the child process starts"))
+    }
+
+    /// Kills the child with `SIGKILL` and waits for it to be gone.
+    fn kill(&mut self) {
+        if self
+            .0
+            .try_wait()
+            .expect("the child can be polled")
+            .is_some()
+        {
+            panic!("the child process ended before it could be killed");
+        }
+        self.0.kill().expect("the child can be killed");
+        let status = self.0.wait().expect("the child can be reaped");
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status:?}");
+        }
+        #[cfg(not(unix))]
+        assert!(!status.success());
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds; panics after [`DEADLINE`].
+fn wait_until(what: &str, child: &mut ChildGuard, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!("the child process ended ({status}) before {what}");
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "gave up after {DEADLINE:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn read_log(path: &Path) -> Vec<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text.lines().map(str::to_string).collect(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(error) => panic!("cannot read {}: {error}", path.display()),
+    }
+}
+
+fn counts(lines: &[String]) -> BTreeMap<&str, usize> {
+    let mut counts = BTreeMap::new();
+    for line in lines {
+        *counts.entry(line.as_str()).or_default() += 1;
+    }
+    counts
+}
+
+/// The log line an in-flight invocation writes when it (re-)starts.
+fn line_of(record: &InFlightRecord) -> String {
+    let data = &record.event.data;
+    let input = match record.step.as_str() {
+        "plan" => data
+            .as_u64()
+            .or_else(|| data.get(0).and_then(|v| v.as_u64())),
+        "work" | "gather" => data["index"].as_u64(),
+        "report" => data["total"].as_u64(),
+        other => panic!("unknown step `{other}`"),
+    };
+    format!(
+        "step {} input {}",
+        record.step,
+        input.unwrap_or_else(|| panic!("no input in {data}"))
+    )
+}
+
+/// The sequence numbers of the `Progress` events journaled by `work`, in journal order, and
+/// their part indexes. `Progress` is written to the stream only, not an event of the graph:
+/// the journal keeps its `Debug` text.
+fn progress(events: &[(u64, EventRecord)]) -> (Vec<u64>, Vec<u64>) {
+    events
+        .iter()
+        .map(|(seq, record)| {
+            assert!(record.event.ends_with("::Progress"), "{record:?}");
+            let debug = record.data["debug"].as_str().unwrap();
+            let index = debug
+                .strip_prefix("Progress { index: ")
+                .and_then(|rest| rest.strip_suffix(" }"))
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("unexpected journal entry {debug}"));
+            (*seq, index)
+        })
+        .unzip()
+}
+
+/// The same workflow, uninterrupted, in this process: its output and its log.
+async fn reference(scratch: &Scratch) -> (String, Vec<String>) {
+    let log = scratch.path("reference.log");
+    let pipeline = Pipeline {
+        log: log.clone(),
+        delay: Duration::ZERO,
+        hang_on: None,
+    };
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let run = pipeline
+        .runner()
+        .store(store.clone())
+        .start_durable("reference", PARTS)
+        .unwrap();
+    let output = tokio::time::timeout(DEADLINE, run)
+        .await
+        .expect("the reference run ends in time")
+        .unwrap();
+    let lines = read_log(&log);
+    assert_eq!(
+        lines.len(),
+        lines.iter().collect::<BTreeSet<_>>().len(),
+        "each invocation logs a distinct line: {lines:?}"
+    );
+    assert_eq!(lines.len(), 2 + 2 * PARTS as usize);
+    (output, lines)
+}
+
+/// What the parent saw when the child died.
+struct AtKill {
+    snapshot: Snapshot,
+    log: Vec<String>,
+    events: Vec<(u64, EventRecord)>,
+}
+
+/// Resumes the killed run in this process and checks everything against the reference run.
+async fn resume_and_check(
+    db: &Path,
+    log: &Path,
+    key: &str,
+    at_kill: &AtKill,
+    reference: &(String, Vec<String>),
+) {
+    let store = Arc::new(SqliteStore::open(db).unwrap());
+    let runner = Pipeline {
+        log: log.to_path_buf(),
+        delay: Duration::ZERO,
+        hang_on: None,
+    }
+    .runner()
+    .store(store.clone());
+    let run = runner.resume_stored(key).unwrap();
+    let output = tokio::time::timeout(DEADLINE, run)
+        .await
+        .expect("the resumed run ends in time")
+        .unwrap();
+
+    // The output equals the uninterrupted run's: nothing was lost, nothing counted twice.
+    assert_eq!(output, reference.0);
+    assert_eq!(
+        store.load(key).unwrap().unwrap().status,
+        RunStatus::Finished
+    );
+    assert_eq!(runner.stored_output(key).unwrap(), output);
+
+    let snapshot = &at_kill.snapshot;
+    let in_flight: BTreeSet<String> = snapshot.in_flight.iter().map(line_of).collect();
+    let before = &at_kill.log;
+    let all = read_log(log);
+    assert_eq!(&all[..before.len()], &before[..], "the log only grows");
+    let after = &all[before.len()..];
+
+    // The journal's completion count is exactly the side effects that completed: what ran
+    // before the kill, less the invocations that were still running.
+    let completed: Vec<&String> = before.iter().filter(|l| !in_flight.contains(*l)).collect();
+    assert_eq!(
+        completed.len() as u64,
+        snapshot.completed,
+        "log before the kill: {before:?}\nin flight: {in_flight:?}"
+    );
+    // No completion journaled before the kill ran again.
+    for line in &completed {
+        assert!(
+            !after.contains(line),
+            "`{line}` completed before the kill and ran again after it"
+        );
+    }
+    // The invocations that were running ran again, once.
+    let after_counts = counts(after);
+    for line in &in_flight {
+        assert_eq!(
+            after_counts.get(line.as_str()),
+            Some(&1),
+            "in-flight `{line}` re-runs once"
+        );
+    }
+    // Every invocation of the reference ran, and at most twice (only the in-flight ones).
+    let all_counts = counts(&all);
+    let expected: BTreeSet<&str> = reference.1.iter().map(String::as_str).collect();
+    assert_eq!(
+        all_counts.keys().copied().collect::<BTreeSet<_>>(),
+        expected
+    );
+    for (line, n) in &all_counts {
+        let allowed = if in_flight.contains(*line) { 2 } else { 1 };
+        assert!(*n <= allowed, "`{line}` ran {n} times");
+    }
+
+    // The stream journal: one `Progress` per part, numbered 1..=PARTS with no gap, and the
+    // events journaled up to the checkpoint are untouched.
+    let events = store.events(key).unwrap();
+    let (seqs, mut parts) = progress(&events);
+    assert_eq!(seqs, (1..=u64::from(PARTS)).collect::<Vec<_>>());
+    parts.sort_unstable();
+    assert_eq!(parts, (0..u64::from(PARTS)).collect::<Vec<_>>());
+    let kept: Vec<_> = at_kill
+        .events
+        .iter()
+        .filter(|(seq, _)| *seq <= snapshot.stream_seq)
+        .collect();
+    assert_eq!(kept.len() as u64, snapshot.stream_seq);
+    for (seq, record) in kept {
+        assert_eq!(&events[*seq as usize - 1].1, record, "event {seq}");
+    }
+}
+
+fn state_at_kill(db: &Path, log: &Path, key: &str) -> AtKill {
+    let store = SqliteStore::open(db).unwrap();
+    let record = store.load(key).unwrap().expect("the run is in the store");
+    assert_eq!(record.status, RunStatus::Running);
+    AtKill {
+        snapshot: record.snapshot,
+        log: read_log(log),
+        events: store.events(key).unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_inside_a_step_resumes_without_repeating_completed_steps() {
+    let started = Instant::now();
+    let scratch = Scratch::new("inside");
+    let reference = reference(&scratch).await;
+    let (db, log, key) = (
+        scratch.path("runs.db"),
+        scratch.path("effects.log"),
+        "job-1",
+    );
+    // The child sleeps a minute in `work` on part 3: it is killed there, with part 3 in flight.
+    let hang = "step work input 3";
+    let mut child = ChildGuard::spawn(&db, &log, key, 20, Some(hang));
+    wait_until("part 3 is being worked", &mut child, || {
+        read_log(&log).iter().any(|l| l == hang)
+    });
+    child.kill();
+    let killed_at = started.elapsed();
+    let at_kill = state_at_kill(&db, &log, key);
+    let in_flight: Vec<String> = at_kill.snapshot.in_flight.iter().map(line_of).collect();
+    assert!(
+        in_flight.iter().any(|l| l == hang),
+        "the hanging invocation is in flight in the last checkpoint: {in_flight:?}"
+    );
+    // Parts 0 to 2 were worked, so `plan` and at least one `work` completed.
+    assert!(
+        at_kill.snapshot.completed >= 2,
+        "{}",
+        at_kill.snapshot.completed
+    );
+    resume_and_check(&db, &log, key, &at_kill, &reference).await;
+    let all = read_log(&log);
+    assert_eq!(
+        all.iter().filter(|l| *l == hang).count(),
+        2,
+        "the step killed in flight ran again (at least once): {all:?}"
+    );
+    eprintln!(
+        "killed after {killed_at:?} with {} completions journaled, {:?} in flight; \
+         resumed and checked in {:?} total",
+        at_kill.snapshot.completed,
+        in_flight,
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_between_checkpoints_resumes_from_the_last_one() {
+    let started = Instant::now();
+    let scratch = Scratch::new("between");
+    let reference = reference(&scratch).await;
+    let (db, log, key) = (
+        scratch.path("runs.db"),
+        scratch.path("effects.log"),
+        "job-2",
+    );
+    // 14 invocations of 60 ms each, the gathers one at a time: the run lasts about 0.6 s
+    // after the 5th completion, ample time to kill it somewhere in the middle.
+    let mut child = ChildGuard::spawn(&db, &log, key, 60, None);
+    wait_until("the run is in the store", &mut child, || {
+        read_log(&log).iter().any(|l| l.starts_with("step plan"))
+    });
+    let store = SqliteStore::open(&db).unwrap();
+    wait_until("5 completions are journaled", &mut child, || {
+        store
+            .load(key)
+            .unwrap()
+            .is_some_and(|r| r.snapshot.completed >= 5)
+    });
+    child.kill();
+    let killed_at = started.elapsed();
+    drop(store);
+    let at_kill = state_at_kill(&db, &log, key);
+    assert!(at_kill.snapshot.completed >= 5);
+    resume_and_check(&db, &log, key, &at_kill, &reference).await;
+    eprintln!(
+        "killed after {killed_at:?} with {} completions journaled, {} in flight; \
+         resumed and checked in {:?} total",
+        at_kill.snapshot.completed,
+        at_kill.snapshot.in_flight.len(),
+        started.elapsed()
+    );
+}
+
+#[test]
+fn the_store_file_of_a_killed_run_is_readable_by_another_connection_at_once() {
+    // The basis of the test above: a checkpoint written by `save` is visible to a second
+    // connection on the same file as soon as `save` returns (WAL, FULL sync).
+    let scratch = Scratch::new("visible");
+    let db = scratch.path("runs.db");
+    let writer = SqliteStore::open(&db).unwrap();
+    let reader = SqliteStore::open(&db).unwrap();
+    assert!(reader.load("k").unwrap().is_none());
+    let snapshot = Snapshot::from_json(
+        r#"{"format":1,"workflow":"W","fingerprint":"0","run_id":1,"completed":3,
+            "state":null,"in_flight":[],"queued":[],"collect":[],"pending_requests":[],
+            "unclaimed":[],"recoveries":0,"stream_seq":0}"#,
+    )
+    .unwrap();
+    writer
+        .save(
+            "k",
+            &workflow_core::store::RunRecord {
+                status: RunStatus::Running,
+                snapshot: snapshot.clone(),
+                output: None,
+                error: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(reader.load("k").unwrap().unwrap().snapshot, snapshot);
+}
