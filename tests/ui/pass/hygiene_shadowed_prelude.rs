@@ -3,6 +3,8 @@
 // expansion (it only names `::core` and `::workflow_core::__private`).
 
 #![allow(dead_code)]
+// The second glob overlaps the prelude on purpose: glob imports must not confuse the expansion.
+#![allow(unused_imports)]
 
 use workflow_core::prelude::*;
 use workflow_core::*;
