@@ -429,18 +429,25 @@ impl<W: Workflow> Runner<W> {
     /// # Panics
     /// Outside a tokio runtime.
     pub fn resume(&self, snapshot: &Snapshot) -> std::result::Result<Handler<W>, SnapshotError> {
-        self.resume_journaled(snapshot, None)
+        self.resume_journaled(snapshot, None, None)
     }
 
     fn resume_journaled(
         &self,
         snapshot: &Snapshot,
         journal: Option<Journal>,
+        answer: Option<DynEvent>,
     ) -> std::result::Result<Handler<W>, SnapshotError> {
         let (state, restored) = restore::<W>(snapshot, &self.fingerprint)?;
         let shared = RunShared::new(state, self.config.stream_capacity).with_journal(journal);
         restore_buffers::<W>(snapshot, &shared)?;
         let shared = Arc::new(shared);
+        if let Some(answer) = answer {
+            // In the inbox before the run's task exists: on a multi-threaded runtime the task
+            // may run at once, find the run parked on its requests with no mail, and evict it
+            // again before a later `send_response` lands (the answer would be lost).
+            post_external(&shared, answer, None);
+        }
         let events = shared.stream.subscribe();
         let task = tokio::spawn(execute(
             self.clone(),
@@ -503,7 +510,9 @@ impl<W: Workflow> Runner<W> {
     }
 
     /// Resumes the journaled run `key` from its last checkpoint: after a crash, a restart, or
-    /// an eviction.
+    /// an eviction. To bring back a run evicted while waiting for an answer, use
+    /// [`Runner::answer`]: with [`Runner::evict_when_waiting`] on, a run resumed with nothing
+    /// but unanswered requests is evicted again at once.
     ///
     /// # Errors
     /// [`WorkflowError::Durable`] when there is no such run or it has ended;
@@ -513,6 +522,10 @@ impl<W: Workflow> Runner<W> {
     /// # Panics
     /// Outside a tokio runtime.
     pub fn resume_stored(&self, key: &str) -> Result<Handler<W>> {
+        self.resume_stored_with(key, None)
+    }
+
+    fn resume_stored_with(&self, key: &str, answer: Option<DynEvent>) -> Result<Handler<W>> {
         let store = self.durable_store(key)?;
         let Some(record) = store.load(key)? else {
             return Err(WorkflowError::Durable {
@@ -527,11 +540,12 @@ impl<W: Workflow> Runner<W> {
             });
         }
         let journal = self.journal(store, key);
-        Ok(self.resume_journaled(&record.snapshot, Some(journal))?)
+        Ok(self.resume_journaled(&record.snapshot, Some(journal), answer)?)
     }
 
     /// Delivers the answer to a journaled run waiting for it: resumes the run from the store
-    /// (it may have been evicted, or its process restarted) and sends `response` into it.
+    /// (it may have been evicted, or its process restarted) with `response` already in its
+    /// inbox, so the run takes it before it could be found idle and evicted again.
     ///
     /// # Errors
     /// As [`Runner::resume_stored`].
@@ -539,9 +553,7 @@ impl<W: Workflow> Runner<W> {
     /// # Panics
     /// Outside a tokio runtime.
     pub fn answer<E: Event>(&self, key: &str, response: E) -> Result<Handler<W>> {
-        let handler = self.resume_stored(key)?;
-        handler.send_response(response);
-        Ok(handler)
+        self.resume_stored_with(key, Some(DynEvent::new(response)))
     }
 
     /// The output of a finished journaled run, read from the store.
