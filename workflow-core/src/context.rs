@@ -1,6 +1,6 @@
 //! The per-run context a step may take as `ctx: &Context<Self>`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::error::Error;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,14 +32,21 @@ pub(crate) struct RunShared<W: Workflow> {
     pub(crate) state: Mutex<W::State>,
     /// Events sent with `send_event`, waiting for the loop.
     pub(crate) inbox: Mutex<Vec<Envelope>>,
-    /// Set when `inbox` holds something or the run was cancelled: one atomic read on the hot path.
+    /// Set when `inbox` or `woken` holds something, a snapshot is asked for or the run was
+    /// cancelled: one atomic read on the hot path.
     pub(crate) mail: AtomicBool,
     pub(crate) cancelled: AtomicBool,
+    /// Set while the run loop is inside its own poll: it looks at `mail` again before it
+    /// sleeps, so whoever posts meanwhile (a step sending an event, typically) skips the wake,
+    /// which would only make the runtime poll the run a second time for nothing.
+    pub(crate) polling: AtomicBool,
     /// Wakes the run loop when something arrives from outside its own poll.
     pub(crate) waker: AtomicWaker,
+    /// The step invocations whose wakers fired, by call index, for the loop to poll.
+    pub(crate) woken: Mutex<Vec<u32>>,
     pub(crate) stream: Publisher,
     /// Fan-in buffers, per collecting step and collected type (`CollectSet::KEY`).
-    pub(crate) collect: Mutex<HashMap<(usize, u64), CollectBuffer>>,
+    pub(crate) collect: Mutex<CollectBuffers>,
     /// Steps waiting inline for an event, in registration order.
     waiters: Mutex<Vec<Waiter>>,
     next_waiter: AtomicU64,
@@ -70,6 +77,40 @@ pub(crate) struct CollectBuffer {
     pub(crate) slots: Vec<VecDeque<DynEvent>>,
 }
 
+/// The fan-in buffers of a run, by (collecting step, collected type key). A run has one or two
+/// of them, so a linear search beats hashing the key.
+#[derive(Default)]
+pub(crate) struct CollectBuffers {
+    entries: Vec<((usize, u64), CollectBuffer)>,
+}
+
+impl CollectBuffers {
+    /// The buffer of `key`, made with `slots` empty queues the first time.
+    fn entry(&mut self, key: (usize, u64), slots: usize) -> &mut CollectBuffer {
+        let i = match self.entries.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                let slots = vec![VecDeque::new(); slots];
+                self.entries.push((key, CollectBuffer { slots }));
+                self.entries.len() - 1
+            }
+        };
+        &mut self.entries[i].1
+    }
+
+    pub(crate) fn insert(&mut self, key: (usize, u64), buffer: CollectBuffer) {
+        self.entries.retain(|(k, _)| *k != key);
+        self.entries.push((key, buffer));
+    }
+
+    /// Every buffer, sorted by key (snapshots list them in a stable order).
+    pub(crate) fn sorted(&self) -> Vec<(&(usize, u64), &CollectBuffer)> {
+        let mut all: Vec<_> = self.entries.iter().map(|(k, b)| (k, b)).collect();
+        all.sort_unstable_by_key(|(k, _)| **k);
+        all
+    }
+}
+
 /// A step waiting inline (`ctx.wait_for`) for an event that matches.
 struct Waiter {
     id: u64,
@@ -85,9 +126,11 @@ impl<W: Workflow> RunShared<W> {
             inbox: Mutex::new(Vec::new()),
             mail: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
+            polling: AtomicBool::new(false),
             waker: AtomicWaker::new(),
+            woken: Mutex::new(Vec::new()),
             stream: Publisher::new(stream_capacity),
-            collect: Mutex::new(HashMap::new()),
+            collect: Mutex::new(CollectBuffers::default()),
             waiters: Mutex::new(Vec::new()),
             next_waiter: AtomicU64::new(1),
             unclaimed: Mutex::new(Vec::new()),
@@ -105,14 +148,30 @@ impl<W: Workflow> RunShared<W> {
     /// Asks the loop for a snapshot at its next turn.
     pub(crate) fn request_snapshot(&self, reply: SnapshotReply) {
         lock(&self.snapshot_requests).push(reply);
-        self.mail.store(true, Ordering::Release);
-        self.waker.wake();
+        self.notify();
     }
 
     pub(crate) fn post(&self, envelope: Envelope) {
         lock(&self.inbox).push(envelope);
-        self.mail.store(true, Ordering::Release);
-        self.waker.wake();
+        self.notify();
+    }
+
+    /// Tells the run loop that `mail` has something: wakes it, unless it is polling now and
+    /// will see `mail` before it sleeps.
+    ///
+    /// Both sides use `SeqCst` (a store, then a load of the other's flag): either the loop
+    /// sees `mail`, or this sees `polling == false` and wakes it. Never neither.
+    pub(crate) fn notify(&self) {
+        self.mail.store(true, Ordering::SeqCst);
+        if !self.polling.load(Ordering::SeqCst) {
+            self.waker.wake();
+        }
+    }
+
+    /// Are steps waiting inline? Only the run loop calls this, and steps register only while
+    /// the loop polls them, so the answer holds while the loop routes its mail.
+    pub(crate) fn has_waiters(&self) -> bool {
+        !lock(&self.waiters).is_empty()
     }
 
     /// Gives `event` to the first waiter it matches, or back when none does.
@@ -139,8 +198,7 @@ impl<W: Workflow> RunShared<W> {
 
     pub(crate) fn cancel(&self) {
         self.cancelled.store(true, Ordering::Release);
-        self.mail.store(true, Ordering::Release);
-        self.waker.wake();
+        self.notify();
     }
 }
 
@@ -293,12 +351,7 @@ impl<W: Workflow> Context<W> {
     /// ```
     pub fn collect<E: Event>(&self, event: E, n: usize) -> Option<Vec<E>> {
         let mut buffers = lock(&self.shared.collect);
-        let buffer = &mut buffers
-            .entry((self.step, E::ID.raw()))
-            .or_insert_with(|| CollectBuffer {
-                slots: vec![VecDeque::new()],
-            })
-            .slots[0];
+        let buffer = &mut buffers.entry((self.step, E::ID.raw()), 1).slots[0];
         buffer.push_back(DynEvent::new(event));
         if buffer.len() >= n.max(1) {
             Some(
@@ -353,12 +406,7 @@ impl<W: Workflow> Context<W> {
             );
         };
         let mut buffers = lock(&self.shared.collect);
-        let slots = &mut buffers
-            .entry((self.step, T::KEY))
-            .or_insert_with(|| CollectBuffer {
-                slots: vec![VecDeque::new(); T::LEN],
-            })
-            .slots;
+        let slots = &mut buffers.entry((self.step, T::KEY), T::LEN).slots;
         slots[slot].push_back(event);
         if slots.iter().all(|s| !s.is_empty()) {
             let mut taken = slots

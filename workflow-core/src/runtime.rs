@@ -4,23 +4,24 @@
 //! Hot path (an event leaves a step, its consumers run): the event's [`EventId`] is looked up in
 //! a sorted table built once per runner (a binary search over a few integers, no strings), the
 //! event is cloned only when several steps accept it, and the consumer's invocation future is
-//! pushed into the run's own `FuturesUnordered`: no task spawn, no lock held across an await,
-//! no allocation beyond the event box and the invocation itself.
+//! written into a free [`Call`] of the run and polled by the run's own loop: no task spawn, no
+//! lock, no allocation beyond the event box once the run has as many calls as it ever runs at
+//! once. Retries, time limits and the catch-error step's copy of the input are kept beside the
+//! call, by the loop, so a step without them pays nothing for them.
 
 use std::collections::VecDeque;
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::{Context as TaskContext, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context as TaskContext, Poll, Wake, Waker};
 
-use futures_util::FutureExt;
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use tracing::Instrument;
+use tokio::sync::{AcquireError, OwnedSemaphorePermit};
+use tokio::time::Sleep;
 
 use crate::context::{CollectBuffer, Context, RunShared};
-use crate::error::{Result, SharedError, WorkflowError};
+use crate::error::{BoxError, Result, SharedError, WorkflowError};
 use crate::event::StepFailure;
 use crate::event::{DynEvent, EventId, EventKind};
 use crate::graph::Graph;
@@ -31,7 +32,6 @@ use crate::snapshot::{
 };
 use crate::store::{RunRecord, RunStatus};
 use crate::stream::{Outcome, StreamItem, lock};
-use crate::workflow::StepConfig;
 use crate::workflow::{Runner, Workflow};
 
 /// Event id -> the steps accepting it, built once per runner from the graph.
@@ -62,12 +62,17 @@ impl RouteTable {
     }
 
     fn consumers(&self, id: EventId) -> &[usize] {
+        &self.consumers[self.range(id)]
+    }
+
+    /// Where the consumers of `id` are in `consumers`.
+    fn range(&self, id: EventId) -> std::ops::Range<usize> {
         match self.entries.binary_search_by_key(&id, |e| e.0) {
             Ok(i) => {
                 let (_, start, len) = self.entries[i];
-                &self.consumers[start as usize..(start + len) as usize]
+                start as usize..(start + len) as usize
             }
-            Err(_) => &[],
+            Err(_) => 0..0,
         }
     }
 }
@@ -76,35 +81,7 @@ impl RouteTable {
 struct Done {
     step: usize,
     worker: u32,
-    /// Where its input is kept for snapshots (`NOT_TRACKED` when the workflow is not durable).
-    input_slot: usize,
     result: std::result::Result<Emitted, Failed>,
-}
-
-const NOT_TRACKED: usize = usize::MAX;
-
-/// The input of a running invocation, kept by durable runs so a snapshot can re-run it.
-struct Running {
-    /// Start order, so a resumed run starts them again in the same order.
-    order: u64,
-    step: usize,
-    event: DynEvent,
-    /// The attempt the invocation is on, updated by its retry loop.
-    attempt: Arc<AtomicU32>,
-}
-
-/// Everything one invocation needs besides the workflow and the run.
-struct Job {
-    step: usize,
-    worker: u32,
-    event: DynEvent,
-    config: StepConfig,
-    /// Keep a copy of the input for the catch-error step.
-    keep_input: bool,
-    verbose: bool,
-    first_attempt: u32,
-    /// Durable runs: where the retry loop reports its attempt.
-    attempt_cell: Option<Arc<AtomicU32>>,
 }
 
 /// A failed invocation: the error, and the input when a catch-error step may want it.
@@ -114,161 +91,110 @@ struct Failed {
     last: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
+impl Failed {
+    /// A failure no catch-error step sees (a panic, a time limit).
+    fn fatal(error: WorkflowError) -> Failed {
+        Failed {
+            error,
+            input: None,
+            last: None,
+        }
+    }
+}
+
 /// Per-step bookkeeping: waiting events and which workers are busy.
-struct StepSlot {
+struct StepState {
     queue: VecDeque<DynEvent>,
-    busy: usize,
-    limit: usize,
+    busy: u32,
+    limit: u32,
+    /// Workers that finished, reused last-freed first (`next_worker` numbers new ones).
     free_workers: Vec<u32>,
     next_worker: u32,
+    /// Keep a copy of each input: for snapshots, retries or the catch-error step.
+    keep_input: bool,
 }
 
-/// What one attempt of a step ended with.
-enum Attempt {
-    Emitted(Emitted),
-    Failed(crate::error::BoxError),
-    Panicked(String),
-    TimedOut(std::time::Duration),
+/// Where a call is in its invocation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Free: no invocation.
+    Idle,
+    /// An attempt is running (`Call::future` is set).
+    Running,
+    /// Waiting out the delay before the next attempt (`Call::timer` is armed).
+    Backoff,
 }
 
-/// One invocation of one step on one event, with its retries, polled by the run's own loop.
-async fn invoke<W: Workflow>(
-    workflow: Arc<W>,
+/// The type of the step invocation futures of workflow `W`: `W::__invoke`, named through a
+/// function pointer because it is an opaque `impl Future` type.
+type Invoke<W, F> = fn(Arc<W>, Context<W>, DynEvent) -> F;
+
+/// A place where one step invocation runs, allocated the first time the run needs one more
+/// and reused by every later invocation of any step: a hop costs no allocation for the future
+/// nor for its waker. The future lives in its own box so that it stays pinned while `calls`
+/// grows.
+struct Call<W: Workflow, F> {
+    future: Pin<Box<Option<F>>>,
+    /// Wakes the run and tells it to poll this call (and no other).
+    wake: Arc<CallWake<W>>,
+    waker: Waker,
+    phase: Phase,
+    step: usize,
+    worker: u32,
+    attempt: u32,
+    /// Durable runs: start order, so that a resumed run starts them again in the same order.
+    order: u64,
+    /// The input, when the step's `keep_input` says so: a snapshot re-runs it, a retry gets a
+    /// copy, a catch-error step receives it.
+    input: Option<DynEvent>,
+    last_error: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    /// The step's time limit for the running attempt, or the delay before the next attempt.
+    /// Only steps with a timeout or a retry policy ever have one.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The `workflow.step` span of the running attempt (disabled when nobody listens).
+    span: tracing::Span,
+}
+
+/// The waker of one call: queues the call's index for the run loop and wakes the run.
+struct CallWake<W: Workflow> {
+    index: u32,
+    /// The call is queued to be polled (in the loop's `ready` or in `RunShared::woken`); a
+    /// second wake before the poll is a no-op.
+    queued: AtomicBool,
     shared: Arc<RunShared<W>>,
-    job: Job,
-) -> std::result::Result<Emitted, Failed> {
-    let Job {
-        step,
-        worker,
-        event,
-        config,
-        keep_input,
-        verbose,
-        first_attempt,
-        attempt_cell,
-    } = job;
-    let name = W::GRAPH.steps[step].name;
-    let run_id = shared.run_id;
-    let mut attempt = first_attempt.max(1);
-    let mut last_error: Option<Arc<dyn std::error::Error + Send + Sync>> = None;
-    let mut event = Some(event);
-    loop {
-        let retries_left = config.retry.is_some_and(|p| attempt < p.max_attempts());
-        let input = event.take().expect("the input is kept for each attempt");
-        if retries_left || keep_input {
-            event = Some(input.clone());
+}
+
+impl<W: Workflow> Wake for CallWake<W> {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            lock(&self.shared.woken).push(self.index);
+            self.shared.notify();
         }
-        let ctx = Context {
-            shared: shared.clone(),
-            step,
-            attempt,
-            worker,
-            last_error: last_error.clone(),
-        };
-        let span = tracing::debug_span!("workflow.step", step = name, run_id, attempt, worker);
-        if verbose {
-            eprintln!("[run {run_id}] step `{name}` started (worker {worker}, attempt {attempt})");
-        }
-        let call = AssertUnwindSafe(W::__invoke(workflow.clone(), ctx, input)).catch_unwind();
-        // `None`: the attempt ran out of time.
-        let outcome = match config.timeout {
-            None => Some(call.instrument(span).await),
-            Some(limit) => tokio::time::timeout(limit, call)
-                .instrument(span)
-                .await
-                .ok(),
-        };
-        let attempt_result = match outcome {
-            Some(Ok(Ok(emitted))) => Attempt::Emitted(emitted),
-            Some(Ok(Err(error))) => Attempt::Failed(error),
-            Some(Err(panic)) => Attempt::Panicked(panic_message(panic.as_ref())),
-            None => Attempt::TimedOut(config.timeout.unwrap_or_default()),
-        };
-        let error = match attempt_result {
-            Attempt::Emitted(emitted) => {
-                if verbose {
-                    eprintln!("[run {run_id}] step `{name}` finished (worker {worker})");
-                }
-                return Ok(emitted);
-            }
-            Attempt::Failed(error) => error,
-            Attempt::Panicked(message) => {
-                if verbose {
-                    eprintln!("[run {run_id}] step `{name}` panicked: {message}");
-                }
-                return Err(Failed {
-                    error: WorkflowError::StepPanicked {
-                        step: name,
-                        message,
-                    },
-                    input: None,
-                    last: None,
-                });
-            }
-            Attempt::TimedOut(timeout) => {
-                if verbose {
-                    eprintln!("[run {run_id}] step `{name}` timed out after {timeout:?}");
-                }
-                return Err(Failed {
-                    error: WorkflowError::StepTimedOut {
-                        step: name,
-                        timeout,
-                    },
-                    input: None,
-                    last: None,
-                });
-            }
-        };
-        if let Some(policy) = config.retry.filter(|p| p.should_retry(attempt, &*error)) {
-            let delay = policy.delay(attempt, run_id, step);
-            if verbose {
-                eprintln!(
-                    "[run {run_id}] step `{name}` failed (attempt {attempt}): {error}; retrying in {delay:?}"
-                );
-            }
-            tracing::debug!(step = name, run_id, attempt, %error, ?delay, "retrying step");
-            tokio::time::sleep(delay).await;
-            last_error = Some(Arc::from(error));
-            attempt += 1;
-            if let Some(cell) = &attempt_cell {
-                cell.store(attempt, Ordering::Relaxed);
-            }
-            continue;
-        }
-        if verbose {
-            eprintln!("[run {run_id}] step `{name}` failed (attempt {attempt}): {error}");
-        }
-        let last: Arc<dyn std::error::Error + Send + Sync> = Arc::from(error);
-        return Err(Failed {
-            error: WorkflowError::StepFailed {
-                step: name,
-                attempts: attempt,
-                source: Box::new(SharedError(last.clone())),
-            },
-            input: event,
-            last: Some(last),
-        });
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&'static str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a non-string panic payload".to_string()
-    }
-}
+/// How many invocations the loop polls before it lets the runtime run other tasks (and checks
+/// the run's time limit): a run that never waits must not hold its thread forever.
+const POLL_BUDGET: u32 = 256;
 
-type Invocation = Pin<Box<dyn Future<Output = Done> + Send>>;
-
-struct Executor<W: Workflow> {
+struct Executor<W: Workflow, F> {
     runner: Runner<W>,
+    invoke: Invoke<W, F>,
     shared: Arc<RunShared<W>>,
-    slots: Vec<StepSlot>,
+    steps: Vec<StepState>,
     queued: usize,
-    in_flight: FuturesUnordered<Invocation>,
+    calls: Vec<Call<W, F>>,
+    free_calls: Vec<u32>,
+    /// Calls to poll, in the order they were started or woken.
+    ready: VecDeque<u32>,
+    /// Spare buffers swapped with `RunShared::inbox` and `woken`, so draining them keeps
+    /// their capacity and sending an event does not allocate.
+    inbox: Vec<crate::context::Envelope>,
+    woken: Vec<u32>,
     output: Option<W::Output>,
     /// The last step to finish and how many events it emitted, for the stuck diagnostic.
     last: Option<(&'static str, usize)>,
@@ -277,20 +203,33 @@ struct Executor<W: Workflow> {
     /// Requests published to the outside and not answered yet: the run waits for them.
     pending_requests: Vec<DynEvent>,
     recoveries: u32,
-    /// Durable runs: the inputs of the running invocations, for snapshots.
-    running: Vec<Option<Running>>,
-    free_running: Vec<usize>,
     /// How many invocations completed.
     completed: u64,
     /// How many invocations started (durable runs).
     started: u64,
+    /// How the run begins; taken by the first poll.
+    init: Option<Init>,
+    /// Waiting for a turn under `max_concurrent_runs`.
+    admission: Option<Admission>,
+    _permit: Option<OwnedSemaphorePermit>,
+    /// The run's time limit, armed once the run is admitted (boxed: most runs have none).
+    deadline: Option<Pin<Box<Sleep>>>,
+    begun: bool,
     ended: bool,
 }
+
+type Admission = Pin<
+    Box<
+        dyn Future<Output = std::result::Result<OwnedSemaphorePermit, AcquireError>>
+            + Send
+            + 'static,
+    >,
+>;
 
 /// How a run begins: with its start event, or from a snapshot.
 pub(crate) enum Init {
     Start(DynEvent),
-    Resume(Restored),
+    Resume(Box<Restored>),
 }
 
 /// A snapshot, decoded and checked against the workflow.
@@ -303,78 +242,130 @@ pub(crate) struct Restored {
 }
 
 /// Runs one workflow run to its end.
-pub(crate) async fn execute<W: Workflow>(
+pub(crate) fn execute<W: Workflow>(
     runner: Runner<W>,
     shared: Arc<RunShared<W>>,
     init: Init,
-) -> Result<W::Output> {
-    let span = tracing::info_span!(
-        "workflow.run",
-        workflow = W::GRAPH.workflow,
-        run_id = shared.run_id
-    );
-    let timeout = runner.config.timeout;
-    let limit = runner.config.run_limit.clone();
-    let mut executor = Executor::new(runner, shared);
-    async move {
-        // Wait for a turn under `max_concurrent_runs` (the run's timeout starts after).
-        let _permit = match &limit {
-            Some(semaphore) => Some(
-                semaphore
-                    .acquire()
-                    .await
-                    .expect("the semaphore is never closed"),
-            ),
-            None => None,
-        };
-        let sleep = timeout.map(tokio::time::sleep);
-        let mut sleep = std::pin::pin!(sleep);
-        let result = match executor.begin(init) {
-            Err(error) => Err(error),
-            Ok(()) => {
-                poll_fn(|cx| executor.poll_run(cx, sleep.as_mut().as_pin_mut(), timeout)).await
-            }
-        };
-        executor.end(&result);
-        result
+) -> impl Future<Output = Result<W::Output>> + Send + 'static {
+    Run {
+        executor: Executor::new(W::__invoke, runner, shared, init),
+        span: None,
     }
-    .instrument(span)
-    .await
 }
 
-impl<W: Workflow> Executor<W> {
-    fn new(runner: Runner<W>, shared: Arc<RunShared<W>>) -> Executor<W> {
-        let slots = W::GRAPH
+/// The run's future: the executor, polled inside the run's span.
+///
+/// A hand-written future rather than an `async fn`: an `async fn` keeps its arguments for its
+/// whole life beside the executor made from them, and every parked run pays for that.
+struct Run<W: Workflow, F> {
+    executor: Executor<W, F>,
+    /// `workflow.run`, made at the first poll (as an `async fn` would).
+    span: Option<tracing::Span>,
+}
+
+// Nothing in a run is pinned in place: the invocation futures are pinned in their own boxes,
+// and the output is only ever moved.
+impl<W: Workflow, F> Unpin for Run<W, F> {}
+
+impl<W: Workflow, F> Future for Run<W, F>
+where
+    F: Future<Output = std::result::Result<Emitted, BoxError>> + Send + 'static,
+{
+    type Output = Result<W::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let span = this.span.get_or_insert_with(|| {
+            tracing::info_span!(
+                "workflow.run",
+                workflow = W::GRAPH.workflow,
+                run_id = this.executor.shared.run_id
+            )
+        });
+        let _entered = span.enter();
+        this.executor.poll(cx)
+    }
+}
+
+impl<W: Workflow, F> Executor<W, F>
+where
+    F: Future<Output = std::result::Result<Emitted, BoxError>> + Send + 'static,
+{
+    fn new(
+        invoke: Invoke<W, F>,
+        runner: Runner<W>,
+        shared: Arc<RunShared<W>>,
+        init: Init,
+    ) -> Executor<W, F> {
+        let catches = W::GRAPH
             .steps
             .iter()
-            .map(|s| StepSlot {
+            .any(|s| s.accepts.iter().any(|m| m.kind == EventKind::Failure));
+        let steps = W::GRAPH
+            .steps
+            .iter()
+            .zip(runner.config.steps.iter())
+            .map(|(s, config)| StepState {
                 queue: VecDeque::new(),
                 busy: 0,
-                limit: s.num_workers.max(1),
+                limit: s.num_workers.clamp(1, u32::MAX as usize) as u32,
                 free_workers: Vec::new(),
                 next_worker: 0,
+                keep_input: W::DURABLE || catches || config.retry.is_some(),
             })
             .collect();
         Executor {
-            runner,
+            invoke,
             shared,
-            slots,
+            steps,
             queued: 0,
-            in_flight: FuturesUnordered::new(),
+            calls: Vec::new(),
+            free_calls: Vec::new(),
+            ready: VecDeque::new(),
+            inbox: Vec::new(),
+            woken: Vec::new(),
             output: None,
             last: None,
-            catches: W::GRAPH
-                .steps
-                .iter()
-                .any(|s| s.accepts.iter().any(|m| m.kind == EventKind::Failure)),
+            catches,
             recoveries: 0,
             pending_requests: Vec::new(),
-            running: Vec::new(),
-            free_running: Vec::new(),
             completed: 0,
             started: 0,
+            init: Some(init),
+            admission: runner
+                .config
+                .run_limit
+                .clone()
+                .map(|semaphore| Box::pin(semaphore.acquire_owned()) as Admission),
+            _permit: None,
+            deadline: None,
+            begun: false,
             ended: false,
+            runner,
         }
+    }
+
+    fn poll(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<W::Output>> {
+        if !self.begun {
+            // Wait for a turn under `max_concurrent_runs` (the run's timeout starts after).
+            if let Some(admission) = &mut self.admission {
+                let permit = std::task::ready!(admission.as_mut().poll(cx));
+                self._permit = Some(permit.expect("the semaphore is never closed"));
+                self.admission = None;
+            }
+            self.begun = true;
+            self.deadline = self
+                .runner
+                .config
+                .timeout
+                .map(|limit| Box::pin(tokio::time::sleep(limit)));
+            let init = self.init.take().expect("a run begins once");
+            if let Err(error) = self.begin(init) {
+                return self.end(Err(error));
+            }
+        }
+        let result = std::task::ready!(self.poll_run(cx));
+        self.end(result)
     }
 
     fn begin(&mut self, init: Init) -> Result<()> {
@@ -384,15 +375,16 @@ impl<W: Workflow> Executor<W> {
                 self.route(event, None)
             }
             Init::Resume(restored) => {
+                let restored = *restored;
                 self.recoveries = restored.recoveries;
                 self.completed = restored.completed;
                 // The steps that were running run again, first, with their attempt counters.
                 for (step, event, attempt) in restored.in_flight {
-                    let slot = &mut self.slots[step];
-                    if slot.busy < slot.limit {
+                    let state = &mut self.steps[step];
+                    if state.busy < state.limit {
                         self.start(step, event, attempt);
                     } else {
-                        slot.queue.push_back(event);
+                        state.queue.push_back(event);
                         self.queued += 1;
                     }
                 }
@@ -411,12 +403,16 @@ impl<W: Workflow> Executor<W> {
         }
     }
 
-    fn poll_run(
-        &mut self,
-        cx: &mut TaskContext<'_>,
-        mut sleep: Option<Pin<&mut tokio::time::Sleep>>,
-        timeout: Option<std::time::Duration>,
-    ) -> Poll<Result<W::Output>> {
+    fn poll_run(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<W::Output>> {
+        self.shared.polling.store(true, Ordering::Relaxed);
+        let result = self.poll_loop(cx);
+        self.shared.polling.store(false, Ordering::SeqCst);
+        result
+    }
+
+    /// Polls ready calls until the run ends or nothing can progress without a wake-up.
+    fn poll_loop(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<W::Output>> {
+        let mut budget = POLL_BUDGET;
         loop {
             if self.shared.mail.load(Ordering::Acquire) {
                 if let Err(error) = self.drain_mail() {
@@ -426,18 +422,29 @@ impl<W: Workflow> Executor<W> {
             if let Some(output) = self.output.take() {
                 return Poll::Ready(Ok(output));
             }
-            if let Poll::Ready(Some(done)) = self.in_flight.poll_next_unpin(cx) {
-                if let Err(error) = self.complete(done) {
-                    return Poll::Ready(Err(error));
+            if budget > 0 {
+                if let Some(index) = self.ready.pop_front() {
+                    budget -= 1;
+                    if let Some(done) = self.poll_call(index as usize) {
+                        if let Err(error) = self.complete(done) {
+                            return Poll::Ready(Err(error));
+                        }
+                    }
+                    continue;
                 }
-                continue;
+            } else if !self.ready.is_empty() {
+                // Out of budget with work left: come back after the runtime's other tasks.
+                cx.waker().wake_by_ref();
+                return self.check_deadline(cx);
             }
-            // Nothing finished just now: sleep until a step, the inbox or the clock wakes us.
+            // Nothing to poll: sleep until a step, the inbox or the clock wakes us.
             self.shared.waker.register(cx.waker());
-            if self.shared.mail.load(Ordering::Acquire) {
+            self.shared.polling.store(false, Ordering::SeqCst);
+            if self.shared.mail.load(Ordering::SeqCst) {
+                self.shared.polling.store(true, Ordering::Relaxed);
                 continue;
             }
-            if self.in_flight.is_empty() && self.queued == 0 {
+            if self.calls.len() == self.free_calls.len() && self.queued == 0 {
                 if self.pending_requests.is_empty() {
                     return Poll::Ready(Err(self.stuck()));
                 }
@@ -455,30 +462,59 @@ impl<W: Workflow> Executor<W> {
                     });
                 }
             }
-            if let (Some(sleep), Some(limit)) = (sleep.as_mut(), timeout) {
-                if sleep.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(WorkflowError::TimedOut {
-                        timeout: limit,
-                        active: self.active_steps(),
-                    }));
-                }
-            }
-            return Poll::Pending;
+            return self.check_deadline(cx);
         }
     }
 
-    /// Routes the events sent with `send_event` (from steps or from outside), answers snapshot
-    /// requests, and notices a cancellation.
+    /// Pending, unless the run's time limit has passed.
+    fn check_deadline(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<W::Output>> {
+        if let (Some(sleep), Some(limit)) = (&mut self.deadline, self.runner.config.timeout) {
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(WorkflowError::TimedOut {
+                    timeout: limit,
+                    active: self.active_steps(),
+                }));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Routes the events sent with `send_event` (from steps or from outside), queues the calls
+    /// whose wakers fired, answers snapshot requests, and notices a cancellation.
     fn drain_mail(&mut self) -> Result<()> {
-        self.shared.mail.store(false, Ordering::Release);
+        self.shared.mail.store(false, Ordering::SeqCst);
         if self.shared.cancelled.load(Ordering::Acquire) {
             return Err(WorkflowError::Cancelled);
         }
-        let mail = std::mem::take(&mut *lock(&self.shared.inbox));
-        for envelope in mail {
+        std::mem::swap(&mut *lock(&self.shared.woken), &mut self.woken);
+        self.ready.extend(self.woken.drain(..));
+        let mut mail = std::mem::take(&mut self.inbox);
+        std::mem::swap(&mut *lock(&self.shared.inbox), &mut mail);
+        let result = self.route_mail(&mut mail);
+        mail.clear();
+        self.inbox = mail;
+        result?;
+        let requests = std::mem::take(&mut *lock(&self.shared.snapshot_requests));
+        for reply in requests {
+            let _ = reply.send(self.capture());
+        }
+        Ok(())
+    }
+
+    fn route_mail(&mut self, mail: &mut Vec<crate::context::Envelope>) -> Result<()> {
+        if mail.is_empty() {
+            return Ok(());
+        }
+        let waiters = self.shared.has_waiters();
+        for envelope in mail.drain(..) {
             // A step waiting inline for this event takes it; no other step sees it.
-            let Some(event) = self.shared.offer_to_waiters(envelope.event) else {
-                continue;
+            let event = if waiters {
+                match self.shared.offer_to_waiters(envelope.event) {
+                    Some(event) => event,
+                    None => continue,
+                }
+            } else {
+                envelope.event
             };
             if envelope.target.is_none()
                 && event.kind() == EventKind::Response
@@ -495,21 +531,221 @@ impl<W: Workflow> Executor<W> {
                 break;
             }
         }
-        let requests = std::mem::take(&mut *lock(&self.shared.snapshot_requests));
-        for reply in requests {
-            let _ = reply.send(self.capture());
-        }
         Ok(())
     }
 
-    fn complete(&mut self, done: Done) -> Result<()> {
-        if done.input_slot != NOT_TRACKED {
-            self.running[done.input_slot] = None;
-            self.free_running.push(done.input_slot);
+    /// Polls call `index` (an attempt, or its retry delay); returns its result when the
+    /// invocation is over, retries included.
+    fn poll_call(&mut self, index: usize) -> Option<Done> {
+        // A wake from now on queues the call again.
+        self.calls[index]
+            .wake
+            .queued
+            .store(false, Ordering::Release);
+        loop {
+            let call = &mut self.calls[index];
+            let timeout = self.runner.config.steps[call.step].timeout;
+            let error = match poll_attempt(call, timeout) {
+                Polled::Pending => return None,
+                Polled::BackoffOver => {
+                    call.attempt += 1;
+                    let input = call
+                        .input
+                        .clone()
+                        .expect("a step with retries keeps its input");
+                    self.begin_attempt(index, input);
+                    continue;
+                }
+                Polled::Emitted(emitted) => {
+                    if self.runner.config.verbose {
+                        let name = W::GRAPH.steps[call.step].name;
+                        let (run, worker) = (self.shared.run_id, call.worker);
+                        eprintln!("[run {run}] step `{name}` finished (worker {worker})");
+                    }
+                    return Some(self.finish(index, Ok(emitted)));
+                }
+                Polled::Panicked(message) => {
+                    let step = W::GRAPH.steps[call.step].name;
+                    if self.runner.config.verbose {
+                        let run = self.shared.run_id;
+                        eprintln!("[run {run}] step `{step}` panicked: {message}");
+                    }
+                    let error = WorkflowError::StepPanicked { step, message };
+                    return Some(self.finish(index, Err(Failed::fatal(error))));
+                }
+                Polled::TimedOut(timeout) => {
+                    let step = W::GRAPH.steps[call.step].name;
+                    if self.runner.config.verbose {
+                        let run = self.shared.run_id;
+                        eprintln!("[run {run}] step `{step}` timed out after {timeout:?}");
+                    }
+                    let error = WorkflowError::StepTimedOut { step, timeout };
+                    return Some(self.finish(index, Err(Failed::fatal(error))));
+                }
+                Polled::Failed(error) => error,
+            };
+            // The attempt failed: retry after the policy's delay, or give up.
+            let (step, attempt) = (call.step, call.attempt);
+            let name = W::GRAPH.steps[step].name;
+            let run_id = self.shared.run_id;
+            let verbose = self.runner.config.verbose;
+            let retry = self.runner.config.steps[step].retry;
+            if let Some(policy) = retry.filter(|p| p.should_retry(attempt, &*error)) {
+                let delay = policy.delay(attempt, run_id, step);
+                if verbose {
+                    eprintln!(
+                        "[run {run_id}] step `{name}` failed (attempt {attempt}): {error}; retrying in {delay:?}"
+                    );
+                }
+                tracing::debug!(step = name, run_id, attempt, %error, ?delay, "retrying step");
+                call.future.set(None);
+                call.span = tracing::Span::none();
+                call.last_error = Some(Arc::from(error));
+                arm(&mut call.timer, delay);
+                call.phase = Phase::Backoff;
+                // Polled at once, so that the timer knows whom to wake.
+                continue;
+            }
+            if verbose {
+                eprintln!("[run {run_id}] step `{name}` failed (attempt {attempt}): {error}");
+            }
+            let last: Arc<dyn std::error::Error + Send + Sync> = Arc::from(error);
+            let failed = Failed {
+                error: WorkflowError::StepFailed {
+                    step: name,
+                    attempts: attempt,
+                    source: Box::new(SharedError(last.clone())),
+                },
+                input: call.input.take(),
+                last: Some(last),
+            };
+            return Some(self.finish(index, Err(failed)));
         }
-        let slot = &mut self.slots[done.step];
-        slot.busy -= 1;
-        slot.free_workers.push(done.worker);
+    }
+
+    /// Frees call `index` for the next invocation.
+    fn finish(&mut self, index: usize, result: std::result::Result<Emitted, Failed>) -> Done {
+        let call = &mut self.calls[index];
+        // The step's future goes now, with its context: no step outlives its invocation.
+        call.future.set(None);
+        call.span = tracing::Span::none();
+        call.phase = Phase::Idle;
+        call.input = None;
+        call.last_error = None;
+        // A timer still armed stays for the call's next invocation, which re-arms it if its
+        // step has a time limit; if it fires first, it only polls an idle call for nothing.
+        self.free_calls.push(index as u32);
+        Done {
+            step: call.step,
+            worker: call.worker,
+            result,
+        }
+    }
+
+    /// Starts an attempt of the invocation in call `index` on `input`.
+    fn begin_attempt(&mut self, index: usize, input: DynEvent) {
+        let call = &mut self.calls[index];
+        let (step, worker, attempt) = (call.step, call.worker, call.attempt);
+        let name = W::GRAPH.steps[step].name;
+        let run_id = self.shared.run_id;
+        let ctx = Context {
+            shared: self.shared.clone(),
+            step,
+            attempt,
+            worker,
+            last_error: call.last_error.clone(),
+        };
+        call.span = tracing::debug_span!(
+            "workflow.step",
+            workflow = W::GRAPH.workflow,
+            step = name,
+            run_id,
+            attempt,
+            worker
+        );
+        call.future.set(Some((self.invoke)(
+            self.runner.workflow.clone(),
+            ctx,
+            input,
+        )));
+        call.phase = Phase::Running;
+        if let Some(limit) = self.runner.config.steps[step].timeout {
+            arm(&mut call.timer, limit);
+        }
+        if self.runner.config.verbose {
+            eprintln!("[run {run_id}] step `{name}` started (worker {worker}, attempt {attempt})");
+        }
+    }
+
+    /// A free call, or a new one.
+    fn free_call(&mut self) -> usize {
+        if let Some(index) = self.free_calls.pop() {
+            return index as usize;
+        }
+        let index = self.calls.len();
+        let wake = Arc::new(CallWake {
+            index: index as u32,
+            queued: AtomicBool::new(false),
+            shared: self.shared.clone(),
+        });
+        self.calls.push(Call {
+            future: Box::pin(None),
+            waker: Waker::from(wake.clone()),
+            wake,
+            phase: Phase::Idle,
+            step: 0,
+            worker: 0,
+            attempt: 0,
+            order: 0,
+            input: None,
+            last_error: None,
+            timer: None,
+            span: tracing::Span::none(),
+        });
+        index
+    }
+
+    fn start(&mut self, step: usize, event: DynEvent, attempt: u32) {
+        let state = &mut self.steps[step];
+        state.busy += 1;
+        let worker = if state.limit == 1 {
+            0
+        } else {
+            state.free_workers.pop().unwrap_or_else(|| {
+                state.next_worker += 1;
+                state.next_worker - 1
+            })
+        };
+        let keep_input = state.keep_input;
+        if self.runner.config.internal_events && self.shared.stream.has_subscribers() {
+            self.shared.stream.publish(StreamItem::StepStarted {
+                step: W::GRAPH.steps[step].name,
+                worker,
+            });
+        }
+        if W::DURABLE {
+            self.started += 1;
+        }
+        let index = self.free_call();
+        let call = &mut self.calls[index];
+        call.step = step;
+        call.worker = worker;
+        call.attempt = attempt.max(1);
+        call.order = self.started;
+        if keep_input {
+            call.input = Some(event.clone());
+        }
+        call.wake.queued.store(true, Ordering::Relaxed);
+        self.begin_attempt(index, event);
+        self.ready.push_back(index as u32);
+    }
+
+    fn complete(&mut self, done: Done) -> Result<()> {
+        let state = &mut self.steps[done.step];
+        state.busy -= 1;
+        if state.limit > 1 {
+            state.free_workers.push(done.worker);
+        }
         self.completed += 1;
         let name = W::GRAPH.steps[done.step].name;
         if self.runner.config.internal_events && self.shared.stream.has_subscribers() {
@@ -543,7 +779,7 @@ impl<W: Workflow> Executor<W> {
         }
         // A worker of this step is free again: give it the next waiting event.
         if self.output.is_none() {
-            if let Some(event) = self.slots[done.step].queue.pop_front() {
+            if let Some(event) = self.steps[done.step].queue.pop_front() {
                 self.queued -= 1;
                 self.start(done.step, event, 1);
             }
@@ -583,7 +819,8 @@ impl<W: Workflow> Executor<W> {
         if self.output.is_some() {
             return Ok(());
         }
-        match event.kind() {
+        let meta = event.meta();
+        match meta.kind {
             EventKind::Stop => {
                 return match W::__output(event) {
                     Ok(output) => {
@@ -603,7 +840,7 @@ impl<W: Workflow> Executor<W> {
                 return Ok(());
             }
             EventKind::Response => {
-                let id = Some(event.id());
+                let id = Some(meta.id);
                 if let Some(i) = self
                     .pending_requests
                     .iter()
@@ -615,106 +852,52 @@ impl<W: Workflow> Executor<W> {
             _ => {}
         }
         if let Some(step) = target {
-            if !W::GRAPH.accepts(step, event.id()) {
+            if !W::GRAPH.accepts(step, meta.id) {
                 return Err(WorkflowError::Undeliverable {
-                    event: event.name(),
+                    event: meta.name,
                     reason: format!("step `{}` does not accept it", W::GRAPH.steps[step].name),
                 });
             }
             self.deliver(step, event);
             return Ok(());
         }
-        let routes = self.runner.routes.clone();
-        let Some((&last, rest)) = routes.consumers(event.id()).split_last() else {
+        // By position, not by slice: `deliver` needs `self` while the table is read.
+        let consumers = self.runner.routes.range(meta.id);
+        let Some(last) = consumers
+            .end
+            .checked_sub(1)
+            .filter(|&l| l >= consumers.start)
+        else {
             return Err(WorkflowError::Undeliverable {
-                event: event.name(),
+                event: meta.name,
                 reason: "no step of the workflow accepts it".into(),
             });
         };
-        for &step in rest {
+        for i in consumers.start..last {
+            let step = self.runner.routes.consumers[i];
             self.deliver(step, event.clone());
         }
-        self.deliver(last, event);
+        let step = self.runner.routes.consumers[last];
+        self.deliver(step, event);
         Ok(())
     }
 
     fn deliver(&mut self, step: usize, event: DynEvent) {
-        let slot = &mut self.slots[step];
-        if slot.busy < slot.limit && slot.queue.is_empty() {
+        let state = &mut self.steps[step];
+        if state.busy < state.limit && state.queue.is_empty() {
             self.start(step, event, 1);
         } else {
-            slot.queue.push_back(event);
+            state.queue.push_back(event);
             self.queued += 1;
         }
-    }
-
-    fn start(&mut self, step: usize, event: DynEvent, attempt: u32) {
-        let slot = &mut self.slots[step];
-        slot.busy += 1;
-        let worker = slot.free_workers.pop().unwrap_or_else(|| {
-            slot.next_worker += 1;
-            slot.next_worker - 1
-        });
-        if self.runner.config.internal_events && self.shared.stream.has_subscribers() {
-            self.shared.stream.publish(StreamItem::StepStarted {
-                step: W::GRAPH.steps[step].name,
-                worker,
-            });
-        }
-        let (input_slot, attempt_cell) = if W::DURABLE {
-            let cell = Arc::new(AtomicU32::new(attempt));
-            self.started += 1;
-            let running = Some(Running {
-                order: self.started,
-                step,
-                event: event.clone(),
-                attempt: cell.clone(),
-            });
-            let index = match self.free_running.pop() {
-                Some(index) => {
-                    self.running[index] = running;
-                    index
-                }
-                None => {
-                    self.running.push(running);
-                    self.running.len() - 1
-                }
-            };
-            (index, Some(cell))
-        } else {
-            (NOT_TRACKED, None)
-        };
-        let config = &self.runner.config;
-        let invocation = invoke(
-            self.runner.workflow.clone(),
-            self.shared.clone(),
-            Job {
-                step,
-                worker,
-                event,
-                config: config.steps[step],
-                keep_input: self.catches,
-                verbose: config.verbose,
-                first_attempt: attempt,
-                attempt_cell,
-            },
-        );
-        self.in_flight.push(Box::pin(async move {
-            Done {
-                step,
-                worker,
-                input_slot,
-                result: invocation.await,
-            }
-        }));
     }
 
     fn active_steps(&self) -> Vec<&'static str> {
         W::GRAPH
             .steps
             .iter()
-            .zip(&self.slots)
-            .filter(|(_, slot)| slot.busy > 0 || !slot.queue.is_empty())
+            .zip(&self.steps)
+            .filter(|(_, state)| state.busy > 0 || !state.queue.is_empty())
             .map(|(spec, _)| spec.name)
             .collect()
     }
@@ -758,16 +941,18 @@ impl<W: Workflow> Executor<W> {
         let state = W::__encode_state(&lock(&self.shared.state))
             .map_err(|reason| SnapshotError::new("state", reason))?;
         let mut in_flight = Vec::new();
-        let mut running: Vec<&Running> = self.running.iter().flatten().collect();
-        running.sort_by_key(|r| r.order);
-        for running in running {
+        let mut running: Vec<&Call<W, F>> = self
+            .calls
+            .iter()
+            .filter(|c| c.phase != Phase::Idle)
+            .collect();
+        running.sort_by_key(|c| c.order);
+        for call in running {
+            let input = call.input.as_ref().expect("durable runs keep every input");
             in_flight.push(InFlightRecord {
-                step: W::GRAPH.steps[running.step].name.to_string(),
-                attempt: running.attempt.load(Ordering::Relaxed),
-                event: encode(
-                    format!("in_flight[{}].event", in_flight.len()),
-                    &running.event,
-                )?,
+                step: W::GRAPH.steps[call.step].name.to_string(),
+                attempt: call.attempt,
+                event: encode(format!("in_flight[{}].event", in_flight.len()), input)?,
             });
         }
         let mut queued = Vec::new();
@@ -780,8 +965,8 @@ impl<W: Workflow> Executor<W> {
                 });
             }
         }
-        for (step, slot) in self.slots.iter().enumerate() {
-            for event in &slot.queue {
+        for (step, state) in self.steps.iter().enumerate() {
+            for event in &state.queue {
                 queued.push(QueuedRecord {
                     step: W::GRAPH.steps[step].name.to_string(),
                     event: encode(format!("queued[{}].event", queued.len()), event)?,
@@ -790,12 +975,10 @@ impl<W: Workflow> Executor<W> {
         }
         let mut collect = Vec::new();
         let buffers = lock(&self.shared.collect);
-        let mut keys: Vec<_> = buffers.keys().copied().collect();
-        keys.sort_unstable();
-        for (step, key) in keys {
+        for (&(step, key), buffer) in buffers.sorted() {
             let n = collect.len();
             let mut slots = Vec::new();
-            for (s, events) in buffers[&(step, key)].slots.iter().enumerate() {
+            for (s, events) in buffer.slots.iter().enumerate() {
                 let mut records = Vec::new();
                 for (e, event) in events.iter().enumerate() {
                     records.push(encode(format!("collect[{n}].slots[{s}][{e}]"), event)?);
@@ -891,8 +1074,13 @@ impl<W: Workflow> Executor<W> {
     }
 
     /// Publishes the terminal item once, and journals the outcome of a durable run.
-    fn end(&mut self, result: &Result<W::Output>) {
+    fn end(&mut self, result: Result<W::Output>) -> Poll<Result<W::Output>> {
         self.ended = true;
+        self.save_outcome(&result);
+        Poll::Ready(result)
+    }
+
+    fn save_outcome(&mut self, result: &Result<W::Output>) {
         if self.shared.journal.is_some() {
             let saved = match result {
                 Ok(output) => match W::__encode_output(output) {
@@ -921,15 +1109,95 @@ impl<W: Workflow> Executor<W> {
     }
 }
 
-impl<W: Workflow> Drop for Executor<W> {
+impl<W: Workflow, F> Drop for Executor<W, F> {
     fn drop(&mut self) {
         // The run's future was dropped before it ended (the caller dropped `run()`, or the
         // runtime shut down): the run is cancelled, and its stream still ends.
         if !self.ended {
             self.shared.stream.end(Outcome::Cancelled);
         }
-        // In-flight invocations are dropped with `in_flight`, after this: no step outlives
-        // its run.
+        // In-flight invocations are dropped with `calls`, after this: no step outlives its
+        // run.
+    }
+}
+
+/// What one poll of a call came to.
+enum Polled {
+    Pending,
+    /// The retry delay is over: start the next attempt.
+    BackoffOver,
+    Emitted(Emitted),
+    Failed(BoxError),
+    Panicked(String),
+    TimedOut(std::time::Duration),
+}
+
+/// Polls the attempt or the retry delay of `call` once, with the call's own waker, inside the
+/// attempt's span; a panic of the step is caught and reported, never unwound into the run.
+fn poll_attempt<W: Workflow, F>(
+    call: &mut Call<W, F>,
+    timeout: Option<std::time::Duration>,
+) -> Polled
+where
+    F: Future<Output = std::result::Result<Emitted, BoxError>>,
+{
+    let mut cx = TaskContext::from_waker(&call.waker);
+    match call.phase {
+        // A stale wake of a call that finished.
+        Phase::Idle => return Polled::Pending,
+        Phase::Backoff => {
+            let timer = call.timer.as_mut().expect("a retry delay has a timer");
+            return match timer.as_mut().poll(&mut cx) {
+                Poll::Pending => Polled::Pending,
+                Poll::Ready(()) => Polled::BackoffOver,
+            };
+        }
+        Phase::Running => {}
+    }
+    let future = call.future.as_mut();
+    let polled = {
+        let _entered = call.span.enter();
+        std::panic::catch_unwind(AssertUnwindSafe(|| {
+            future.as_pin_mut().expect("a running call").poll(&mut cx)
+        }))
+    };
+    match polled {
+        Ok(Poll::Ready(Ok(emitted))) => Polled::Emitted(emitted),
+        Ok(Poll::Ready(Err(error))) => Polled::Failed(error),
+        Err(panic) => Polled::Panicked(panic_message(panic.as_ref())),
+        Ok(Poll::Pending) => {
+            // The attempt's time limit, checked after the step as `tokio::time::timeout`
+            // does: a step that is ready in time is never cut off.
+            if let (Some(timer), Some(limit)) = (&mut call.timer, timeout) {
+                if timer.as_mut().poll(&mut cx).is_ready() {
+                    return Polled::TimedOut(limit);
+                }
+            }
+            Polled::Pending
+        }
+    }
+}
+
+/// Arms `timer` to fire `after` from now, allocating it the first time.
+fn arm(timer: &mut Option<Pin<Box<Sleep>>>, after: std::time::Duration) {
+    let now = tokio::time::Instant::now();
+    // As `tokio::time::sleep` does with a delay too long to represent: thirty years.
+    let deadline = now
+        .checked_add(after)
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(86_400 * 365 * 30));
+    match timer {
+        Some(timer) => timer.as_mut().reset(deadline),
+        None => *timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&'static str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_string()
     }
 }
 
@@ -937,7 +1205,7 @@ impl<W: Workflow> Drop for Executor<W> {
 pub(crate) fn restore<W: Workflow>(
     snapshot: &Snapshot,
     fingerprint: &str,
-) -> std::result::Result<(W::State, Restored), SnapshotError> {
+) -> std::result::Result<(W::State, Box<Restored>), SnapshotError> {
     if snapshot.format != SNAPSHOT_FORMAT {
         return Err(SnapshotError::new(
             "format",
@@ -1023,13 +1291,13 @@ pub(crate) fn restore<W: Workflow>(
     }
     Ok((
         state,
-        Restored {
+        Box::new(Restored {
             in_flight,
             queued,
             pending_requests,
             recoveries: snapshot.recoveries,
             completed: snapshot.completed,
-        },
+        }),
     ))
 }
 
