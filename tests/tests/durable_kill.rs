@@ -356,9 +356,9 @@ async fn a_run_killed_between_checkpoints_resumes_from_the_last_one() {
         scratch.path("effects.log"),
         "job-2",
     );
-    // 14 invocations of 60 ms each, the gathers one at a time: the run lasts about 0.6 s
+    // 14 invocations of 100 ms each, the gathers one at a time: the run lasts about 0.8 s
     // after the 5th completion, ample time to kill it somewhere in the middle.
-    let mut child = ChildGuard::spawn(&db, &log, key, 60, None);
+    let mut child = ChildGuard::spawn(&db, &log, key, 100, None);
     wait_until("the run is in the store", &mut child, || {
         read_log(&log).iter().any(|l| l.starts_with("step plan"))
     });
