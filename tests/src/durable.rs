@@ -105,6 +105,10 @@ impl Pipeline {
     async fn work(&self, ctx: &Context<Self>, ev: Part) -> Worked {
         self.enter("work", u64::from(ev.index)).await;
         ctx.update_state(|t| t.worked += 1);
+        // Written as the step returns: the write and the completion happen in one poll of the
+        // run, so no checkpoint falls between them and the journal holds each `Progress` once
+        // (`tests/durable_sqlite.rs` shows an event written before a checkpoint by a step still
+        // running, which is journaled again when that step re-runs).
         ctx.write_event_to_stream(Progress { index: ev.index });
         let value = u64::from(ev.index + 1).pow(2);
         Worked {

@@ -43,9 +43,10 @@ CREATE TABLE IF NOT EXISTS events (
 /// two steps); the connection is shared behind a mutex.
 ///
 /// Stream events are keyed by `(run key, seq)`: writing a sequence number again replaces the
-/// event. A step that was running when its process died runs again on resume and writes its
-/// events again under the same numbers, so the journal holds each event once. The first
-/// checkpoint of a new run under a key that an ended run used clears that run's events.
+/// event. A resumed run numbers its events from its checkpoint's stream position, so the
+/// numbers written after the checkpoint by the process that died are written again, not
+/// duplicated. The first checkpoint of a new run under a key that an ended run used clears
+/// that run's events.
 ///
 /// ```
 /// use workflow_core::store::{RunStatus, SqliteStore, Store};
