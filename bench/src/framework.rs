@@ -1,9 +1,11 @@
 //! The scenarios on the framework.
 
-use tokio::sync::oneshot;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use workflow_core::prelude::*;
 
-use crate::{Check, Waiters, check};
+use crate::{Check, check};
 
 /// First hop of the chain.
 #[derive(Debug, Clone, Event)]
@@ -158,39 +160,54 @@ pub(crate) async fn fanout(fan: u64, runs: u64) -> Check {
     Ok(())
 }
 
-/// One step parked on an answer from outside: a stand-in for human-in-the-loop.
+/// The answer the outside sends a parked run.
+#[derive(Debug, Clone, Event)]
+#[event(response)]
+struct Answer(u64);
+
+/// Human-in-the-loop: one step waits inline (`ctx.wait_for`) for the answer from outside.
 struct Park {
-    waiters: Waiters,
+    /// How many runs have reached their wait (the bench waits for all of them to park).
+    parked: Arc<AtomicUsize>,
 }
 
 #[workflow]
 impl Park {
     #[step]
-    async fn ask(&self, ev: StartEvent<u64>) -> StopEvent<u64> {
-        let (tx, rx) = oneshot::channel();
-        crate::park(&self.waiters, ev.0, tx);
-        let answer = rx.await.unwrap_or(u64::MAX);
-        StopEvent(ev.0 + answer)
+    async fn ask(
+        &self,
+        ctx: &Context<Self>,
+        ev: StartEvent<u64>,
+    ) -> Result<StopEvent<u64>, WorkflowError> {
+        self.parked.fetch_add(1, Ordering::Relaxed);
+        let answer = ctx.wait_for::<Answer>().await?;
+        Ok(StopEvent(ev.0 + answer.0))
     }
 }
 
 /// `suspended_run_memory`, framework side: starts `n` runs with `Runner::start`, each parked
-/// in a step; returns the measured growth (see [`crate::ParkedCost`]), then answers them all and
-/// checks every output.
+/// in an inline wait for a response; returns the measured growth (see [`crate::ParkedCost`]),
+/// then answers each run through its handler and checks every output.
 pub(crate) async fn parked(n: u64) -> Result<crate::ParkedCost, String> {
-    let waiters = crate::waiters(n);
+    let parked = Arc::new(AtomicUsize::new(0));
     let runner = Park {
-        waiters: waiters.clone(),
+        parked: parked.clone(),
     }
     .runner();
     let mut handlers = Vec::with_capacity(n as usize);
-    let cost = crate::measure_parked(n, &waiters, || {
-        for i in 0..n {
-            handlers.push(runner.start(i));
-        }
-    })
+    let cost = crate::measure_parked(
+        n,
+        || parked.load(Ordering::Relaxed),
+        || {
+            for i in 0..n {
+                handlers.push(runner.start(i));
+            }
+        },
+    )
     .await;
-    crate::answer(&waiters);
+    for handler in &handlers {
+        handler.send_response(Answer(crate::ANSWER));
+    }
     for (i, handler) in (0..n).zip(handlers) {
         let out = handler.await.map_err(|e| e.to_string())?;
         check(out == i + crate::ANSWER, || {

@@ -199,7 +199,8 @@ pub(crate) async fn fanout(shape: Shape, fan: u64, runs: u64) -> Check {
 pub(crate) async fn parked(n: u64) -> Result<crate::ParkedCost, String> {
     let waiters = crate::waiters(n);
     let mut runs = Vec::with_capacity(n as usize);
-    let cost = crate::measure_parked(n, &waiters, || {
+    let parked = || waiters.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let cost = crate::measure_parked(n, parked, || {
         for i in 0..n {
             let waiters = waiters.clone();
             runs.push(tokio::spawn(async move {

@@ -71,13 +71,18 @@ struct ParkedCost {
     seconds: f64,
 }
 
-/// Counts the allocations made while `start_all` starts `n` runs and they all park.
-async fn measure_parked(n: u64, waiters: &Waiters, start_all: impl FnOnce()) -> ParkedCost {
+/// Counts the allocations made while `start_all` starts `n` runs and they all park
+/// (`parked()` tells how many have).
+async fn measure_parked(
+    n: u64,
+    parked: impl Fn() -> usize,
+    start_all: impl FnOnce(),
+) -> ParkedCost {
     let rss = alloc::resident_bytes() as i64;
     let t = Instant::now();
     alloc::start();
     start_all();
-    while waiters.lock().unwrap_or_else(|p| p.into_inner()).len() < n as usize {
+    while parked() < n as usize {
         tokio::task::yield_now().await;
     }
     let (bytes, allocs) = alloc::read();

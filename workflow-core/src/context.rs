@@ -1,5 +1,6 @@
 //! The per-run context a step may take as `ctx: &Context<Self>`.
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::error::Error;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -57,7 +58,8 @@ pub(crate) struct RunShared<W: Workflow> {
     /// `Handler::snapshot` calls waiting for the loop.
     pub(crate) snapshot_requests: Mutex<Vec<SnapshotReply>>,
     /// Durable runs: where the run is journaled.
-    pub(crate) journal: Option<Journal>,
+    /// Boxed: most runs are not durable, and every run pays for the field.
+    pub(crate) journal: Option<Box<Journal>>,
 }
 
 /// Where the loop answers a snapshot request.
@@ -114,8 +116,26 @@ impl CollectBuffers {
 /// A step waiting inline (`ctx.wait_for`) for an event that matches.
 struct Waiter {
     id: u64,
-    matches: Box<dyn Fn(&DynEvent) -> bool + Send>,
+    /// `accepts::<R>`: is the event an `R` that `predicate` (a [`Predicate<R>`]) accepts? A
+    /// function pointer, so a wait without a predicate allocates no closure.
+    matches: fn(&DynEvent, Option<&(dyn Any + Send)>) -> bool,
+    predicate: Option<Box<dyn Any + Send>>,
     answer: tokio::sync::oneshot::Sender<DynEvent>,
+}
+
+impl Waiter {
+    fn matches(&self, event: &DynEvent) -> bool {
+        (self.matches)(event, self.predicate.as_deref())
+    }
+}
+
+fn accepts<R: Event>(event: &DynEvent, predicate: Option<&(dyn Any + Send)>) -> bool {
+    event.downcast_ref::<R>().is_some_and(|r| {
+        predicate.is_none_or(|p| {
+            let p = p.downcast_ref::<Predicate<R>>();
+            p.expect("a waiter's predicate takes its event type")(r)
+        })
+    })
 }
 
 impl<W: Workflow> RunShared<W> {
@@ -141,7 +161,7 @@ impl<W: Workflow> RunShared<W> {
     }
 
     pub(crate) fn with_journal(mut self, journal: Option<Journal>) -> RunShared<W> {
-        self.journal = journal;
+        self.journal = journal.map(Box::new);
         self
     }
 
@@ -181,7 +201,7 @@ impl<W: Workflow> RunShared<W> {
             return Some(event);
         }
         let mut event = event;
-        while let Some(i) = waiters.iter().position(|w| (w.matches)(&event)) {
+        while let Some(i) = waiters.iter().position(|w| w.matches(&event)) {
             let waiter = waiters.remove(i);
             match waiter.answer.send(event) {
                 Ok(()) => return None,
@@ -624,27 +644,28 @@ impl<'a, W: Workflow, R: Event> std::future::IntoFuture for WaitFor<'a, W, R> {
             let shared = &self.ctx.shared;
             let id = shared.next_waiter.fetch_add(1, Ordering::Relaxed);
             let (answer, receive) = tokio::sync::oneshot::channel();
-            let user = self.matches;
-            let matches: Box<dyn Fn(&DynEvent) -> bool + Send> = Box::new(move |event| {
-                event
-                    .downcast_ref::<R>()
-                    .is_some_and(|r| user.as_ref().is_none_or(|f| f(r)))
-            });
+            let waiter = Waiter {
+                id,
+                matches: accepts::<R>,
+                predicate: self.matches.map(|p| Box::new(p) as Box<dyn Any + Send>),
+                answer,
+            };
             {
                 let mut waiters = lock(&shared.waiters);
                 // An answer that came before anyone waited is taken at once.
                 let mut unclaimed = lock(&shared.unclaimed);
-                if let Some(i) = unclaimed.iter().position(&matches) {
+                if let Some(i) = unclaimed.iter().position(|e| waiter.matches(e)) {
                     let event = unclaimed.remove(i);
                     return Ok(event
                         .downcast::<R>()
                         .unwrap_or_else(|_| unreachable!("the matcher checked the type")));
                 }
-                waiters.push(Waiter {
-                    id,
-                    matches,
-                    answer,
-                });
+                // Grown from one: most runs have one waiter, and a parked run pays for the rest.
+                if waiters.len() == waiters.capacity() {
+                    let more = waiters.len().max(1);
+                    waiters.reserve_exact(more);
+                }
+                waiters.push(waiter);
             }
             // Deregisters on every exit: answered, timed out, or the step dropped.
             struct Deregister<'s, W: Workflow>(&'s RunShared<W>, u64);
@@ -657,13 +678,14 @@ impl<'a, W: Workflow, R: Event> std::future::IntoFuture for WaitFor<'a, W, R> {
             if let Some(request) = self.request {
                 shared.stream.publish(StreamItem::Event(request));
             }
+            // The timer is boxed: a wait without a time limit (a parked run) carries none.
             let received = match self.timeout {
-                Some(limit) => tokio::time::timeout(limit, receive).await.map_err(|_| {
-                    WorkflowError::WaitTimedOut {
+                Some(limit) => Box::pin(tokio::time::timeout(limit, receive))
+                    .await
+                    .map_err(|_| WorkflowError::WaitTimedOut {
                         event: R::NAME,
                         timeout: limit,
-                    }
-                })?,
+                    })?,
                 None => receive.await,
             };
             let event = received.map_err(|_| WorkflowError::Cancelled)?;

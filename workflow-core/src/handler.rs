@@ -51,20 +51,15 @@ use crate::workflow::{Workflow, post_external};
 pub struct Handler<W: Workflow> {
     shared: Arc<RunShared<W>>,
     task: JoinHandle<Result<W::Output>>,
-    events: Option<EventStream>,
 }
 
 impl<W: Workflow> Handler<W> {
+    /// The run's stream must have been reserved (`Publisher::reserve`) before it started.
     pub(crate) fn new(
         shared: Arc<RunShared<W>>,
         task: JoinHandle<Result<W::Output>>,
-        events: EventStream,
     ) -> Handler<W> {
-        Handler {
-            shared,
-            task,
-            events: Some(events),
-        }
+        Handler { shared, task }
     }
 
     pub(crate) fn shared(&self) -> &RunShared<W> {
@@ -79,9 +74,7 @@ impl<W: Workflow> Handler<W> {
     /// The run's stream from its very start. The first call takes it; later calls return a
     /// fresh subscription from the current point on, like [`Handler::subscribe`].
     pub fn events(&mut self) -> EventStream {
-        self.events
-            .take()
-            .unwrap_or_else(|| self.shared.stream.subscribe())
+        self.shared.stream.take_reserved()
     }
 
     /// A new subscription to the run's stream, from now on. Any number may exist at once.
@@ -149,6 +142,13 @@ impl<W: Workflow> Handler<W> {
     /// Has the run ended?
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
+    }
+}
+
+impl<W: Workflow> Drop for Handler<W> {
+    fn drop(&mut self) {
+        // The stream reserved for `events` will never be read: stop buffering for it.
+        self.shared.stream.release_reserved();
     }
 }
 

@@ -683,6 +683,10 @@ where
             return index as usize;
         }
         let index = self.calls.len();
+        // Grown from one: a run with one step at a time (a chain, a parked run) needs one call.
+        if index == self.calls.capacity() {
+            self.calls.reserve_exact(index.max(1));
+        }
         let wake = Arc::new(CallWake {
             index: index as u32,
             queued: AtomicBool::new(false),

@@ -98,16 +98,38 @@ struct Subscriber {
 /// The publishing side, owned by the run.
 #[derive(Debug)]
 pub(crate) struct Publisher {
-    subscribers: Mutex<Vec<Weak<Subscriber>>>,
+    subscribers: Mutex<Subscribers>,
     any: AtomicBool,
     ended: AtomicBool,
     capacity: usize,
 }
 
+#[derive(Debug, Default)]
+struct Subscribers {
+    list: Vec<Weak<Subscriber>>,
+    /// The handler's own stream, which sees the run from its very start.
+    reserved: Reserved,
+}
+
+/// The handler's stream is made lazily: a run nobody reads (a parked run, most runs awaited
+/// for their output) never pays for a subscriber, yet `Handler::events` still misses nothing.
+#[derive(Debug, Default)]
+enum Reserved {
+    /// No reservation, or the handler took its stream.
+    #[default]
+    None,
+    /// Reserved, nothing published yet: made at the first item or when the handler asks.
+    Pending,
+    /// Made at the first item; held here until the handler takes it.
+    Made(Arc<Subscriber>),
+    /// The run ended with nothing else published: the stream is this one terminal item.
+    Ended(Outcome),
+}
+
 impl Publisher {
     pub(crate) fn new(capacity: usize) -> Publisher {
         Publisher {
-            subscribers: Mutex::new(Vec::new()),
+            subscribers: Mutex::new(Subscribers::default()),
             any: AtomicBool::new(false),
             ended: AtomicBool::new(false),
             capacity: capacity.max(1),
@@ -119,8 +141,8 @@ impl Publisher {
         self.any.load(Ordering::Acquire)
     }
 
-    pub(crate) fn subscribe(&self) -> EventStream {
-        let subscriber = Arc::new(Subscriber {
+    fn new_subscriber(&self) -> Arc<Subscriber> {
+        Arc::new(Subscriber {
             buffer: Mutex::new(Buffer {
                 items: VecDeque::new(),
                 lagged: 0,
@@ -128,16 +150,58 @@ impl Publisher {
                 waker: None,
             }),
             capacity: self.capacity,
-        });
+        })
+    }
+
+    pub(crate) fn subscribe(&self) -> EventStream {
         let mut subscribers = lock(&self.subscribers);
+        self.subscribe_locked(&mut subscribers)
+    }
+
+    fn subscribe_locked(&self, subscribers: &mut Subscribers) -> EventStream {
+        let subscriber = self.new_subscriber();
         if self.ended.load(Ordering::Acquire) {
             // Subscribed after the end: the stream is over at once (and says why it is empty).
             lock(&subscriber.buffer).ended = true;
         } else {
-            subscribers.push(Arc::downgrade(&subscriber));
+            subscribers.list.push(Arc::downgrade(&subscriber));
             self.any.store(true, Ordering::Release);
         }
         EventStream { subscriber }
+    }
+
+    /// Reserves the handler's stream from the run's start (see [`Reserved`]); before the run
+    /// publishes anything.
+    pub(crate) fn reserve(&self) {
+        lock(&self.subscribers).reserved = Reserved::Pending;
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// The reserved stream, from the run's start; a fresh subscription once it was taken.
+    pub(crate) fn take_reserved(&self) -> EventStream {
+        let mut subscribers = lock(&self.subscribers);
+        match std::mem::take(&mut subscribers.reserved) {
+            Reserved::Made(subscriber) => EventStream { subscriber },
+            Reserved::Ended(outcome) => {
+                let subscriber = self.new_subscriber();
+                let mut buffer = lock(&subscriber.buffer);
+                buffer.items.push_back(StreamItem::End(outcome));
+                buffer.ended = true;
+                drop(buffer);
+                EventStream { subscriber }
+            }
+            // Nothing was published yet: a subscription from now on is one from the start.
+            Reserved::Pending | Reserved::None => self.subscribe_locked(&mut subscribers),
+        }
+    }
+
+    /// The handler went away without taking its stream: nobody will read it.
+    pub(crate) fn release_reserved(&self) {
+        let mut subscribers = lock(&self.subscribers);
+        subscribers.reserved = Reserved::None;
+        if subscribers.list.is_empty() {
+            self.any.store(false, Ordering::Release);
+        }
     }
 
     pub(crate) fn publish(&self, item: StreamItem) {
@@ -145,10 +209,27 @@ impl Publisher {
             return;
         }
         let terminal = item.is_terminal();
-        let mut subscribers = lock(&self.subscribers);
+        let mut guard = lock(&self.subscribers);
         if self.ended.load(Ordering::Acquire) {
             return;
         }
+        let subscribers = &mut *guard;
+        if let Reserved::Pending = subscribers.reserved {
+            match item {
+                StreamItem::End(outcome) if subscribers.list.is_empty() => {
+                    subscribers.reserved = Reserved::Ended(outcome);
+                    self.ended.store(true, Ordering::Release);
+                    self.any.store(false, Ordering::Release);
+                    return;
+                }
+                _ => {
+                    let subscriber = self.new_subscriber();
+                    subscribers.list.push(Arc::downgrade(&subscriber));
+                    subscribers.reserved = Reserved::Made(subscriber);
+                }
+            }
+        }
+        let subscribers = &mut subscribers.list;
         subscribers.retain(|weak| {
             let Some(subscriber) = weak.upgrade() else {
                 return false;
@@ -165,12 +246,12 @@ impl Publisher {
             }
             true
         });
-        if subscribers.is_empty() {
+        if subscribers.is_empty() && matches!(guard.reserved, Reserved::None) {
             self.any.store(false, Ordering::Release);
         }
         if terminal {
             self.ended.store(true, Ordering::Release);
-            subscribers.clear();
+            guard.list.clear();
         }
     }
 
@@ -223,4 +304,63 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    fn drain(mut stream: EventStream) -> Vec<StreamItem> {
+        let mut items = Vec::new();
+        futures_util::FutureExt::now_or_never(async {
+            while let Some(item) = stream.next().await {
+                items.push(item);
+            }
+        })
+        .expect("an ended stream never waits");
+        items
+    }
+
+    #[derive(Debug, Clone, PartialEq)]
+    struct Tick(u32);
+    impl crate::Event for Tick {
+        const NAME: &'static str = "stream::tests::Tick";
+    }
+
+    #[test]
+    fn a_reserved_stream_taken_late_still_sees_the_run_from_its_start() {
+        let publisher = Publisher::new(8);
+        publisher.reserve();
+        assert!(publisher.has_subscribers());
+        publisher.publish(StreamItem::Event(DynEvent::new(Tick(1))));
+        publisher.end(Outcome::Stopped);
+        let items = drain(publisher.take_reserved());
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].event::<Tick>(), Some(&Tick(1)));
+        assert!(matches!(items[1], StreamItem::End(Outcome::Stopped)));
+        // Taken once: the next stream starts after the end, empty.
+        assert!(drain(publisher.take_reserved()).is_empty());
+    }
+
+    #[test]
+    fn a_reserved_stream_of_a_run_that_published_nothing_holds_only_its_end() {
+        let publisher = Publisher::new(8);
+        publisher.reserve();
+        publisher.end(Outcome::Failed("boom".into()));
+        let items = drain(publisher.take_reserved());
+        assert!(matches!(&items[..], [StreamItem::End(Outcome::Failed(m))] if m == "boom"));
+    }
+
+    #[test]
+    fn a_released_reservation_stops_the_buffering() {
+        let publisher = Publisher::new(8);
+        publisher.reserve();
+        publisher.release_reserved();
+        assert!(!publisher.has_subscribers());
+        let late = publisher.subscribe();
+        publisher.publish(StreamItem::Event(DynEvent::new(Tick(2))));
+        publisher.end(Outcome::Stopped);
+        assert_eq!(drain(late).len(), 2);
+    }
 }

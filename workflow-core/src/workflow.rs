@@ -406,14 +406,14 @@ impl<W: Workflow> Runner<W> {
     /// Outside a tokio runtime.
     pub fn start_with_state(&self, input: W::Input, state: W::State) -> Handler<W> {
         let shared = Arc::new(RunShared::new(state, self.config.stream_capacity));
-        // Subscribe before the run starts, so the handler's own stream misses nothing.
-        let events = shared.stream.subscribe();
+        // Reserved before the run starts, so the handler's own stream misses nothing.
+        shared.stream.reserve();
         let task = tokio::spawn(execute(
             self.clone(),
             shared.clone(),
             Init::Start(W::__start_event(input)),
         ));
-        Handler::new(shared, task, events)
+        Handler::new(shared, task)
     }
 
     /// Resumes a run from a snapshot (taken with `Handler::snapshot`, possibly in another
@@ -448,13 +448,13 @@ impl<W: Workflow> Runner<W> {
             // again before a later `send_response` lands (the answer would be lost).
             post_external(&shared, answer, None);
         }
-        let events = shared.stream.subscribe();
+        shared.stream.reserve();
         let task = tokio::spawn(execute(
             self.clone(),
             shared.clone(),
             Init::Resume(restored),
         ));
-        Ok(Handler::new(shared, task, events))
+        Ok(Handler::new(shared, task))
     }
 
     /// Journals every run started with [`Runner::start_durable`] in `store`: a checkpoint at
@@ -500,13 +500,13 @@ impl<W: Workflow> Runner<W> {
             RunShared::new(W::State::default(), self.config.stream_capacity)
                 .with_journal(Some(journal)),
         );
-        let events = shared.stream.subscribe();
+        shared.stream.reserve();
         let task = tokio::spawn(execute(
             self.clone(),
             shared.clone(),
             Init::Start(W::__start_event(input)),
         ));
-        Ok(Handler::new(shared, task, events))
+        Ok(Handler::new(shared, task))
     }
 
     /// Resumes the journaled run `key` from its last checkpoint: after a crash, a restart, or
