@@ -73,10 +73,69 @@ pub(crate) struct Journal {
     pub(crate) evict_when_waiting: bool,
 }
 
-/// The events a collecting step buffered: one queue per collected type (one for `collect`).
-#[derive(Clone)]
-pub(crate) struct CollectBuffer {
-    pub(crate) slots: Vec<VecDeque<DynEvent>>,
+/// The events a collecting step buffered.
+pub(crate) enum CollectBuffer {
+    /// One queue of erased events per collected type: `collect_each`, and any buffer restored
+    /// from a snapshot until its step collects again.
+    Erased(Vec<VecDeque<DynEvent>>),
+    /// `collect::<E>`: a `VecDeque<E>`, so buffering an event neither boxes nor downcasts it.
+    Typed(Box<dyn TypedQueue>),
+}
+
+/// A `VecDeque<E>` of collected events, seen without its type.
+pub(crate) trait TypedQueue: Send {
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// The events, erased (for snapshots).
+    fn erased(&self) -> VecDeque<DynEvent>;
+}
+
+impl<E: Event> TypedQueue for VecDeque<E> {
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn erased(&self) -> VecDeque<DynEvent> {
+        self.iter().cloned().map(DynEvent::new).collect()
+    }
+}
+
+impl CollectBuffer {
+    /// The queues, erased: one per collected type.
+    pub(crate) fn erased_slots(&self) -> std::borrow::Cow<'_, [VecDeque<DynEvent>]> {
+        match self {
+            CollectBuffer::Erased(slots) => std::borrow::Cow::Borrowed(slots),
+            CollectBuffer::Typed(queue) => std::borrow::Cow::Owned(vec![queue.erased()]),
+        }
+    }
+
+    /// The buffer as `collect::<E>` keeps it (a restored buffer is typed here, once).
+    fn typed<E: Event>(&mut self) -> &mut VecDeque<E> {
+        if let CollectBuffer::Erased(slots) = self {
+            let queue: VecDeque<E> = slots
+                .iter_mut()
+                .flat_map(std::mem::take)
+                .map(|e| e.downcast::<E>().expect("a collect buffer holds one type"))
+                .collect();
+            *self = CollectBuffer::Typed(Box::new(queue));
+        }
+        match self {
+            CollectBuffer::Typed(queue) => queue
+                .as_any_mut()
+                .downcast_mut()
+                .expect("a collect buffer holds one type"),
+            CollectBuffer::Erased(_) => unreachable!("typed above"),
+        }
+    }
+
+    /// The buffer as `collect_each` keeps it.
+    fn erased(&mut self) -> &mut Vec<VecDeque<DynEvent>> {
+        if let CollectBuffer::Typed(queue) = self {
+            *self = CollectBuffer::Erased(vec![queue.erased()]);
+        }
+        match self {
+            CollectBuffer::Erased(slots) => slots,
+            CollectBuffer::Typed(_) => unreachable!("erased above"),
+        }
+    }
 }
 
 /// The fan-in buffers of a run, by (collecting step, collected type key). A run has one or two
@@ -87,13 +146,16 @@ pub(crate) struct CollectBuffers {
 }
 
 impl CollectBuffers {
-    /// The buffer of `key`, made with `slots` empty queues the first time.
-    fn entry(&mut self, key: (usize, u64), slots: usize) -> &mut CollectBuffer {
+    /// The buffer of `key`, made with `new` the first time.
+    fn entry(
+        &mut self,
+        key: (usize, u64),
+        new: impl FnOnce() -> CollectBuffer,
+    ) -> &mut CollectBuffer {
         let i = match self.entries.iter().position(|(k, _)| *k == key) {
             Some(i) => i,
             None => {
-                let slots = vec![VecDeque::new(); slots];
-                self.entries.push((key, CollectBuffer { slots }));
+                self.entries.push((key, new()));
                 self.entries.len() - 1
             }
         };
@@ -371,15 +433,14 @@ impl<W: Workflow> Context<W> {
     /// ```
     pub fn collect<E: Event>(&self, event: E, n: usize) -> Option<Vec<E>> {
         let mut buffers = lock(&self.shared.collect);
-        let buffer = &mut buffers.entry((self.step, E::ID.raw()), 1).slots[0];
-        buffer.push_back(DynEvent::new(event));
+        let buffer = buffers
+            .entry((self.step, E::ID.raw()), || {
+                CollectBuffer::Typed(Box::new(VecDeque::<E>::new()))
+            })
+            .typed::<E>();
+        buffer.push_back(event);
         if buffer.len() >= n.max(1) {
-            Some(
-                buffer
-                    .drain(..n.max(1))
-                    .map(|e| e.downcast::<E>().expect("a collect buffer holds one type"))
-                    .collect(),
-            )
+            Some(buffer.drain(..n.max(1)).collect())
         } else {
             None
         }
@@ -426,7 +487,11 @@ impl<W: Workflow> Context<W> {
             );
         };
         let mut buffers = lock(&self.shared.collect);
-        let slots = &mut buffers.entry((self.step, T::KEY), T::LEN).slots;
+        let slots = buffers
+            .entry((self.step, T::KEY), || {
+                CollectBuffer::Erased(vec![VecDeque::new(); T::LEN])
+            })
+            .erased();
         slots[slot].push_back(event);
         if slots.iter().all(|s| !s.is_empty()) {
             let mut taken = slots

@@ -982,7 +982,7 @@ where
         for (&(step, key), buffer) in buffers.sorted() {
             let n = collect.len();
             let mut slots = Vec::new();
-            for (s, events) in buffer.slots.iter().enumerate() {
+            for (s, events) in buffer.erased_slots().iter().enumerate() {
                 let mut records = Vec::new();
                 for (e, event) in events.iter().enumerate() {
                     records.push(encode(format!("collect[{n}].slots[{s}][{e}]"), event)?);
@@ -1334,7 +1334,7 @@ pub(crate) fn restore_buffers<W: Workflow>(
             }
             slots.push(queue);
         }
-        buffers.insert((step, record.key), CollectBuffer { slots });
+        buffers.insert((step, record.key), CollectBuffer::Erased(slots));
     }
     drop(buffers);
     let mut unclaimed = lock(&shared.unclaimed);
