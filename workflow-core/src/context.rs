@@ -55,6 +55,9 @@ pub(crate) struct RunShared<W: Workflow> {
     pub(crate) unclaimed: Mutex<Vec<DynEvent>>,
     /// How many events steps wrote to the stream (the stream position of snapshots).
     pub(crate) stream_seq: AtomicU64,
+    /// Durable runs: stream events written by invocations still running, keyed by
+    /// (step, worker); journaled when the invocation ends (see `write_event_to_stream`).
+    pub(crate) journal_pending: Mutex<Vec<((usize, u32), crate::snapshot::EventRecord)>>,
     /// `Handler::snapshot` calls waiting for the loop.
     pub(crate) snapshot_requests: Mutex<Vec<SnapshotReply>>,
     /// Durable runs: where the run is journaled.
@@ -217,6 +220,7 @@ impl<W: Workflow> RunShared<W> {
             next_waiter: AtomicU64::new(1),
             unclaimed: Mutex::new(Vec::new()),
             stream_seq: AtomicU64::new(0),
+            journal_pending: Mutex::new(Vec::new()),
             snapshot_requests: Mutex::new(Vec::new()),
             journal: None,
         }
@@ -569,8 +573,9 @@ impl<W: Workflow> Context<W> {
     /// (serialized when it is an event of the graph, as its `Debug` text otherwise).
     pub fn write_event_to_stream<E: Event>(&self, event: E) {
         let shared = &self.shared;
-        let seq = shared.stream_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Some(journal) = &shared.journal {
+        if shared.journal.is_some() {
+            // Journaled when this invocation ends, numbered then: an invocation that is cut
+            // short (a crash, a cancel) and runs again on resume writes its events once.
             let event = DynEvent::new(event.clone());
             let record = crate::snapshot::encode_event::<W>(&event).unwrap_or_else(|_| {
                 crate::snapshot::EventRecord {
@@ -578,9 +583,9 @@ impl<W: Workflow> Context<W> {
                     data: serde_json::json!({ "debug": format!("{event:?}") }),
                 }
             });
-            if let Err(error) = journal.store.append_event(&journal.key, seq, &record) {
-                tracing::error!(%error, "could not journal a stream event");
-            }
+            lock(&shared.journal_pending).push(((self.step, self.worker), record));
+        } else {
+            shared.stream_seq.fetch_add(1, Ordering::Relaxed);
         }
         if shared.stream.has_subscribers() {
             shared

@@ -745,6 +745,7 @@ where
     }
 
     fn complete(&mut self, done: Done) -> Result<()> {
+        self.journal_stream_events(done.step, done.worker)?;
         let state = &mut self.steps[done.step];
         state.busy -= 1;
         if state.limit > 1 {
@@ -790,6 +791,35 @@ where
             // Durable runs: the completion and what it emitted are now in the store, so this
             // step never runs again on this input, whatever happens to the process.
             self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Durable runs: journals the stream events the invocation of `step` on `worker` wrote,
+    /// numbered now, before the checkpoint that records its completion. If the process dies in
+    /// between, the step runs again from the last checkpoint and writes them again under the
+    /// same numbers (a store replaces an event written twice under one number).
+    fn journal_stream_events(&mut self, step: usize, worker: u32) -> Result<()> {
+        let Some(journal) = &self.shared.journal else {
+            return Ok(());
+        };
+        let mine: Vec<_> = {
+            let mut pending = lock(&self.shared.journal_pending);
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let (mine, others) = std::mem::take(&mut *pending)
+                .into_iter()
+                .partition(|(key, _)| *key == (step, worker));
+            *pending = others;
+            mine
+        };
+        for (_, record) in mine {
+            let seq = self.shared.stream_seq.fetch_add(1, Ordering::Relaxed) + 1;
+            journal
+                .store
+                .append_event(&journal.key, seq, &record)
+                .map_err(WorkflowError::Store)?;
         }
         Ok(())
     }

@@ -85,7 +85,8 @@ pub trait Store: Send + Sync + 'static {
     /// When the store could not be read or the record is corrupt.
     fn load(&self, key: &str) -> Result<Option<RunRecord>, StoreError>;
 
-    /// Appends one event the run wrote to its stream, with its sequence number (from 1).
+    /// Appends one event the run wrote to its stream, with its sequence number (from 1). The
+    /// same number written again (by a step that re-ran after a crash) replaces the first.
     ///
     /// # Errors
     /// When the event could not be made durable.
@@ -156,11 +157,14 @@ impl Store for MemoryStore {
     }
 
     fn append_event(&self, key: &str, seq: u64, event: &EventRecord) -> Result<(), StoreError> {
-        lock(&self.runs)
-            .entry(key.to_string())
-            .or_default()
-            .events
-            .push((seq, event.clone()));
+        let mut runs = lock(&self.runs);
+        let events = &mut runs.entry(key.to_string()).or_default().events;
+        // Like a database keyed by (run, seq): the same number written again replaces it.
+        let rewrite = events.last().is_some_and(|(last, _)| *last >= seq);
+        match events.iter_mut().find(|(s, _)| rewrite && *s == seq) {
+            Some(existing) => existing.1 = event.clone(),
+            None => events.push((seq, event.clone())),
+        }
         Ok(())
     }
 
