@@ -282,96 +282,62 @@ impl Graph {
         false
     }
 
-    /// The steps that can run: those taking the start event (or opted out of the checks), and
-    /// every step fed by a step that can run.
-    const fn reachable_set(&self) -> StepSet {
+    /// Grows `set` until it is closed along the graph's edges: `forward`, every step fed by a
+    /// step in the set joins it; backward, every step feeding a step in the set joins it.
+    const fn close(&self, mut set: StepSet, forward: bool) -> StepSet {
         let n = self.steps.len();
-        let mut set = [false; MAX_STEPS];
-        let mut s = 0;
-        while s < n {
-            set[s] = self.accepts_start(s) || self.steps[s].skip_graph_checks;
-            s += 1;
-        }
         let mut changed = true;
         while changed {
             changed = false;
             let mut from = 0;
             while from < n {
-                if set[from] {
-                    let mut to = 0;
-                    while to < n {
-                        if !set[to] && self.feeds(from, to) {
-                            set[to] = true;
-                            changed = true;
-                        }
-                        to += 1;
+                let mut to = 0;
+                while to < n {
+                    let (known, new) = if forward { (from, to) } else { (to, from) };
+                    if set[known] && !set[new] && self.feeds(from, to) {
+                        set[new] = true;
+                        changed = true;
                     }
+                    to += 1;
                 }
                 from += 1;
             }
         }
         set
+    }
+
+    /// The steps that can run: those taking the start event (or opted out of the checks), and
+    /// every step fed by a step that can run.
+    const fn reachable_set(&self) -> StepSet {
+        let mut set = [false; MAX_STEPS];
+        let mut s = 0;
+        while s < self.steps.len() {
+            set[s] = self.accepts_start(s) || self.steps[s].skip_graph_checks;
+            s += 1;
+        }
+        self.close(set, true)
     }
 
     /// The steps from which a stop event can be reached.
     const fn stopping_set(&self) -> StepSet {
-        let n = self.steps.len();
         let mut set = [false; MAX_STEPS];
         let mut s = 0;
-        while s < n {
+        while s < self.steps.len() {
             set[s] = self.emits_stop(s) || self.steps[s].skip_graph_checks;
             s += 1;
         }
-        let mut changed = true;
-        while changed {
-            changed = false;
-            let mut from = 0;
-            while from < n {
-                if !set[from] {
-                    let mut to = 0;
-                    while to < n {
-                        if set[to] && self.feeds(from, to) {
-                            set[from] = true;
-                            changed = true;
-                            break;
-                        }
-                        to += 1;
-                    }
-                }
-                from += 1;
-            }
-        }
-        set
+        self.close(set, false)
     }
 
     /// Can step `step` lead back to itself?
     const fn on_cycle(&self, step: usize) -> bool {
-        let n = self.steps.len();
-        let mut seen = [false; MAX_STEPS];
+        let mut set = [false; MAX_STEPS];
         let mut to = 0;
-        while to < n {
-            seen[to] = self.feeds(step, to);
+        while to < self.steps.len() {
+            set[to] = self.feeds(step, to);
             to += 1;
         }
-        let mut changed = true;
-        while changed {
-            changed = false;
-            let mut from = 0;
-            while from < n {
-                if seen[from] {
-                    let mut to = 0;
-                    while to < n {
-                        if !seen[to] && self.feeds(from, to) {
-                            seen[to] = true;
-                            changed = true;
-                        }
-                        to += 1;
-                    }
-                }
-                from += 1;
-            }
-        }
-        seen[step]
+        self.close(set, true)[step]
     }
 
     const fn all_accepts_produced(&self, step: usize) -> bool {
