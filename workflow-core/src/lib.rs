@@ -34,7 +34,11 @@
 //! ```
 //!
 //! The guide chapters live in `docs/` of the repository: fundamentals, the compile-time
-//! checks, and reading the expansion with `cargo expand`.
+//! checks, the runtime (state, fan-in, streaming, retries, time limits), durability
+//! (human-in-the-loop, snapshots, durable runs), and reading the expansion with `cargo expand`.
+//!
+//! Features: `macros` (default) re-exports the macros; `sqlite` adds
+//! [`store::SqliteStore`], an embedded store for durable runs.
 
 mod context;
 mod error;
@@ -69,8 +73,9 @@ pub use workflow::StepConfig;
 
 /// `#[workflow]`: turns an `impl` block of `#[step]` methods into a [`Workflow`].
 ///
-/// Options: `state = Type` (the run's shared state, `()` by default), `crate = "path"` (where
-/// `workflow_core` is, when it is renamed), `skip_graph_checks` (no reachability checks).
+/// Options: `state = Type` (the run's shared state, `()` by default), `durable` (runs can be
+/// snapshotted and journaled), `crate = "path"` (where `workflow_core` is, when it is renamed),
+/// `skip_graph_checks` (no reachability checks).
 #[cfg(feature = "macros")]
 pub use workflow_macros::workflow;
 
@@ -78,11 +83,13 @@ pub use workflow_macros::workflow;
 ///
 /// Options: `num_workers = N` (concurrent invocations within one run, default 1),
 /// `emits = [A, B]` (events the step sends with `ctx.send_event` besides its return value),
-/// `skip_graph_checks` (the step is an island on purpose).
+/// `retry = RetryPolicy::..`, `timeout = Duration::..`, `skip_graph_checks` (the step is an
+/// island on purpose).
 #[cfg(feature = "macros")]
 pub use workflow_macros::step;
 
-/// `#[derive(Event)]`: makes a type an [`Event`] with a stable name.
+/// `#[derive(Event)]`: makes a type an [`Event`] with a stable name. Options:
+/// `#[event(request = Response)]`, `#[event(response)]`, `#[event(crate = "path")]`.
 #[cfg(feature = "macros")]
 pub use workflow_macros::Event;
 
