@@ -38,7 +38,7 @@
 //! (human-in-the-loop, snapshots, durable runs), and reading the expansion with `cargo expand`.
 //!
 //! Features: `macros` (default) re-exports the macros; `sqlite` adds
-//! [`store::SqliteStore`], an embedded store for durable runs.
+//! `store::SqliteStore`, an embedded store for durable runs.
 
 mod context;
 mod error;
