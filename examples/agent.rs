@@ -201,20 +201,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-/// Prints the error with its causes, one after the other, and fails the process.
+/// Runs the example; an error is printed with its causes and fails the process.
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            let mut message = error.to_string();
-            let mut source = error.source();
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            eprintln!("error: {message}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    examples::exit_with(run().await)
 }
