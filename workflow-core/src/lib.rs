@@ -117,7 +117,7 @@ pub mod __private {
     pub use crate::workflow::{StepConfig, Workflow, start_event};
     pub use serde_json;
     pub use std::format;
-    pub use std::string::{String, ToString};
+    pub use std::string::String;
     pub use std::sync::Arc;
 
     /// Takes a step's input out of the erased event the executor routed to it.

@@ -175,18 +175,28 @@ pub fn fingerprint(graph: &Graph) -> String {
     format!("{:016x}", crate::EventId::of(&text).raw())
 }
 
+/// Serializes a durable workflow's state or output (generated code calls this).
+#[doc(hidden)]
+pub fn to_value<T: Serialize>(value: &T) -> Result<Value, String> {
+    serde_json::to_value(value).map_err(|e| e.to_string())
+}
+
+/// Deserializes a durable workflow's state or output (generated code calls this).
+#[doc(hidden)]
+pub fn from_value<T: for<'de> Deserialize<'de>>(data: Value) -> Result<T, String> {
+    serde_json::from_value(data).map_err(|e| e.to_string())
+}
+
 /// Encodes one event of a durable workflow (generated code calls this per event type).
 #[doc(hidden)]
 pub fn encode<E: Event + Serialize>(event: &E) -> Result<Value, String> {
-    serde_json::to_value(event).map_err(|e| e.to_string())
+    to_value(event)
 }
 
 /// Decodes one event of a durable workflow (generated code calls this per event type).
 #[doc(hidden)]
 pub fn decode<E: Event + for<'de> Deserialize<'de>>(data: Value) -> Result<DynEvent, String> {
-    serde_json::from_value::<E>(data)
-        .map(DynEvent::new)
-        .map_err(|e| e.to_string())
+    from_value::<E>(data).map(DynEvent::new)
 }
 
 pub(crate) fn encode_event<W: Workflow>(event: &DynEvent) -> Result<EventRecord, String> {

@@ -375,25 +375,25 @@ fn durable_codec(private: &TokenStream, model: &Model) -> TokenStream {
         fn __encode_state(
             state: &Self::State,
         ) -> ::core::result::Result<#private::serde_json::Value, #private::String> {
-            #private::serde_json::to_value(state).map_err(|e| #private::ToString::to_string(&e))
+            #private::snapshot::to_value(state)
         }
 
         fn __decode_state(
             data: #private::serde_json::Value,
         ) -> ::core::result::Result<Self::State, #private::String> {
-            #private::serde_json::from_value(data).map_err(|e| #private::ToString::to_string(&e))
+            #private::snapshot::from_value(data)
         }
 
         fn __encode_output(
             output: &Self::Output,
         ) -> ::core::result::Result<#private::serde_json::Value, #private::String> {
-            #private::serde_json::to_value(output).map_err(|e| #private::ToString::to_string(&e))
+            #private::snapshot::to_value(output)
         }
 
         fn __decode_output(
             data: #private::serde_json::Value,
         ) -> ::core::result::Result<Self::Output, #private::String> {
-            #private::serde_json::from_value(data).map_err(|e| #private::ToString::to_string(&e))
+            #private::snapshot::from_value(data)
         }
     }
 }
