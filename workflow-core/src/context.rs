@@ -58,8 +58,9 @@ pub(crate) struct RunShared<W: Workflow> {
     /// Durable runs: stream events written by invocations still running, keyed by
     /// (step, worker); journaled when the invocation ends (see `write_event_to_stream`).
     pub(crate) journal_pending: Mutex<Vec<((usize, u32), crate::snapshot::EventRecord)>>,
-    /// `Handler::snapshot` calls waiting for the loop.
-    pub(crate) snapshot_requests: Mutex<Vec<SnapshotReply>>,
+    /// `Handler::snapshot` calls waiting for the loop; `None` once the run is over, so that a
+    /// later request fails at once instead of waiting for a loop that is gone.
+    pub(crate) snapshot_requests: Mutex<Option<Vec<SnapshotReply>>>,
     /// Durable runs: where the run is journaled.
     /// Boxed: most runs are not durable, and every run pays for the field.
     pub(crate) journal: Option<Box<Journal>>,
@@ -185,8 +186,13 @@ struct Waiter {
     /// function pointer, so a wait without a predicate allocates no closure.
     matches: fn(&DynEvent, Option<&(dyn Any + Send)>) -> bool,
     predicate: Option<Box<dyn Any + Send>>,
-    answer: tokio::sync::oneshot::Sender<DynEvent>,
+    answer: tokio::sync::oneshot::Sender<WaitAnswer>,
 }
+
+/// What a waiter receives: the event, or the panic of its predicate, which the run loop runs
+/// (see [`RunShared::offer_to_waiters`]) and which must fail the waiting step, not the run's
+/// task.
+type WaitAnswer = std::result::Result<DynEvent, Box<dyn Any + Send>>;
 
 impl Waiter {
     fn matches(&self, event: &DynEvent) -> bool {
@@ -221,7 +227,7 @@ impl<W: Workflow> RunShared<W> {
             unclaimed: Mutex::new(Vec::new()),
             stream_seq: AtomicU64::new(0),
             journal_pending: Mutex::new(Vec::new()),
-            snapshot_requests: Mutex::new(Vec::new()),
+            snapshot_requests: Mutex::new(Some(Vec::new())),
             journal: None,
         }
     }
@@ -232,9 +238,19 @@ impl<W: Workflow> RunShared<W> {
     }
 
     /// Asks the loop for a snapshot at its next turn.
+    ///
+    /// A run that is over drops `reply` at once: its handler reads that as `Cancelled`.
     pub(crate) fn request_snapshot(&self, reply: SnapshotReply) {
-        lock(&self.snapshot_requests).push(reply);
-        self.notify();
+        if let Some(requests) = lock(&self.snapshot_requests).as_mut() {
+            requests.push(reply);
+            self.notify();
+        }
+    }
+
+    /// The run is over: drops the snapshot requests nobody will answer (their handlers get
+    /// `Cancelled`) and refuses later ones.
+    pub(crate) fn close_snapshot_requests(&self) {
+        lock(&self.snapshot_requests).take();
     }
 
     pub(crate) fn post(&self, envelope: Envelope) {
@@ -267,15 +283,34 @@ impl<W: Workflow> RunShared<W> {
             return Some(event);
         }
         let mut event = event;
-        while let Some(i) = waiters.iter().position(|w| w.matches(&event)) {
+        loop {
+            // A predicate is the step's code, run here by the loop: its panic is caught and
+            // handed to its step, which panics with it (before, it unwound through the run
+            // loop and the run's task panicked). Its waiter does not take the event.
+            let mut panicked = None;
+            let found = waiters.iter().position(|w| {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.matches(&event))) {
+                    Ok(matched) => matched,
+                    Err(panic) => {
+                        panicked = Some(panic);
+                        true
+                    }
+                }
+            });
+            let Some(i) = found else {
+                return Some(event);
+            };
             let waiter = waiters.remove(i);
-            match waiter.answer.send(event) {
+            if let Some(panic) = panicked {
+                let _ = waiter.answer.send(Err(panic));
+                continue;
+            }
+            match waiter.answer.send(Ok(event)) {
                 Ok(()) => return None,
                 // The waiter went away (its step was cancelled): try the next one.
-                Err(back) => event = back,
+                Err(back) => event = back.unwrap_or_else(|_| unreachable!("sent an event")),
             }
         }
-        Some(event)
     }
 
     fn remove_waiter(&self, id: u64) {
@@ -759,6 +794,8 @@ impl<'a, W: Workflow, R: Event> std::future::IntoFuture for WaitFor<'a, W, R> {
                 None => receive.await,
             };
             let event = received.map_err(|_| WorkflowError::Cancelled)?;
+            // The predicate panicked in the run loop: the panic is this step's.
+            let event = event.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             Ok(event
                 .downcast::<R>()
                 .unwrap_or_else(|_| unreachable!("the matcher checked the type")))

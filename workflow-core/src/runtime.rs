@@ -349,6 +349,14 @@ where
         if !self.begun {
             // Wait for a turn under `max_concurrent_runs` (the run's timeout starts after).
             if let Some(admission) = &mut self.admission {
+                // A run cancelled while it waits for its turn ends now, never admitted (it
+                // used to wait for a permit first, forever if none came back). `cancel`
+                // wakes this waker: registered before the flag is read, so no cancel is
+                // missed between the two.
+                self.shared.waker.register(cx.waker());
+                if self.shared.cancelled.load(Ordering::Acquire) {
+                    return self.end(Err(WorkflowError::Cancelled));
+                }
                 let permit = std::task::ready!(admission.as_mut().poll(cx));
                 self._permit = Some(permit.expect("the semaphore is never closed"));
                 self.admission = None;
@@ -494,7 +502,10 @@ where
         mail.clear();
         self.inbox = mail;
         result?;
-        let requests = std::mem::take(&mut *lock(&self.shared.snapshot_requests));
+        let requests = lock(&self.shared.snapshot_requests)
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
         for reply in requests {
             let _ = reply.send(self.capture());
         }
@@ -1150,6 +1161,9 @@ impl<W: Workflow, F> Drop for Executor<W, F> {
         if !self.ended {
             self.shared.stream.end(Outcome::Cancelled);
         }
+        // Nobody answers snapshot requests any more: `Handler::snapshot` on a run that ended
+        // used to wait forever (its handler keeps `RunShared`, and with it the reply).
+        self.shared.close_snapshot_requests();
         // In-flight invocations are dropped with `calls`, after this: no step outlives its
         // run.
     }
