@@ -5,10 +5,10 @@ use std::time::Duration;
 
 /// How often and how patiently a failing step is run again on the same event.
 ///
-/// A step invocation that returns an error (or panics) is retried while the policy allows:
+/// A step invocation that returns an error is retried while the policy allows:
 /// `max_attempts` counts the first run too, and [`RetryPolicy::retry_if`] can limit retries to
 /// some errors. The step sees the attempt number in `ctx.attempt()` and the previous error in
-/// `ctx.last_error()`. Timeouts and cancellation are never retried.
+/// `ctx.last_error()`. Panics, timeouts and cancellation are never retried.
 ///
 /// Delays are deterministic: the jitter of exponential backoff is derived from the run id, the
 /// step and the attempt, so a test or a replay sees the same delays.

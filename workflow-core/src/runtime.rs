@@ -490,7 +490,10 @@ where
     /// Routes the events sent with `send_event` (from steps or from outside), queues the calls
     /// whose wakers fired, answers snapshot requests, and notices a cancellation.
     fn drain_mail(&mut self) -> Result<()> {
-        self.shared.mail.store(false, Ordering::SeqCst);
+        // A swap, not a store: it reads the latest `true`, so it synchronizes with the
+        // `cancel()` (or post) that set it, and the flags it published before are visible here
+        // even on weakly ordered CPUs.
+        self.shared.mail.swap(false, Ordering::AcqRel);
         if self.shared.cancelled.load(Ordering::Acquire) {
             return Err(WorkflowError::Cancelled);
         }
