@@ -1,33 +1,12 @@
 //! The executor's rules (foundation): routing, broadcast, worker limits, FIFO queues, timeouts,
 //! step errors, first stop wins, no task outlives its run, stuck runs.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use workflow_core::prelude::*;
 
-/// Counts live instances: the drop guard that proves a step's future was dropped.
-#[derive(Clone, Default)]
-struct Live(Arc<AtomicUsize>);
-
-impl Live {
-    fn guard(&self) -> LiveGuard {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        LiveGuard(self.0.clone())
-    }
-    fn count(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-struct LiveGuard(Arc<AtomicUsize>);
-
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
+use integration_tests::Live;
 
 #[derive(Debug, Clone, Event)]
 struct Ping(u32);

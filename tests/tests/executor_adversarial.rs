@@ -5,7 +5,7 @@
 //! wake-up fails the test instead of hanging it.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -66,27 +66,7 @@ fn foreign(job: impl FnOnce() + Send + 'static) {
     pool.lock().unwrap().send(Box::new(job)).unwrap();
 }
 
-/// Counts live instances: the drop guard that proves a step's future was dropped.
-#[derive(Clone, Default)]
-struct Live(Arc<AtomicUsize>);
-
-impl Live {
-    fn guard(&self) -> LiveGuard {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        LiveGuard(self.0.clone())
-    }
-    fn count(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-struct LiveGuard(Arc<AtomicUsize>);
-
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
+use integration_tests::Live;
 
 #[derive(Debug, thiserror::Error)]
 #[error("boom {0}")]
