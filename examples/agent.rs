@@ -1,5 +1,5 @@
 //! A function-calling agent: the model calls typed Rust tools (several at once when it can),
-//! reads their results, and answers. The agent is a workflow (`workflow_llm::agent::Agent`);
+//! reads their results, and answers. The agent is a workflow (`tidewater_llm::agent::Agent`);
 //! this program gives it tools and prints what happens on the run's stream.
 //!
 //! ```text
@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::Deserialize;
-use workflow_core::prelude::*;
-use workflow_llm::agent::{Agent, AgentError, AgentToken, Tool, ToolCallRequest, ToolCallResult};
-use workflow_llm::schema::{JsonSchema, ObjectSchema};
-use workflow_llm::serde_json::Value;
-use workflow_llm::{ChatRequest, ChatResponse, MockLlm, Role, ToolCall};
+use tidewater::prelude::*;
+use tidewater_llm::agent::{Agent, AgentError, AgentToken, Tool, ToolCallRequest, ToolCallResult};
+use tidewater_llm::schema::{JsonSchema, ObjectSchema};
+use tidewater_llm::serde_json::Value;
+use tidewater_llm::{ChatRequest, ChatResponse, MockLlm, Role, ToolCall};
 
 /// Arguments of `get_weather`.
 #[derive(Deserialize)]
@@ -154,7 +154,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let question = std::env::args().nth(1).unwrap_or_else(|| {
         "Is it warmer in Oslo or in Lisbon right now? Give the warmer one in Fahrenheit.".into()
     });
-    let llm = workflow_llm::model_from_env_or(|| {
+    let llm = tidewater_llm::model_from_env_or(|| {
         MockLlm::named("offline-rule-based-policy")
             .responder(rule_based_policy)
             .token_delay(Duration::from_millis(20))

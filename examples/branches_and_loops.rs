@@ -4,7 +4,7 @@
 //!
 //! Run it with `cargo run --example branches_and_loops`.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 /// A number to shout about: the short chain.
 #[derive(Debug, Clone, Event)]

@@ -21,7 +21,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 /// After this many rejected drafts the writer gives up.
 const MAX_ROUNDS: u32 = 4;
@@ -216,7 +216,7 @@ impl Reviewer {
 
 #[tokio::main]
 async fn main() -> Result<(), WorkflowError> {
-    let mut topic = "workflow-rs 0.1".to_string();
+    let mut topic = "tidewater 0.1".to_string();
     let mut auto = false;
     let mut interactive = false;
     for arg in std::env::args().skip(1) {

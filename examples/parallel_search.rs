@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 /// One sub-query for a search worker.
 #[derive(Debug, Clone, Event)]

@@ -23,8 +23,8 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use workflow_core::prelude::*;
-use workflow_core::store::{RunStatus, SqliteStore, Store};
+use tidewater::prelude::*;
+use tidewater::store::{RunStatus, SqliteStore, Store};
 
 /// The key of the run in the store (one per expense report, in a real application).
 const KEY: &str = "expense-42";

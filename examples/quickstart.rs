@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use workflow_core::prelude::*;
-use workflow_llm::{ChatResponse, Llm, LlmError, LlmExt, MockLlm, Role, model_from_env_or};
+use tidewater::prelude::*;
+use tidewater_llm::{ChatResponse, Llm, LlmError, LlmExt, MockLlm, Role, model_from_env_or};
 
 /// The event between the two steps: a joke waiting for its critique.
 #[derive(Debug, Clone, Event)]

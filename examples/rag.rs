@@ -15,9 +15,9 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use workflow_core::prelude::*;
-use workflow_llm::retrieval::{self, HashEmbedder, Hit, VectorIndex};
-use workflow_llm::{ChatRequest, ChatResponse, Llm, LlmError, MockLlm};
+use tidewater::prelude::*;
+use tidewater_llm::retrieval::{self, HashEmbedder, Hit, VectorIndex};
+use tidewater_llm::{ChatRequest, ChatResponse, Llm, LlmError, MockLlm};
 
 /// The question and the candidates the vector search found.
 #[derive(Debug, Clone, Event)]
@@ -103,7 +103,7 @@ impl Rag {
         let mut answer = self.llm.chat_stream(request).await?;
         let mut text = String::new();
         while let Some(event) = futures_util::StreamExt::next(&mut answer).await {
-            if let workflow_llm::StreamEvent::Text(delta) = event? {
+            if let tidewater_llm::StreamEvent::Text(delta) = event? {
                 ctx.write_event_to_stream(Token(delta.clone()));
                 text.push_str(&delta);
             }
@@ -159,7 +159,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/data").to_string());
 
-    let llm = workflow_llm::model_from_env_or(|| {
+    let llm = tidewater_llm::model_from_env_or(|| {
         MockLlm::named("offline-extractive")
             .responder(quote_best_sentences)
             .token_delay(Duration::from_millis(25))

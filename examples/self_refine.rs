@@ -13,10 +13,10 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
-use workflow_core::prelude::*;
-use workflow_llm::schema::{self, JsonSchema, ObjectSchema, string_enum};
-use workflow_llm::serde_json::{Value, json};
-use workflow_llm::{ChatRequest, ChatResponse, Llm, LlmError, Message, MockLlm};
+use tidewater::prelude::*;
+use tidewater_llm::schema::{self, JsonSchema, ObjectSchema, string_enum};
+use tidewater_llm::serde_json::{Value, json};
+use tidewater_llm::{ChatRequest, ChatResponse, Llm, LlmError, Message, MockLlm};
 
 /// How many times the model may try.
 const MAX_ATTEMPTS: u32 = 3;
@@ -205,7 +205,7 @@ lamp (€39.90). Could you deliver them on 14 March 2025? Thanks, Maria";
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let text = std::env::args().nth(1).unwrap_or_else(|| EMAIL.to_string());
-    let llm = workflow_llm::model_from_env_or(|| {
+    let llm = tidewater_llm::model_from_env_or(|| {
         MockLlm::named("offline-scripted-extractor").responder(scripted_extractor)
     })?;
     println!("e-mail: {text}\n");

@@ -7,8 +7,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use workflow_core::Outcome;
-use workflow_core::prelude::*;
+use tidewater::Outcome;
+use tidewater::prelude::*;
 
 /// Progress of the download: `done` of `total` chunks.
 #[derive(Debug, Clone, Event)]

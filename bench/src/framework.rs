@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 use crate::{Check, check};
 

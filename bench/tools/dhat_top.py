@@ -13,7 +13,7 @@ top = int(args[args.index("--top") + 1]) if "--top" in args else 15
 total = "--total" in args
 d = json.load(open(path))
 ftbl = d["ftbl"]
-OWN = re.compile(r"workflow_core::|workflow_bench::|tokio::|futures_util::")
+OWN = re.compile(r"tidewater::|workflow_bench::|tokio::|futures_util::")
 SKIP = re.compile(r"alloc::alloc::|__rust|workflow_bench::alloc::|core::ptr::|alloc::boxed::Box<T>::new|exchange_malloc")
 
 rows = []

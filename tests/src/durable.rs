@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 /// How many parts `plan` fans out.
 pub const PARTS: u32 = 6;

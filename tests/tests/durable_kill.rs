@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use integration_tests::durable::{PARTS, Pipeline};
-use workflow_core::prelude::*;
-use workflow_core::snapshot::{EventRecord, InFlightRecord, Snapshot};
-use workflow_core::store::{RunStatus, SqliteStore, Store};
+use tidewater::prelude::*;
+use tidewater::snapshot::{EventRecord, InFlightRecord, Snapshot};
+use tidewater::store::{RunStatus, SqliteStore, Store};
 
 /// No wait in this file lasts longer than this.
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -402,7 +402,7 @@ fn the_store_file_of_a_killed_run_is_readable_by_another_connection_at_once() {
     writer
         .save(
             "k",
-            &workflow_core::store::RunRecord {
+            &tidewater::store::RunRecord {
                 status: RunStatus::Running,
                 snapshot: snapshot.clone(),
                 output: None,

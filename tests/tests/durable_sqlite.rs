@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use workflow_core::prelude::*;
-use workflow_core::store::{RunStatus, SqliteStore, Store};
+use tidewater::prelude::*;
+use tidewater::store::{RunStatus, SqliteStore, Store};
 
 #[derive(Debug, Clone, Event, Serialize, Deserialize)]
 #[event(request = Decision)]

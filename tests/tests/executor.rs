@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 use integration_tests::Live;
 

@@ -11,8 +11,8 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use workflow_core::Outcome;
-use workflow_core::prelude::*;
+use tidewater::Outcome;
+use tidewater::prelude::*;
 
 /// How long any single run may take before a test calls it a hang.
 const HANG: Duration = Duration::from_secs(5);

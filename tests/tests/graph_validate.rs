@@ -1,9 +1,9 @@
 //! Run-time parity: `Graph::validate` reports the same rule violations as the compile-time
 //! checks, on graphs mirroring the `ui/fail` cases, and accepts the `ui/pass` shapes.
 
-use workflow_core::graph::{Graph, GraphError, StepSpec};
-use workflow_core::prelude::*;
-use workflow_core::{Event, EventMeta};
+use tidewater::graph::{Graph, GraphError, StepSpec};
+use tidewater::prelude::*;
+use tidewater::{Event, EventMeta};
 
 #[derive(Debug, Clone, Event)]
 struct Draft;
@@ -251,11 +251,11 @@ fn several_graph_mistakes() {
 #[test]
 fn same_name_different_types() {
     mod a {
-        #[derive(Debug, Clone, workflow_core::Event)]
+        #[derive(Debug, Clone, tidewater::Event)]
         pub(super) struct Draft;
     }
     mod b {
-        #[derive(Debug, Clone, workflow_core::Event)]
+        #[derive(Debug, Clone, tidewater::Event)]
         pub(super) struct Draft;
     }
     const G: Graph = graph(&[
@@ -309,7 +309,7 @@ fn hand_built_pass_shapes() {
 }
 
 mod events {
-    #[derive(Debug, Clone, workflow_core::Event)]
+    #[derive(Debug, Clone, tidewater::Event)]
     pub(crate) struct Note(pub(crate) u32);
 }
 

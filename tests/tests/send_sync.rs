@@ -1,8 +1,8 @@
 //! The public futures and handles are `Send + 'static` (so they can be spawned and held across
 //! tasks): checked at compile time, like tokio's `async_send_sync.rs`.
 
-use workflow_core::prelude::*;
-use workflow_core::{EventStream, StepRef};
+use tidewater::prelude::*;
+use tidewater::{EventStream, StepRef};
 
 #[derive(Debug, Clone, Event)]
 struct Middle;

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use workflow_core::prelude::*;
-use workflow_core::snapshot::Snapshot;
-use workflow_core::store::{MemoryStore, RunStatus, Store};
+use tidewater::prelude::*;
+use tidewater::snapshot::Snapshot;
+use tidewater::store::{MemoryStore, RunStatus, Store};
 
 #[derive(Debug, Clone, Event, Serialize, Deserialize)]
 struct Chunk {

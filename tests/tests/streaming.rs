@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use workflow_core::prelude::*;
-use workflow_core::{EventStream, Outcome, StepFailure};
+use tidewater::prelude::*;
+use tidewater::{EventStream, Outcome, StepFailure};
 
 #[derive(Debug, Clone, Event, PartialEq)]
 struct Progress(u32);

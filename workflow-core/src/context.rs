@@ -329,7 +329,7 @@ impl<W: Workflow> RunShared<W> {
 /// workflow, so `send_event` only accepts events of that workflow's graph.
 ///
 /// ```
-/// use workflow_core::prelude::*;
+/// use tidewater::prelude::*;
 ///
 /// #[derive(Debug, Clone, Event)]
 /// struct Tick(u32);
@@ -445,7 +445,7 @@ impl<W: Workflow> Context<W> {
     /// buffer per step and event type; cost is linear in `n`.
     ///
     /// ```
-    /// use workflow_core::prelude::*;
+    /// use tidewater::prelude::*;
     ///
     /// #[derive(Debug, Clone, Event)]
     /// struct Part(u64);
@@ -491,7 +491,7 @@ impl<W: Workflow> Context<W> {
     /// once, whatever the arrival order.
     ///
     /// ```
-    /// use workflow_core::prelude::*;
+    /// use tidewater::prelude::*;
     ///
     /// #[derive(Debug, Clone, Event)] struct Weather(String);
     /// #[derive(Debug, Clone, Event)] struct News(String);
@@ -553,7 +553,7 @@ impl<W: Workflow> Context<W> {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use workflow_core::prelude::*;
+    /// use tidewater::prelude::*;
     ///
     /// #[derive(Debug, Clone, Event)]
     /// struct Question { id: u32, text: String }

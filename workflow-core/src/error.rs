@@ -16,7 +16,7 @@ pub type Result<T, E = WorkflowError> = std::result::Result<T, E>;
 /// Why a run did not produce its output.
 ///
 /// ```
-/// use workflow_core::WorkflowError;
+/// use tidewater::WorkflowError;
 /// let err = WorkflowError::Cancelled;
 /// assert_eq!(err.to_string(), "the run was cancelled");
 /// ```
@@ -134,7 +134,7 @@ impl WorkflowError {
     /// [`WorkflowError::StepFailed`] and the step's error is an `E`.
     ///
     /// ```
-    /// use workflow_core::prelude::*;
+    /// use tidewater::prelude::*;
     ///
     /// #[derive(Debug, thiserror::Error)]
     /// #[error("quota exceeded")]

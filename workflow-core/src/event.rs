@@ -12,7 +12,7 @@ use std::ops::{Deref, DerefMut};
 /// (broadcast), so events are `Clone`, and `Debug` so that a failure can show its input.
 ///
 /// ```
-/// use workflow_core::prelude::*;
+/// use tidewater::prelude::*;
 ///
 /// #[derive(Debug, Clone, Event)]
 /// struct Draft {
@@ -48,8 +48,8 @@ pub trait Event: fmt::Debug + Clone + Send + 'static {
 /// `#[event(response)]`. A request whose response no step accepts does not compile.
 ///
 /// ```
-/// use workflow_core::prelude::*;
-/// use workflow_core::Request;
+/// use tidewater::prelude::*;
+/// use tidewater::Request;
 ///
 /// #[derive(Debug, Clone, Event)]
 /// #[event(request = Approval)]
@@ -70,7 +70,7 @@ pub trait Request: Event {
 /// The compile-time identity of an event type: an FNV-1a hash of its stable name.
 ///
 /// ```
-/// use workflow_core::EventId;
+/// use tidewater::EventId;
 /// assert_eq!(EventId::of("a::B"), EventId::of("a::B"));
 /// assert_ne!(EventId::of("a::B"), EventId::of("a::C"));
 /// ```
@@ -138,7 +138,7 @@ impl EventKind {
 /// Exactly one step type takes `StartEvent<Input>`; `runner.run(input)` wraps the input in it.
 ///
 /// ```
-/// use workflow_core::StartEvent;
+/// use tidewater::StartEvent;
 /// let ev = StartEvent("pirates".to_string());
 /// assert_eq!(ev.len(), 7); // derefs to the input
 /// assert_eq!(ev.into_inner(), "pirates");
@@ -153,7 +153,7 @@ pub struct StartEvent<T>(pub T);
 /// are cancelled.
 ///
 /// ```
-/// use workflow_core::StopEvent;
+/// use tidewater::StopEvent;
 /// let ev = StopEvent(42_u32);
 /// assert_eq!(*ev, 42);
 /// ```
@@ -190,8 +190,8 @@ macro_rules! payload_event {
     };
 }
 
-payload_event!(StartEvent, "workflow_core::StartEvent", Start);
-payload_event!(StopEvent, "workflow_core::StopEvent", Stop);
+payload_event!(StartEvent, "tidewater::StartEvent", Start);
+payload_event!(StopEvent, "tidewater::StopEvent", Stop);
 
 /// The event a catch-error step receives when another step failed for good (after its
 /// retries): which step, on which input, after how many attempts, and the error.
@@ -202,8 +202,8 @@ payload_event!(StopEvent, "workflow_core::StopEvent", Stop);
 /// cancellation and panics never reach it.
 ///
 /// ```
-/// use workflow_core::prelude::*;
-/// use workflow_core::StepFailure;
+/// use tidewater::prelude::*;
+/// use tidewater::StepFailure;
 ///
 /// #[derive(Debug, Clone, Event)]
 /// struct Fetch(u32);
@@ -244,7 +244,7 @@ pub struct StepFailure {
 }
 
 impl Event for StepFailure {
-    const NAME: &'static str = "workflow_core::StepFailure";
+    const NAME: &'static str = "tidewater::StepFailure";
     const KIND: EventKind = EventKind::Failure;
 }
 
@@ -252,7 +252,7 @@ impl Event for StepFailure {
 /// a step that accepts two event types). Nest it for more: `Either<A, Either<B, C>>`.
 ///
 /// ```
-/// use workflow_core::prelude::*;
+/// use tidewater::prelude::*;
 ///
 /// #[derive(Debug, Clone, Event)]
 /// struct Retry;
@@ -273,8 +273,8 @@ pub enum Either<L, R> {
 /// A type-erased event, as it travels inside the executor and on the stream.
 ///
 /// ```
-/// use workflow_core::prelude::*;
-/// use workflow_core::DynEvent;
+/// use tidewater::prelude::*;
+/// use tidewater::DynEvent;
 ///
 /// #[derive(Debug, Clone, Event, PartialEq)]
 /// struct Progress(u32);

@@ -21,7 +21,7 @@ use crate::workflow::{Workflow, post_external};
 ///
 /// ```
 /// use futures_util::StreamExt;
-/// use workflow_core::prelude::*;
+/// use tidewater::prelude::*;
 ///
 /// #[derive(Debug, Clone, Event)]
 /// struct Progress(u32);

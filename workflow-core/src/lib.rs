@@ -7,7 +7,7 @@
 //! event to the stop event. This crate runs the graph on tokio.
 //!
 //! ```
-//! use workflow_core::prelude::*;
+//! use tidewater::prelude::*;
 //!
 //! #[derive(Debug, Clone, Event)]
 //! struct Joke(String);
@@ -74,10 +74,10 @@ pub use workflow::StepConfig;
 /// `#[workflow]`: turns an `impl` block of `#[step]` methods into a [`Workflow`].
 ///
 /// Options: `state = Type` (the run's shared state, `()` by default), `durable` (runs can be
-/// snapshotted and journaled), `crate = "path"` (where `workflow_core` is, when it is renamed),
+/// snapshotted and journaled), `crate = "path"` (where `tidewater` is, when it is renamed),
 /// `skip_graph_checks` (no reachability checks).
 #[cfg(feature = "macros")]
-pub use workflow_macros::workflow;
+pub use tidewater_macros::workflow;
 
 /// `#[step]`: marks an async method of a `#[workflow]` impl as a step.
 ///
@@ -86,14 +86,14 @@ pub use workflow_macros::workflow;
 /// `retry = RetryPolicy::..`, `timeout = Duration::..`, `skip_graph_checks` (the step is an
 /// island on purpose).
 #[cfg(feature = "macros")]
-pub use workflow_macros::step;
+pub use tidewater_macros::step;
 
 /// `#[derive(Event)]`: makes a type an [`Event`] with a stable name. Options:
 /// `#[event(request = Response)]`, `#[event(response)]`, `#[event(crate = "path")]`.
 #[cfg(feature = "macros")]
-pub use workflow_macros::Event;
+pub use tidewater_macros::Event;
 
-/// Everything a workflow author needs: `use workflow_core::prelude::*;`.
+/// Everything a workflow author needs: `use tidewater::prelude::*;`.
 pub mod prelude {
     pub use crate::{
         Context, DynEvent, Either, Event, Handler, RetryPolicy, Runner, StartEvent, StepFailure,

@@ -15,7 +15,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use workflow_core::RetryPolicy;
+/// use tidewater::RetryPolicy;
 ///
 /// let policy = RetryPolicy::exponential(4).base_delay(Duration::from_millis(100)).without_jitter();
 /// assert_eq!(policy.max_attempts(), 4);

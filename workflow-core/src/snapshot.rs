@@ -24,7 +24,7 @@ pub const SNAPSHOT_FORMAT: u32 = 1;
 /// it to `Runner::resume` in this or another process.
 ///
 /// ```
-/// use workflow_core::snapshot::Snapshot;
+/// use tidewater::snapshot::Snapshot;
 ///
 /// let err = Snapshot::from_json(r#"{"format": 1, "workflow": 3}"#).unwrap_err();
 /// assert_eq!(err.path, "workflow");
@@ -107,7 +107,7 @@ pub struct CollectRecord {
 /// A snapshot that cannot be read or resumed: which field, and why.
 ///
 /// ```
-/// use workflow_core::snapshot::SnapshotError;
+/// use tidewater::snapshot::SnapshotError;
 /// let err = SnapshotError::new("queued[2].event", "unknown event type `x::Y`");
 /// assert_eq!(err.to_string(), "bad snapshot field `queued[2].event`: unknown event type `x::Y`");
 /// ```

@@ -16,7 +16,7 @@ use crate::workflow::Workflow;
 /// Get one from the generated `Flow::STEPS.step_name`.
 ///
 /// ```
-/// use workflow_core::prelude::*;
+/// use tidewater::prelude::*;
 ///
 /// #[derive(Debug, Clone, Event)]
 /// struct Job(u32);

@@ -109,7 +109,7 @@ pub trait Store: Send + Sync + 'static {
 /// ([`MemoryStore::history`]).
 ///
 /// ```
-/// use workflow_core::store::{MemoryStore, RunStatus, Store};
+/// use tidewater::store::{MemoryStore, RunStatus, Store};
 /// let store = MemoryStore::new();
 /// assert!(store.load("nope").unwrap().is_none());
 /// assert!(store.keys(RunStatus::Running).unwrap().is_empty());

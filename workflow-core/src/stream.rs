@@ -23,7 +23,7 @@ pub const DEFAULT_STREAM_CAPACITY: usize = 1024;
 /// One item of a run's stream.
 ///
 /// ```
-/// use workflow_core::{StreamItem, Outcome};
+/// use tidewater::{StreamItem, Outcome};
 /// let end = StreamItem::End(Outcome::Cancelled);
 /// assert!(end.is_terminal());
 /// ```

@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 /// configurable [`Runner`].
 ///
 /// ```
-/// use workflow_core::prelude::*;
+/// use tidewater::prelude::*;
 ///
 /// struct Echo;
 ///
@@ -177,7 +177,7 @@ pub trait Workflow: Sized + Send + Sync + 'static {
 ///
 /// ```
 /// use std::time::Duration;
-/// use workflow_core::prelude::*;
+/// use tidewater::prelude::*;
 ///
 /// struct Echo;
 ///
@@ -350,7 +350,7 @@ impl<W: Workflow> Runner<W> {
     /// whatever the outcome: the way to carry state from one run into the next.
     ///
     /// ```
-    /// use workflow_core::prelude::*;
+    /// use tidewater::prelude::*;
     ///
     /// #[derive(Default)]
     /// struct Memory { seen: Vec<String> }

@@ -14,10 +14,10 @@
 //! ```
 //! use std::sync::Arc;
 //! use serde::Deserialize;
-//! use workflow_core::prelude::*;
-//! use workflow_llm::agent::{Agent, Tool};
-//! use workflow_llm::schema::{JsonSchema, ObjectSchema};
-//! use workflow_llm::{MockLlm, ToolCall};
+//! use tidewater::prelude::*;
+//! use tidewater_llm::agent::{Agent, Tool};
+//! use tidewater_llm::schema::{JsonSchema, ObjectSchema};
+//! use tidewater_llm::{MockLlm, ToolCall};
 //!
 //! #[derive(Deserialize)]
 //! struct Add { a: i64, b: i64 }
@@ -49,7 +49,7 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 use crate::error::LlmError;
 use crate::llm::Llm;
@@ -177,8 +177,8 @@ impl AgentError {
     /// Finds the agent's error inside a failed run's error.
     ///
     /// ```
-    /// # use workflow_llm::agent::AgentError;
-    /// # use workflow_core::WorkflowError;
+    /// # use tidewater_llm::agent::AgentError;
+    /// # use tidewater::WorkflowError;
     /// fn explain(err: &WorkflowError) -> String {
     ///     match AgentError::of(err) {
     ///         Some(AgentError::MaxIterations { limit, .. }) => format!("gave up after {limit} turns"),

@@ -8,7 +8,7 @@ pub type Result<T, E = LlmError> = std::result::Result<T, E>;
 /// Why a model call failed. Every variant says what the server (or the mock) actually did.
 ///
 /// ```
-/// use workflow_llm::LlmError;
+/// use tidewater_llm::LlmError;
 /// let err = LlmError::Status {
 ///     status: 429,
 ///     message: "Rate limit reached".into(),

@@ -38,7 +38,7 @@ impl Endpoint {
         };
         if https && !cfg!(feature = "tls") {
             return Err(LlmError::Config(format!(
-                "`{url}` is https, but workflow-llm was built without its `tls` feature; \
+                "`{url}` is https, but tidewater-llm was built without its `tls` feature; \
                  build with `--features workflow-llm/tls`, or use a plain http:// server \
                  (Ollama, vLLM, llama.cpp)"
             )));
@@ -127,7 +127,7 @@ pub(crate) async fn send(
             return exchange(tls, request).await;
         }
         #[cfg(not(feature = "tls"))]
-        return Err("https needs the `tls` feature of workflow-llm".into());
+        return Err("https needs the `tls` feature of tidewater-llm".into());
     }
     exchange(tcp, request).await
 }

@@ -1,12 +1,12 @@
-//! Language models for `workflow-core` steps: one [`Llm`] trait, a client for every
+//! Language models for `tidewater` steps: one [`Llm`] trait, a client for every
 //! OpenAI-compatible server ([`OpenAiClient`]: OpenAI, Ollama, vLLM, llama.cpp), a scriptable
 //! [`MockLlm`] for offline tests, a function-calling [`agent`] written as a workflow, structured
 //! output checked against a JSON [`schema`], and in-memory [`retrieval`] for RAG.
 //!
 //! ```
 //! use std::sync::Arc;
-//! use workflow_core::prelude::*;
-//! use workflow_llm::{Llm, LlmExt, MockLlm};
+//! use tidewater::prelude::*;
+//! use tidewater_llm::{Llm, LlmExt, MockLlm};
 //!
 //! struct Haiku {
 //!     llm: Arc<dyn Llm>,
@@ -15,7 +15,7 @@
 //! #[workflow]
 //! impl Haiku {
 //!     #[step]
-//!     async fn write(&self, ev: StartEvent<String>) -> Result<StopEvent<String>, workflow_llm::LlmError> {
+//!     async fn write(&self, ev: StartEvent<String>) -> Result<StopEvent<String>, tidewater_llm::LlmError> {
 //!         let poem = self.llm.complete(format!("A haiku about {}", ev.0)).await?;
 //!         Ok(StopEvent(poem))
 //!     }
@@ -54,7 +54,7 @@ pub use types::{
 };
 
 pub use serde_json;
-pub use workflow_core;
+pub use tidewater;
 
 use std::sync::Arc;
 
@@ -71,7 +71,7 @@ pub fn env_names_a_model() -> bool {
 /// start with it, so they run on a fresh machine and on a real model alike.
 ///
 /// ```
-/// use workflow_llm::{MockLlm, model_from_env_or};
+/// use tidewater_llm::{MockLlm, model_from_env_or};
 /// # // SAFETY: doc tests run as their own process, with no other thread reading the environment.
 /// # unsafe { std::env::remove_var("OPENAI_API_KEY"); std::env::remove_var("OPENAI_BASE_URL"); }
 /// let llm = model_from_env_or(|| MockLlm::named("offline-echo").reply("hi")).unwrap();

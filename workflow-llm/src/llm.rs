@@ -24,7 +24,7 @@ use crate::types::{ChatRequest, ChatResponse, FinishReason, Message, ToolCall, U
 ///
 /// ```
 /// use std::sync::Arc;
-/// use workflow_llm::{ChatRequest, Llm, MockLlm};
+/// use tidewater_llm::{ChatRequest, Llm, MockLlm};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let llm: Arc<dyn Llm> = Arc::new(MockLlm::new().reply("Paris."));
@@ -102,7 +102,7 @@ pub enum StreamEvent {
 ///
 /// ```
 /// use futures_util::StreamExt;
-/// use workflow_llm::{ChatRequest, Llm, MockLlm, StreamEvent};
+/// use tidewater_llm::{ChatRequest, Llm, MockLlm, StreamEvent};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let llm = MockLlm::new().reply("Hello there, friend.");
@@ -230,7 +230,7 @@ pub trait LlmExt: Llm {
     /// Asks one question, returns the text of the answer.
     ///
     /// ```
-    /// use workflow_llm::{LlmExt, MockLlm};
+    /// use tidewater_llm::{LlmExt, MockLlm};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let llm = MockLlm::new().reply("4");
     /// assert_eq!(llm.complete("2 + 2?").await.unwrap(), "4");
@@ -249,8 +249,8 @@ pub trait LlmExt: Llm {
     ///
     /// ```
     /// use serde::Deserialize;
-    /// use workflow_llm::schema::{JsonSchema, ObjectSchema};
-    /// use workflow_llm::{ChatRequest, LlmExt, MockLlm};
+    /// use tidewater_llm::schema::{JsonSchema, ObjectSchema};
+    /// use tidewater_llm::{ChatRequest, LlmExt, MockLlm};
     ///
     /// #[derive(Deserialize)]
     /// struct City { name: String, population: u64 }

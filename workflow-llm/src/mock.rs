@@ -36,7 +36,7 @@ struct Inner {
 /// Cheap to clone; clones share the script and the record.
 ///
 /// ```
-/// use workflow_llm::{ChatRequest, Llm, LlmError, MockLlm, Role};
+/// use tidewater_llm::{ChatRequest, Llm, LlmError, MockLlm, Role};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let llm = MockLlm::new()

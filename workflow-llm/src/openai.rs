@@ -36,7 +36,7 @@ pub const DEFAULT_MODEL: &str = "gpt-4o-mini";
 ///
 /// ```
 /// use std::time::Duration;
-/// use workflow_llm::RetryPolicy;
+/// use tidewater_llm::RetryPolicy;
 /// let p = RetryPolicy::default();
 /// assert_eq!(p.backoff(1), Duration::from_millis(500));
 /// assert_eq!(p.backoff(2), Duration::from_secs(1));
@@ -92,7 +92,7 @@ impl RetryPolicy {
 ///
 /// ```
 /// use std::time::Duration;
-/// use workflow_llm::{Llm, OpenAiClient, RetryPolicy};
+/// use tidewater_llm::{Llm, OpenAiClient, RetryPolicy};
 ///
 /// let llm = OpenAiClient::new("http://127.0.0.1:11434/v1", "llama3.2")
 ///     .unwrap()
@@ -297,7 +297,7 @@ impl OpenAiClient {
 /// [`Embedder`](crate::retrieval::Embedder).
 ///
 /// ```
-/// use workflow_llm::OpenAiClient;
+/// use tidewater_llm::OpenAiClient;
 /// let client = OpenAiClient::new("http://127.0.0.1:11434/v1", "llama3.2").unwrap();
 /// let embedder = client.embedder("nomic-embed-text");
 /// # let _ = embedder;

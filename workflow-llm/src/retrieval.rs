@@ -3,7 +3,7 @@
 //! the candidates with BM25 ([`rerank`]).
 //!
 //! ```
-//! use workflow_llm::retrieval::{Document, HashEmbedder, VectorIndex, rerank};
+//! use tidewater_llm::retrieval::{Document, HashEmbedder, VectorIndex, rerank};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let mut index = VectorIndex::new(HashEmbedder::default());
@@ -100,7 +100,7 @@ const STOP_WORDS: &[&str] = &[
 /// The words of a text that carry meaning: lower-cased, stop words out, plurals folded.
 ///
 /// ```
-/// use workflow_llm::retrieval::terms;
+/// use tidewater_llm::retrieval::terms;
 /// assert_eq!(terms("The Cats are sleeping, aren't they?"), ["cat", "sleeping", "aren't", "they"]);
 /// ```
 pub fn terms(text: &str) -> Vec<String> {
@@ -170,7 +170,7 @@ pub fn load_dir(dir: impl AsRef<Path>) -> std::io::Result<Vec<Document>> {
 /// sentences where a paragraph is too long.
 ///
 /// ```
-/// use workflow_llm::retrieval::chunk_text;
+/// use tidewater_llm::retrieval::chunk_text;
 /// let text = "One. Two.\n\nThree is a longer sentence. Four.";
 /// assert_eq!(chunk_text(text, 12), ["One. Two.", "Three is a longer sentence.", "Four."]);
 /// assert_eq!(chunk_text(text, 1000), ["One. Two.\n\nThree is a longer sentence. Four."]);

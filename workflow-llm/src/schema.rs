@@ -4,7 +4,7 @@
 //!
 //! ```
 //! use serde::Deserialize;
-//! use workflow_llm::schema::{self, JsonSchema, ObjectSchema};
+//! use tidewater_llm::schema::{self, JsonSchema, ObjectSchema};
 //!
 //! #[derive(Deserialize)]
 //! struct Person { name: String, age: u8, email: Option<String> }
@@ -153,7 +153,7 @@ impl<T: JsonSchema, S> JsonSchema for HashMap<String, T, S> {
 /// Builds the schema of a JSON object, field by field.
 ///
 /// ```
-/// use workflow_llm::schema::{ObjectSchema, string_enum};
+/// use tidewater_llm::schema::{ObjectSchema, string_enum};
 /// let s = ObjectSchema::new()
 ///     .description("a weather query")
 ///     .field::<String>("city", "the city")
@@ -469,7 +469,7 @@ fn err(path: &str, message: impl Into<String>) -> SchemaError {
 /// fence, or the span from the first `{`/`[` to the last `}`/`]`.
 ///
 /// ```
-/// use workflow_llm::schema::extract_json;
+/// use tidewater_llm::schema::extract_json;
 /// assert_eq!(extract_json("Sure!\n```json\n{\"a\": 1}\n```"), Some("{\"a\": 1}"));
 /// assert_eq!(extract_json("The answer: {\"a\": 1}."), Some("{\"a\": 1}"));
 /// assert_eq!(extract_json("no json here"), None);

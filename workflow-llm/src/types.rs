@@ -21,7 +21,7 @@ pub enum Role {
 /// One message of a conversation.
 ///
 /// ```
-/// use workflow_llm::{Message, Role};
+/// use tidewater_llm::{Message, Role};
 /// let m = Message::user("What is 2 + 2?");
 /// assert_eq!(m.role, Role::User);
 /// assert_eq!(m.content, "What is 2 + 2?");
@@ -76,7 +76,7 @@ impl Message {
     /// The answer to tool call `call_id`.
     ///
     /// ```
-    /// use workflow_llm::Message;
+    /// use tidewater_llm::Message;
     /// let m = Message::tool_result("call_1", "21°C, sunny");
     /// assert_eq!(m.tool_call_id.as_deref(), Some("call_1"));
     /// ```
@@ -116,7 +116,7 @@ impl ToolCall {
     /// Parses the arguments into a typed value.
     ///
     /// ```
-    /// # use workflow_llm::ToolCall;
+    /// # use tidewater_llm::ToolCall;
     /// #[derive(serde::Deserialize)]
     /// struct Args { city: String }
     /// let call = ToolCall::new("c1", "weather", r#"{"city":"Oslo"}"#);
@@ -174,7 +174,7 @@ pub struct JsonOutput {
 /// One chat completion request.
 ///
 /// ```
-/// use workflow_llm::{ChatRequest, Message};
+/// use tidewater_llm::{ChatRequest, Message};
 /// let req = ChatRequest::new([Message::system("Be brief."), Message::user("Hi")])
 ///     .temperature(0.0)
 ///     .max_tokens(50);
@@ -212,7 +212,7 @@ impl ChatRequest {
     /// A request with one user message.
     ///
     /// ```
-    /// # use workflow_llm::ChatRequest;
+    /// # use tidewater_llm::ChatRequest;
     /// assert_eq!(ChatRequest::user("hello").messages[0].content, "hello");
     /// ```
     pub fn user(prompt: impl Into<String>) -> ChatRequest {
@@ -281,7 +281,7 @@ impl ChatRequest {
 /// Tokens a call consumed.
 ///
 /// ```
-/// use workflow_llm::Usage;
+/// use tidewater_llm::Usage;
 /// let mut u = Usage { input_tokens: 10, output_tokens: 5 };
 /// u += Usage { input_tokens: 1, output_tokens: 1 };
 /// assert_eq!(u.total(), 17);
@@ -364,7 +364,7 @@ impl ChatResponse {
     /// A text answer (mostly for mocks and tests).
     ///
     /// ```
-    /// # use workflow_llm::ChatResponse;
+    /// # use tidewater_llm::ChatResponse;
     /// assert_eq!(ChatResponse::text("hi").content(), "hi");
     /// ```
     pub fn text(content: impl Into<String>) -> ChatResponse {

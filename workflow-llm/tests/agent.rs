@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::Deserialize;
+use tidewater::prelude::*;
+use tidewater_llm::agent::{Agent, AgentError, AgentToken, Tool, ToolCallRequest, ToolCallResult};
+use tidewater_llm::schema::{JsonSchema, ObjectSchema};
+use tidewater_llm::{ChatResponse, LlmError, MockLlm, Role, ToolCall};
 use tokio::sync::Barrier;
-use workflow_core::prelude::*;
-use workflow_llm::agent::{Agent, AgentError, AgentToken, Tool, ToolCallRequest, ToolCallResult};
-use workflow_llm::schema::{JsonSchema, ObjectSchema};
-use workflow_llm::{ChatResponse, LlmError, MockLlm, Role, ToolCall};
 
 async fn bounded<T>(f: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(10), f)

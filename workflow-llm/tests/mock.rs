@@ -1,7 +1,7 @@
 //! The scriptable mock: replies, streaming, tool calls, errors, request assertions.
 
 use futures_util::StreamExt;
-use workflow_llm::{
+use tidewater_llm::{
     ChatRequest, ChatResponse, Llm, LlmError, LlmExt, MockLlm, StreamEvent, ToolCall, Usage,
 };
 

@@ -9,8 +9,8 @@ use common::{Reply, Server, completion, text_chunk};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use workflow_llm::schema::{JsonSchema, ObjectSchema};
-use workflow_llm::{
+use tidewater_llm::schema::{JsonSchema, ObjectSchema};
+use tidewater_llm::{
     ChatRequest, FinishReason, Llm, LlmError, LlmExt, OpenAiClient, RetryPolicy, StreamEvent,
     ToolCall, ToolSpec, Usage,
 };
@@ -587,7 +587,7 @@ async fn a_refused_connection_is_a_transport_error_naming_the_url() {
 
 #[tokio::test]
 async fn embeddings_come_back_in_input_order() {
-    use workflow_llm::retrieval::Embedder;
+    use tidewater_llm::retrieval::Embedder;
     bounded(async {
         let server = Server::start(vec![
             Reply::json(

@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use tidewater_llm::{ChatRequest, Llm, LlmError, MockLlm};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
-use workflow_llm::{ChatRequest, Llm, LlmError, MockLlm};
 
 type Fields = BTreeMap<String, String>;
 
@@ -53,7 +53,7 @@ impl Subscriber for Recorder {
 fn a_chat_span_carries_model_and_token_usage() {
     let recorder = Recorder::default();
     let llm = MockLlm::named("gpt-test")
-        .respond(workflow_llm::ChatResponse::text("hello").with_usage(21, 7))
+        .respond(tidewater_llm::ChatResponse::text("hello").with_usage(21, 7))
         .error(LlmError::Mock("boom".into()));
     tracing::subscriber::with_default(recorder.clone(), || {
         let rt = tokio::runtime::Builder::new_current_thread()

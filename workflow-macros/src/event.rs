@@ -22,7 +22,7 @@ fn expand(input: TokenStream) -> syn::Result<TokenStream> {
             "`#[derive(Event)]` does not support generic types yet: wrap the data in a concrete type",
         ));
     }
-    let mut krate = quote!(::workflow_core);
+    let mut krate = quote!(::tidewater);
     let mut request: Option<syn::Type> = None;
     let mut response = false;
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("event")) {

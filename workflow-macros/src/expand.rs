@@ -78,7 +78,7 @@ fn generate(
     let krate = options
         .krate
         .as_ref()
-        .map_or_else(|| quote!(::workflow_core), |path| quote!(#path));
+        .map_or_else(|| quote!(::tidewater), |path| quote!(#path));
     let private = quote!(#krate::__private);
     let self_ty = &item.self_ty;
     let workflow_name = type_name(self_ty);
@@ -211,7 +211,7 @@ fn fallback(item: &ItemImpl, options: &WorkflowOptions, shape: &Shape<'_>) -> To
     let krate = options
         .krate
         .as_ref()
-        .map_or_else(|| quote!(::workflow_core), |path| quote!(#path));
+        .map_or_else(|| quote!(::tidewater), |path| quote!(#path));
     let private = quote!(#krate::__private);
     let self_ty = &item.self_ty;
     let payload = |ty: Option<&&Type>| {

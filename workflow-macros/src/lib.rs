@@ -1,6 +1,6 @@
-//! The macros of `workflow-core`: `#[workflow]`, `#[step]` and `#[derive(Event)]`.
+//! The macros of `tidewater`: `#[workflow]`, `#[step]` and `#[derive(Event)]`.
 //!
-//! Use them through `workflow_core` (`use workflow_core::prelude::*;`), which re-exports them
+//! Use them through `tidewater` (`use tidewater::prelude::*;`), which re-exports them
 //! and which the generated code refers to. The pipeline is parse (`ast`) -> options (`attr`) ->
 //! token checks (`check`) -> code generation with the graph checks handed to rustc (`expand`).
 
@@ -12,7 +12,7 @@ mod expand;
 
 use proc_macro::TokenStream;
 
-/// Turns an `impl` block of `#[step]` methods into a workflow. See `workflow_core`.
+/// Turns an `impl` block of `#[step]` methods into a workflow. See `tidewater`.
 #[proc_macro_attribute]
 pub fn workflow(args: TokenStream, input: TokenStream) -> TokenStream {
     expand::workflow(args.into(), input.into()).into()
@@ -24,7 +24,7 @@ pub fn step(_args: TokenStream, input: TokenStream) -> TokenStream {
     expand::stray_step(input.into()).into()
 }
 
-/// Derives `workflow_core::Event` with a stable name (`module::path::Type`).
+/// Derives `tidewater::Event` with a stable name (`module::path::Type`).
 #[proc_macro_derive(Event, attributes(event))]
 pub fn derive_event(input: TokenStream) -> TokenStream {
     event::derive(input.into()).into()

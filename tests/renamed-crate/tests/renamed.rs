@@ -1,5 +1,5 @@
-//! `workflow-core` renamed to `wf` in Cargo.toml: `#[workflow(crate = "wf")]` and
-//! `#[event(crate = "wf")]` point the generated code at it (no `::workflow_core` in scope).
+//! `tidewater` renamed to `wf` in Cargo.toml: `#[workflow(crate = "wf")]` and
+//! `#[event(crate = "wf")]` point the generated code at it (no `::tidewater` in scope).
 
 use wf::prelude::*;
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use integration_tests::durable::{PARTS, Pipeline};
-use workflow_core::prelude::*;
-use workflow_core::store::SqliteStore;
+use tidewater::prelude::*;
+use tidewater::store::SqliteStore;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {

@@ -1,7 +1,7 @@
 // Guards: from every step a `StopEvent` can be reached; `archive` takes a `Draft` and emits
 // nothing, so that branch of the run can never finish.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

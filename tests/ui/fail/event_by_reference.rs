@@ -1,6 +1,6 @@
 // Guards: a step takes its event by value; `&Draft` is rejected on the `&`.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

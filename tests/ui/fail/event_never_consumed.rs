@@ -1,6 +1,6 @@
 // Guards: every produced event is consumed; `write` may return a `Review` no step takes.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

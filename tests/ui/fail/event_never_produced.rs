@@ -1,6 +1,6 @@
 // Guards: every consumed event is produced; `finish` waits for a `Review` no step returns.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

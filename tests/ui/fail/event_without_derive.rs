@@ -1,6 +1,6 @@
 // Guards: a type used as an event must derive `Event`; rustc says so on the type.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

@@ -1,7 +1,7 @@
 // Guards: every cycle has an exit; `edit` and `review` pass the draft back and forth and
 // neither can ever emit the `StopEvent`.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

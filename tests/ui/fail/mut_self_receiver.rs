@@ -1,6 +1,6 @@
 // Guards: a step takes `&self`; `&mut self` is rejected (steps of a run run concurrently).
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

@@ -1,6 +1,6 @@
 // Guards: a step takes exactly one event; one with none is named in the error.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

@@ -1,6 +1,6 @@
 // Guards: some step must take the `StartEvent`; the error points at the workflow type.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

@@ -1,6 +1,6 @@
 // Guards: `num_workers = 0` would never run the step; rejected on the value.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

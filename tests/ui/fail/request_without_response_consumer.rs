@@ -1,6 +1,6 @@
 // Guards: a step emits a request (`#[event(request = Approval)]`) whose response no step
 // accepts; the outside's answer would have nowhere to go.
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 #[event(request = Approval)]

@@ -1,6 +1,6 @@
 // Guards: a step return type names its events; `-> impl Trait` hides them from the graph.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

@@ -1,7 +1,7 @@
 // Guards: a returned type that is no event (`String`) is rejected by rustc on that type,
 // with the `#[derive(Event)]` hint.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

@@ -1,6 +1,6 @@
 // Guards: a step returns its events by value; `-> &Draft` is rejected on the return type.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

@@ -1,15 +1,15 @@
 // Guards: identity is the type, not its name; `a::Draft` and `b::Draft` are two events, so
 // the one produced is never consumed and the one consumed is never produced.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 mod a {
-    #[derive(Debug, Clone, workflow_core::Event)]
+    #[derive(Debug, Clone, tidewater::Event)]
     pub struct Draft(pub String);
 }
 
 mod b {
-    #[derive(Debug, Clone, workflow_core::Event)]
+    #[derive(Debug, Clone, tidewater::Event)]
     pub struct Draft(pub String);
 }
 

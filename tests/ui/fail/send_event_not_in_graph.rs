@@ -1,7 +1,7 @@
 // Guards: `ctx.send_event` only compiles for events of the workflow's graph; `Stray` is
 // accepted by no step.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

@@ -1,6 +1,6 @@
 // Guards: a targeted send to a step whose event parameter does not take the event's type is a
 // compile error.
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Job(u32);

@@ -1,6 +1,6 @@
 // Guards: a targeted send to a step the workflow does not have is a compile error (the name is
 // static), not a run-time failure.
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Job(u32);

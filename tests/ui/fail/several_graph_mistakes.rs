@@ -1,7 +1,7 @@
 // Guards: the graph rules also report every violation of one workflow in one build: an event
 // never produced, one never consumed, a dead end and a loop without exit.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

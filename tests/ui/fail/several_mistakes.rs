@@ -1,7 +1,7 @@
 // Guards: all the mistakes of one workflow come out in one build, each on its own token,
 // with no follow-on errors: not async, `&mut self`, two events, a bad option.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

@@ -1,7 +1,7 @@
 // Guards: a workflow has one start event type; `StartEvent<u32>` beside `StartEvent<String>`
 // is rejected on the second one.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

@@ -1,7 +1,7 @@
 // Guards: a workflow has one stop event type; `StopEvent<usize>` beside `StopEvent<String>`
 // is rejected on the second one.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

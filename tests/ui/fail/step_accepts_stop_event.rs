@@ -1,6 +1,6 @@
 // Guards: no step may take the `StopEvent`, which ends the run.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

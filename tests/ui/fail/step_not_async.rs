@@ -1,6 +1,6 @@
 // Guards: a step must be an `async fn`; the error points at `fn`.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

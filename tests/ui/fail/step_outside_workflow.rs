@@ -1,6 +1,6 @@
 // Guards: `#[step]` without `#[workflow]` on the impl is an error, not silently ignored.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

@@ -1,6 +1,6 @@
 // Guards: a step takes one event parameter; a second one is rejected (use `Either<A, B>`).
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

@@ -1,6 +1,6 @@
 // Guards: a misspelled `#[step]` option is rejected on its name, with the valid ones listed.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

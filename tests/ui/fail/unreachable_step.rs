@@ -1,7 +1,7 @@
 // Guards: every step can run; `polish` and `proofread` feed each other but nothing from
 // the `StartEvent` leads to them.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Draft(String);

@@ -1,6 +1,6 @@
 // Guards a step that accepts two event types through an `Either` parameter.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Word(String);

@@ -1,7 +1,7 @@
 // Guards `#[step(emits = [..])]`: events sent with `ctx.send_event` count as produced, so the
 // step taking them is reachable and the graph checks pass.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Ping(u32);

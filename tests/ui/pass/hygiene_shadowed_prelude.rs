@@ -1,13 +1,13 @@
 // Guards hygiene: user items named `Result` (an alias with one parameter), `Option`, `Box`,
 // `Vec`, `Some`, `Ok`, `Arc`, `Send`, `Future` in scope, and glob imports, never break the
-// expansion (it only names `::core` and `::workflow_core::__private`).
+// expansion (it only names `::core` and `::tidewater::__private`).
 
 #![allow(dead_code)]
 // The second glob overlaps the prelude on purpose: glob imports must not confuse the expansion.
 #![allow(unused_imports)]
 
-use workflow_core::prelude::*;
-use workflow_core::*;
+use tidewater::prelude::*;
+use tidewater::*;
 
 #[derive(Debug)]
 struct MyErr;

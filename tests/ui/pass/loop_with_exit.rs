@@ -1,7 +1,7 @@
 // Guards a cycle that has an exit: `tick` feeds itself and can also stop, so it is neither a
 // dead end nor a loop without exit.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Tick(u32);

@@ -1,7 +1,7 @@
 // Guards steps without a receiver (associated functions), with and without a context, and
 // with the context after the event.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Doubled(u32);

@@ -1,6 +1,6 @@
 // Guards `#[step(num_workers = N)]`: the option is accepted and recorded in the graph.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Job(u32);

@@ -1,6 +1,6 @@
 // A request leaves the graph (published for the outside) and its response enters it: neither is
 // "produced but never consumed" nor "consumed but never produced".
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 #[event(request = Approval)]

@@ -1,7 +1,7 @@
 // Guards the return shapes a step may have: an event, `Option`, `Vec`, `Either`, nested
 // `Either`, `()`-free `Result` with a custom error, and `Result` of a branch.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Split(u32);

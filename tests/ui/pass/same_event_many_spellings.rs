@@ -3,7 +3,7 @@
 // `ctx.send_event` accepts every spelling.
 
 mod events {
-    use workflow_core::prelude::*;
+    use tidewater::prelude::*;
 
     #[derive(Debug, Clone, Event)]
     pub struct Draft(pub String);
@@ -13,7 +13,7 @@ mod events {
 }
 
 use events::Draft;
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 type D = Draft;
 

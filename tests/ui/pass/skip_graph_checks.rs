@@ -2,7 +2,7 @@
 // another island) is neither unreachable nor a dead end, and `#[workflow(skip_graph_checks)]`
 // turns the reachability rules off for a whole workflow.
 
-use workflow_core::prelude::*;
+use tidewater::prelude::*;
 
 #[derive(Debug, Clone, Event)]
 struct Audit(u32);

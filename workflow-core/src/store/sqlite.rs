@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS events (
 /// that run's events.
 ///
 /// ```
-/// use workflow_core::store::{RunStatus, SqliteStore, Store};
+/// use tidewater::store::{RunStatus, SqliteStore, Store};
 ///
 /// let store = SqliteStore::in_memory().unwrap();
 /// assert!(store.load("nope").unwrap().is_none());
@@ -72,7 +72,7 @@ impl SqliteStore {
     /// Opens the database at `path`, creating the file and its tables if needed.
     ///
     /// ```
-    /// use workflow_core::store::SqliteStore;
+    /// use tidewater::store::SqliteStore;
     ///
     /// let path = std::env::temp_dir().join(format!("doc-{}.db", std::process::id()));
     /// let store = SqliteStore::open(&path).unwrap();
