@@ -3,7 +3,7 @@
 //! the same sitting.
 //!
 //! ```text
-//! workflow-bench [all|chain|loop|fanout|concurrent|memory] [--scale tiny|small|full]
+//! workflow-bench [all|chain|loop|fanout|concurrent|memory|durable] [--scale tiny|small|full]
 //!                [--reps N] [--fan N] [--runtime multi|current] [--profile IMPL]
 //! ```
 //!
@@ -13,6 +13,7 @@
 //! scenario once, untimed and unprinted (for callgrind or DHAT; see `docs/benchmarks.md`).
 
 mod alloc;
+mod durable;
 mod framework;
 mod handwritten;
 
@@ -106,6 +107,10 @@ struct Plan {
     fan_runs: u64,
     concurrent: u64,
     parked: u64,
+    /// Journaled runs of the durable chain scenarios, and the raw commits they are measured against.
+    durable: u64,
+    /// Durable runs parked in the store, then answered.
+    durable_parked: u64,
     reps: u32,
 }
 
@@ -119,6 +124,8 @@ impl Plan {
                 fan_runs: 2,
                 concurrent: 100,
                 parked: 100,
+                durable: 20,
+                durable_parked: 20,
                 reps: 1,
             },
             "small" => Plan {
@@ -128,6 +135,8 @@ impl Plan {
                 fan_runs: 25,
                 concurrent: 2_000,
                 parked: 2_000,
+                durable: 300,
+                durable_parked: 300,
                 reps: 3,
             },
             "full" => Plan {
@@ -137,6 +146,8 @@ impl Plan {
                 fan_runs: 250,
                 concurrent: 20_000,
                 parked: 10_000,
+                durable: 2_000,
+                durable_parked: 2_000,
                 reps: 5,
             },
             _ => return None,
@@ -293,6 +304,63 @@ async fn bench_memory(plan: &Plan) -> Check {
     Ok(())
 }
 
+/// Durable runs in flight at once in `durable_chain5_concurrent_runs`.
+const DURABLE_IN_FLIGHT: usize = 100;
+
+/// The durable scenarios, each against the raw single-row commit rate of SQLite measured in
+/// the same sitting (best of `reps` for every figure).
+async fn bench_durable(plan: &Plan) -> Check {
+    let n = plan.durable;
+    let (mut raw, mut seq, mut conc) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
+    let (mut seq_writes, mut conc_writes) = (0.0, 0.0);
+    for _ in 0..plan.reps {
+        raw = raw.min(durable::raw_commits(n)?);
+        let t = Instant::now();
+        seq_writes = durable::chain_sequential(n).await?;
+        seq = seq.min(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        conc_writes = durable::chain_concurrent(n, DURABLE_IN_FLIGHT).await?;
+        conc = conc.min(t.elapsed().as_secs_f64());
+    }
+    let commit_rate = n as f64 / raw;
+    println!(
+        "{{\"scenario\":\"raw_sqlite_commits\",\"n\":{n},\"seconds\":{raw:.6},\"per_sec\":{commit_rate:.1},\"reps\":{}}}",
+        plan.reps
+    );
+    for (name, seconds, writes) in [
+        ("durable_chain5_sequential_runs", seq, seq_writes),
+        ("durable_chain5_concurrent_runs", conc, conc_writes),
+    ] {
+        println!(
+            "{{\"scenario\":\"{name}\",\"impl\":\"framework\",\"n\":{n},\"seconds\":{seconds:.6},\"per_sec\":{:.1},\"store_writes_per_run\":{writes:.2},\"reps\":{}}}",
+            n as f64 / seconds,
+            plan.reps
+        );
+    }
+    // Sequential: against one commit per store write, the best a run can do without sharing
+    // commits (target: within 1.5x). Concurrent: against the raw commit rate itself (target: at
+    // least that many runs/s, i.e. several runs per fsync).
+    let seq_limit = commit_rate / seq_writes;
+    let seq_ratio = (n as f64 / seq) / seq_limit;
+    println!(
+        "{{\"scenario\":\"durable_chain5_sequential_runs\",\"ratio\":\"runs_per_sec/(commit_rate/writes_per_run)\",\"value\":{seq_ratio:.3},\"target\":0.667,\"met\":{}}}",
+        seq_ratio >= 1.0 / 1.5
+    );
+    let conc_ratio = (n as f64 / conc) / commit_rate;
+    println!(
+        "{{\"scenario\":\"durable_chain5_concurrent_runs\",\"ratio\":\"runs_per_sec/commit_rate\",\"value\":{conc_ratio:.3},\"in_flight\":{DURABLE_IN_FLIGHT},\"target\":1.0,\"met\":{}}}",
+        conc_ratio >= 1.0
+    );
+    let np = plan.durable_parked;
+    let (park, answer) = durable::parked(np).await?;
+    println!(
+        "{{\"scenario\":\"durable_parked_runs\",\"impl\":\"framework\",\"n\":{np},\"park_seconds\":{park:.6},\"parked_per_sec\":{:.1},\"answer_seconds\":{answer:.6},\"answered_per_sec\":{:.1}}}",
+        np as f64 / park,
+        np as f64 / answer
+    );
+    Ok(())
+}
+
 /// The command line.
 struct Args {
     which: String,
@@ -338,13 +406,15 @@ fn parse_args() -> Result<Args, String> {
             }
             "-h" | "--help" => {
                 return Err(
-                    "usage: workflow-bench [all|chain|loop|fanout|concurrent|memory] \
+                    "usage: workflow-bench [all|chain|loop|fanout|concurrent|memory|durable] \
                      [--scale tiny|small|full] [--reps N] [--fan N] [--runtime multi|current] \
                      [--profile framework|handwritten|handwritten_1task]"
                         .into(),
                 );
             }
-            "all" | "chain" | "loop" | "fanout" | "concurrent" | "memory" => which = arg,
+            "all" | "chain" | "loop" | "fanout" | "concurrent" | "memory" | "durable" => {
+                which = arg
+            }
             other => return Err(format!("unknown argument `{other}` (try --help)")),
         }
     }
@@ -392,6 +462,9 @@ async fn run(args: &Args) -> Check {
         if args.which == "all" || args.which == name {
             bench(scenario, &args.plan).await?;
         }
+    }
+    if args.which == "all" || args.which == "durable" {
+        bench_durable(&args.plan).await?;
     }
     Ok(())
 }
@@ -456,6 +529,11 @@ mod tests {
                 let cost = framework::parked(plan.parked).await.unwrap();
                 assert!(cost.bytes > 0);
                 handwritten::parked(plan.parked).await.unwrap();
+                durable::raw_commits(plan.durable).unwrap();
+                let writes = durable::chain_sequential(plan.durable).await.unwrap();
+                assert!(writes >= 1.0, "a journaled run writes its store: {writes}");
+                durable::chain_concurrent(plan.durable, 7).await.unwrap();
+                durable::parked(plan.durable_parked).await.unwrap();
             });
         }
     }
