@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tidewater::prelude::*;
 use tidewater::snapshot::EventRecord;
-use tidewater::store::{RunRecord, RunStatus, SqliteStore, Store, StoreError};
+use tidewater::store::{Claim, Lease, Owner, RunRecord, RunStatus, SqliteStore, Store, StoreError};
 
 use crate::{Check, check};
 
@@ -118,16 +118,30 @@ struct Counted {
 }
 
 impl Store for Counted {
-    fn save(&self, key: &str, record: &RunRecord) -> Result<(), StoreError> {
+    fn acquire(&self, key: &str, owner: &Owner, claim: Claim) -> Result<Lease, StoreError> {
         self.writes.fetch_add(1, Ordering::Relaxed);
-        self.inner.save(key, record)
+        self.inner.acquire(key, owner, claim)
+    }
+    fn save(&self, key: &str, lease: &Lease, record: &RunRecord) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.save(key, lease, record)
+    }
+    fn release(&self, key: &str, lease: &Lease) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.release(key, lease)
     }
     fn load(&self, key: &str) -> Result<Option<RunRecord>, StoreError> {
         self.inner.load(key)
     }
-    fn append_event(&self, key: &str, seq: u64, event: &EventRecord) -> Result<(), StoreError> {
+    fn append_event(
+        &self,
+        key: &str,
+        lease: &Lease,
+        seq: u64,
+        event: &EventRecord,
+    ) -> Result<(), StoreError> {
         self.writes.fetch_add(1, Ordering::Relaxed);
-        self.inner.append_event(key, seq, event)
+        self.inner.append_event(key, lease, seq, event)
     }
     fn events(&self, key: &str) -> Result<Vec<(u64, EventRecord)>, StoreError> {
         self.inner.events(key)

@@ -399,9 +399,17 @@ fn the_store_file_of_a_killed_run_is_readable_by_another_connection_at_once() {
             "unclaimed":[],"recoveries":0,"stream_seq":0}"#,
     )
     .unwrap();
+    let lease = writer
+        .acquire(
+            "k",
+            &tidewater::store::Owner::this_process(),
+            tidewater::store::Claim::Start,
+        )
+        .unwrap();
     writer
         .save(
             "k",
+            &lease,
             &tidewater::store::RunRecord {
                 status: RunStatus::Running,
                 snapshot: snapshot.clone(),
@@ -411,4 +419,192 @@ fn the_store_file_of_a_killed_run_is_readable_by_another_connection_at_once() {
         )
         .unwrap();
     assert_eq!(reader.load("k").unwrap().unwrap().snapshot, snapshot);
+}
+
+// ---------------------------------------------------------------------------------------------
+// One owner per run: processes racing for one run on one file.
+
+/// A child that resumes `key` from the store (`DURABLE_CHILD_RESUME`), its stdout captured.
+fn spawn_resumer(db: &Path, log: &Path, key: &str, delay_ms: u64) -> ChildGuard {
+    let child = Command::new(env!("CARGO_BIN_EXE_durable_child"))
+        .arg(db)
+        .arg(log)
+        .arg(key)
+        .arg(delay_ms.to_string())
+        .env("DURABLE_CHILD_RESUME", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the child process starts");
+    ChildGuard(child)
+}
+
+/// Waits (at most [`DEADLINE`]) for the child to exit: its status code and stdout.
+fn finish(child: &mut ChildGuard) -> (Option<i32>, String) {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < DEADLINE, "the child did not end in time");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut out = String::new();
+    if let Some(mut stdout) = child.0.stdout.take() {
+        use std::io::Read;
+        stdout.read_to_string(&mut out).unwrap();
+    }
+    (status.code(), out)
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to the child with `kill(1)`.
+fn signal(child: &ChildGuard, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.0.id().to_string())
+        .status()
+        .expect("kill(1) runs");
+    assert!(status.success(), "kill -{signal} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_resuming_one_crashed_run_run_it_once() {
+    let scratch = Scratch::new("race");
+    let reference = reference(&scratch).await;
+    let (db, log, key) = (
+        scratch.path("runs.db"),
+        scratch.path("effects.log"),
+        "job-race",
+    );
+    let hang = "step work input 3";
+    let mut child = ChildGuard::spawn(&db, &log, key, 20, Some(hang));
+    wait_until("part 3 is being worked", &mut child, || {
+        read_log(&log).iter().any(|l| l == hang)
+    });
+    child.kill();
+    let at_kill = state_at_kill(&db, &log, key);
+    let in_flight: BTreeSet<String> = at_kill.snapshot.in_flight.iter().map(line_of).collect();
+
+    // Two processes resume the crashed run at the same moment.
+    let mut first = spawn_resumer(&db, &log, key, 30);
+    let mut second = spawn_resumer(&db, &log, key, 30);
+    let outcomes = [finish(&mut first), finish(&mut second)];
+    let finished: Vec<_> = outcomes
+        .iter()
+        .filter(|(code, _)| *code == Some(0))
+        .collect();
+    let refused: Vec<_> = outcomes
+        .iter()
+        .filter(|(code, _)| *code == Some(3))
+        .collect();
+    assert_eq!(
+        finished.len(),
+        1,
+        "exactly one resumer runs it: {outcomes:?}"
+    );
+    assert_eq!(refused.len(), 1, "the other is refused: {outcomes:?}");
+    assert_eq!(
+        finished[0].1.lines().last(),
+        Some(format!("finished: {}", reference.0).as_str())
+    );
+    let refusal = &refused[0].1;
+    assert!(
+        refusal.contains("is owned by process") || refusal.contains("has ended (Finished)"),
+        "{refusal}"
+    );
+
+    // Every invocation ran once, except the ones in flight at the kill: twice, never three
+    // times.
+    let all = read_log(&log);
+    let all_counts = counts(&all);
+    let expected: BTreeSet<&str> = reference.1.iter().map(String::as_str).collect();
+    assert_eq!(
+        all_counts.keys().copied().collect::<BTreeSet<_>>(),
+        expected
+    );
+    for (line, n) in &all_counts {
+        let allowed = if in_flight.contains(*line) { 2 } else { 1 };
+        assert_eq!(*n, allowed, "`{line}` ran {n} times: {all:?}");
+    }
+    let store = SqliteStore::open(&db).unwrap();
+    assert_eq!(
+        store.load(key).unwrap().unwrap().status,
+        RunStatus::Finished
+    );
+    let (seqs, _) = progress(&store.events(key).unwrap());
+    assert_eq!(seqs, (1..=u64::from(PARTS)).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_keeps_its_run_and_finishes_it_alone() {
+    let scratch = Scratch::new("paused");
+    let reference = reference(&scratch).await;
+    let (db, log, key) = (
+        scratch.path("runs.db"),
+        scratch.path("effects.log"),
+        "job-paused",
+    );
+    let mut owner = ChildGuard::spawn(&db, &log, key, 60, None);
+    wait_until("part 1 is being worked", &mut owner, || {
+        read_log(&log).iter().any(|l| l == "step work input 1")
+    });
+    signal(&owner, "STOP");
+    // The owner is frozen (SIGSTOP), not dead: nobody may take its run over.
+    let mut intruder = spawn_resumer(&db, &log, key, 0);
+    let (code, out) = finish(&mut intruder);
+    let expected = format!("is owned by process {}", owner.0.id());
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains(&expected), "{out}");
+    let mut starter = Command::new(env!("CARGO_BIN_EXE_durable_child"))
+        .arg(&db)
+        .arg(&log)
+        .arg(key)
+        .arg("0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = starter.wait().unwrap();
+    assert!(!status.success(), "starting the owned key again is refused");
+    let mut err = String::new();
+    use std::io::Read;
+    starter
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("is owned by process"), "{err}");
+
+    signal(&owner, "CONT");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = owner.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the owner did not finish in time"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "the owner finishes its run: {status}");
+    let all = read_log(&log);
+    assert_eq!(
+        all.iter().collect::<BTreeSet<_>>().len(),
+        all.len(),
+        "no invocation ran twice: {all:?}"
+    );
+    assert_eq!(all.len(), reference.1.len());
+    let store = SqliteStore::open(&db).unwrap();
+    assert_eq!(
+        store.load(key).unwrap().unwrap().status,
+        RunStatus::Finished
+    );
+    assert_eq!(
+        store.load(key).unwrap().unwrap().output,
+        Some(serde_json::json!(reference.0))
+    );
 }

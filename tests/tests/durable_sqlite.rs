@@ -216,7 +216,15 @@ async fn an_in_flight_steps_stream_events_are_journaled_once_across_a_resume() {
     // failed, so put the checkpoint back as a killed process would have left it).
     run.cancel();
     let _ = run.await;
-    store.save("s", &checkpoint).unwrap();
+    let lease = store
+        .acquire(
+            "s",
+            &tidewater::store::Owner::this_process(),
+            tidewater::store::Claim::Start,
+        )
+        .unwrap();
+    store.save("s", &lease, &checkpoint).unwrap();
+    store.release("s", &lease).unwrap();
 
     let resumed = Streamer {
         pause: Duration::ZERO,

@@ -11,7 +11,7 @@ use futures_util::task::AtomicWaker;
 use crate::error::{Result, WorkflowError};
 use crate::event::{DynEvent, Event, IntoDynEvent};
 use crate::snapshot::{Snapshot, SnapshotError};
-use crate::store::Store;
+use crate::store::{Lease, Store};
 use crate::stream::{Publisher, StreamItem, lock};
 use crate::workflow::Workflow;
 
@@ -74,6 +74,9 @@ pub(crate) type SnapshotReply =
 pub(crate) struct Journal {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) key: String,
+    /// This run's claim on the key: every write carries it, and the store refuses it once
+    /// another owner took the run over.
+    pub(crate) lease: Lease,
     pub(crate) evict_when_waiting: bool,
 }
 

@@ -216,6 +216,8 @@ struct Executor<W: Workflow, F> {
     deadline: Option<Pin<Box<Sleep>>>,
     begun: bool,
     ended: bool,
+    /// A durable run saved a status that gave up its claim on the store (ended or parked).
+    released: bool,
 }
 
 type Admission = Pin<
@@ -341,6 +343,7 @@ where
             deadline: None,
             begun: false,
             ended: false,
+            released: false,
             runner,
         }
     }
@@ -832,7 +835,7 @@ where
             let seq = self.shared.stream_seq.fetch_add(1, Ordering::Relaxed) + 1;
             journal
                 .store
-                .append_event(&journal.key, seq, &record)
+                .append_event(&journal.key, &journal.lease, seq, &record)
                 .map_err(WorkflowError::Store)?;
         }
         Ok(())
@@ -1117,20 +1120,28 @@ where
         };
         journal
             .store
-            .save(&journal.key, &record)
-            .map_err(WorkflowError::Store)
+            .save(&journal.key, &journal.lease, &record)
+            .map_err(WorkflowError::Store)?;
+        if status != RunStatus::Running {
+            // Saving any other status gave the run up.
+            self.released = true;
+        }
+        Ok(())
     }
 
     /// Publishes the terminal item once, and journals the outcome of a durable run.
     fn end(&mut self, result: Result<W::Output>) -> Poll<Result<W::Output>> {
         self.ended = true;
-        self.save_outcome(&result);
+        let result = self.save_outcome(result);
         Poll::Ready(result)
     }
 
-    fn save_outcome(&mut self, result: &Result<W::Output>) {
+    /// Journals the outcome of a durable run (a run whose end cannot be journaled ends with the
+    /// store's error, not as if it had been recorded), then publishes the terminal item.
+    fn save_outcome(&mut self, result: Result<W::Output>) -> Result<W::Output> {
+        let mut result = result;
         if self.shared.journal.is_some() {
-            let saved = match result {
+            let saved = match &result {
                 Ok(output) => match W::__encode_output(output) {
                     Ok(value) => self.save(RunStatus::Finished, Some(value), None),
                     Err(reason) => self.save(RunStatus::Failed, None, Some(reason)),
@@ -1142,9 +1153,10 @@ where
             };
             if let Err(error) = saved {
                 tracing::error!(%error, "could not journal the end of a durable run");
+                result = Err(error);
             }
         }
-        let outcome = match result {
+        let outcome = match &result {
             Ok(_) => Outcome::Stopped,
             Err(WorkflowError::Cancelled) => Outcome::Cancelled,
             Err(WorkflowError::Suspended { .. }) => Outcome::Suspended,
@@ -1154,6 +1166,7 @@ where
             Err(error) => Outcome::Failed(error.to_string()),
         };
         self.shared.stream.end(outcome);
+        result
     }
 }
 
@@ -1163,6 +1176,13 @@ impl<W: Workflow, F> Drop for Executor<W, F> {
         // runtime shut down): the run is cancelled, and its stream still ends.
         if !self.ended {
             self.shared.stream.end(Outcome::Cancelled);
+        }
+        // A durable run that stops here without having saved its end (its future dropped, its
+        // store failing) gives up its claim, so that it can be resumed at once.
+        if let Some(journal) = self.shared.journal.as_ref().filter(|_| !self.released) {
+            if let Err(error) = journal.store.release(&journal.key, &journal.lease) {
+                tracing::warn!(%error, "could not release a durable run");
+            }
         }
         // Nobody answers snapshot requests any more: `Handler::snapshot` on a run that ended
         // used to wait forever (its handler keeps `RunShared`, and with it the reply).

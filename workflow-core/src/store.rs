@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::snapshot::{EventRecord, Snapshot};
 use crate::stream::lock;
 
+pub mod conformance;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "sqlite")]
@@ -50,34 +51,205 @@ pub struct RunRecord {
     pub error: Option<String>,
 }
 
-/// A store failed (I/O, a corrupt row, ...).
+/// A store refused or failed a call.
 #[derive(Debug, thiserror::Error)]
 #[error("store: {message}")]
 pub struct StoreError {
-    /// What went wrong.
+    /// What went wrong, in words.
     pub message: String,
+    /// What kind of refusal or failure it is.
+    pub kind: StoreErrorKind,
+}
+
+/// The kinds of [`StoreError`]: the refusals of the ownership rules, and everything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// I/O, a corrupt row, a record that does not serialize: the store itself failed.
+    Failed,
+    /// Another live owner holds the run ([`Store::acquire`]).
+    Owned,
+    /// A run with this key exists and has not ended, so it cannot be started again.
+    Exists,
+    /// No run with this key is in the store (nothing to resume).
+    Missing,
+    /// The run has ended: there is nothing left to resume.
+    Ended,
+    /// A write with a lease that is no longer the run's: another owner took the run over (its
+    /// epoch is newer), so this owner's writes are refused.
+    Fenced,
 }
 
 impl StoreError {
-    /// A store error with this message.
+    /// A store failure ([`StoreErrorKind::Failed`]) with this message.
     pub fn new(message: impl Into<String>) -> StoreError {
+        StoreError::of(StoreErrorKind::Failed, message)
+    }
+
+    /// An error of this kind with this message.
+    pub fn of(kind: StoreErrorKind, message: impl Into<String>) -> StoreError {
         StoreError {
             message: message.into(),
+            kind,
         }
     }
+}
+
+/// One claim of a process on a durable run: who it is, so that a live owner is never
+/// overtaken and a dead one (a crashed process) is.
+///
+/// Every call of [`Owner::this_process`] makes a new claim (a new `id`), so two runners of one
+/// process are two owners too.
+///
+/// ```
+/// use tidewater::store::Owner;
+/// let a = Owner::this_process();
+/// let b = Owner::this_process();
+/// assert_ne!(a.id, b.id);
+/// assert_eq!(a.pid, std::process::id());
+/// assert!(!a.is_gone());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// Unique per claim: `pid@host#n`.
+    pub id: String,
+    /// The host the process runs on.
+    pub host: String,
+    /// The process id.
+    pub pid: u32,
+    /// When the process started (Linux: clock ticks after boot, from `/proc`), to tell a reused
+    /// pid from the owner's process; 0 where unknown.
+    pub started: u64,
+}
+
+impl Owner {
+    /// A new claim of this process.
+    pub fn this_process() -> Owner {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        let host = host_name();
+        Owner {
+            id: format!("{pid}@{host}#{n}"),
+            host,
+            pid,
+            started: process_started(pid).unwrap_or(0),
+        }
+    }
+
+    /// Whether the owner's process is known to be gone: it ran on this host and no process with
+    /// its pid (and start time) runs now. An owner on another host is never known to be gone
+    /// here (a store shared by several hosts decides by lease expiry instead).
+    pub fn is_gone(&self) -> bool {
+        if self.host != host_name() {
+            return false;
+        }
+        if !cfg!(target_os = "linux") {
+            return false;
+        }
+        match process_started(self.pid) {
+            None => true,
+            Some(started) => self.started != 0 && started != self.started,
+        }
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "process {} on `{}`", self.pid, self.host)?;
+        if self.pid == std::process::id() && self.host == host_name() {
+            f.write_str(" (this process)")?;
+        }
+        Ok(())
+    }
+}
+
+/// This machine's host name (Linux: `/proc/sys/kernel/hostname`), or `localhost`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// When process `pid` started (Linux: field 22 of `/proc/<pid>/stat`), or `None` when there is
+/// no such process, it is a zombie (dead, not yet reaped), or there is no `/proc`.
+fn process_started(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last `)`.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+/// The right to write one run's journal: held by one [`Owner`] at a time, numbered by an epoch
+/// that grows with every acquisition. A store refuses every write whose lease is not the run's
+/// current one ([`StoreErrorKind::Fenced`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// Who holds it.
+    pub owner: Owner,
+    /// Which acquisition of the run this is (from 1).
+    pub epoch: u64,
+}
+
+/// What an owner acquires a run for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// A new run under the key: refused while a run with this key has not ended. The events of
+    /// an ended run under the same key are cleared.
+    Start,
+    /// The run's last checkpoint: refused when there is none or the run has ended.
+    Resume,
 }
 
 /// Where durable runs are journaled. Implement it for a server database; the crate ships
 /// [`MemoryStore`] and, with the `sqlite` feature, `SqliteStore`.
 ///
+/// # Ownership
+/// A run has at most one owner at a time. [`Store::acquire`] takes the run for an owner
+/// atomically and hands back a [`Lease`] with a new epoch; every write ([`Store::save`],
+/// [`Store::append_event`]) carries the lease, and the store refuses it
+/// ([`StoreErrorKind::Fenced`]) unless it is still the run's current one, in the same
+/// transaction as the write. So two processes never run one run: the second starter or resumer
+/// is refused ([`StoreErrorKind::Owned`]) while the owner lives, and an owner that was taken
+/// over (after it was presumed dead) cannot write again. A record saved with a status other
+/// than [`RunStatus::Running`] releases the run, as does [`Store::release`].
+///
+/// When is an owner dead? [`MemoryStore`] and `SqliteStore` (one machine) take over a run whose
+/// owner's process is gone from this host ([`Owner::is_gone`]), at once after a crash. A store
+/// shared by several hosts decides by lease expiry (a heartbeat renews it) instead.
+///
 /// Calls come from the run's own task, between two step completions: a `save` returns once
-/// the checkpoint is durable.
+/// the checkpoint is durable. `tidewater::store::conformance` (a test suite every
+/// implementation should pass) states the contract as code.
 pub trait Store: Send + Sync + 'static {
-    /// Writes the run's record (insert or replace).
+    /// Takes the run `key` for `owner`, atomically: refused with [`StoreErrorKind::Owned`]
+    /// while another owner that is not gone holds it; for [`Claim::Start`] with
+    /// [`StoreErrorKind::Exists`] when a run with this key has not ended; for [`Claim::Resume`]
+    /// with [`StoreErrorKind::Missing`] or [`StoreErrorKind::Ended`].
     ///
     /// # Errors
-    /// When the record could not be made durable.
-    fn save(&self, key: &str, record: &RunRecord) -> Result<(), StoreError>;
+    /// As above, or when the store cannot be read or written.
+    fn acquire(&self, key: &str, owner: &Owner, claim: Claim) -> Result<Lease, StoreError>;
+
+    /// Writes the run's record (insert or replace), if `lease` is still the run's. A status
+    /// other than [`RunStatus::Running`] releases the run.
+    ///
+    /// # Errors
+    /// [`StoreErrorKind::Fenced`] when another owner took the run over; otherwise when the
+    /// record could not be made durable.
+    fn save(&self, key: &str, lease: &Lease, record: &RunRecord) -> Result<(), StoreError>;
+
+    /// Gives the run up without a new record (its owner stops before the run ended, e.g. its
+    /// future was dropped). Nothing happens when `lease` is no longer the run's.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    fn release(&self, key: &str, lease: &Lease) -> Result<(), StoreError>;
 
     /// Reads the run's record.
     ///
@@ -85,12 +257,20 @@ pub trait Store: Send + Sync + 'static {
     /// When the store could not be read or the record is corrupt.
     fn load(&self, key: &str) -> Result<Option<RunRecord>, StoreError>;
 
-    /// Appends one event the run wrote to its stream, with its sequence number (from 1). The
-    /// same number written again (by a step that re-ran after a crash) replaces the first.
+    /// Appends one event the run wrote to its stream, with its sequence number (from 1), if
+    /// `lease` is still the run's. The same number written again (by a step that re-ran after
+    /// a crash) replaces the first.
     ///
     /// # Errors
-    /// When the event could not be made durable.
-    fn append_event(&self, key: &str, seq: u64, event: &EventRecord) -> Result<(), StoreError>;
+    /// [`StoreErrorKind::Fenced`] when another owner took the run over; otherwise when the
+    /// event could not be made durable.
+    fn append_event(
+        &self,
+        key: &str,
+        lease: &Lease,
+        seq: u64,
+        event: &EventRecord,
+    ) -> Result<(), StoreError>;
 
     /// The events the run wrote to its stream, in order.
     ///
@@ -103,6 +283,50 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// When the store could not be read.
     fn keys(&self, status: RunStatus) -> Result<Vec<String>, StoreError>;
+}
+
+/// The ownership rules of [`Store::acquire`], shared by the stores of this crate: given the
+/// run as stored (its status, or `None` when absent or started with no checkpoint yet, and its
+/// holder), may `claim` take it? The refusals' messages leave the key to the caller.
+pub(crate) fn check_claim(
+    status: Option<RunStatus>,
+    holder: Option<&Owner>,
+    claim: Claim,
+) -> Result<(), StoreError> {
+    if let Some(holder) = holder.filter(|holder| !holder.is_gone()) {
+        return Err(StoreError::of(
+            StoreErrorKind::Owned,
+            format!("the run is owned by {holder}"),
+        ));
+    }
+    let live = matches!(status, Some(RunStatus::Running | RunStatus::Waiting));
+    match (claim, status) {
+        (Claim::Start, Some(status)) if live => Err(StoreError::of(
+            StoreErrorKind::Exists,
+            format!("a run with this key is {status:?} in the store: resume it instead"),
+        )),
+        (Claim::Start, _) => Ok(()),
+        (Claim::Resume, None) => Err(StoreError::of(
+            StoreErrorKind::Missing,
+            "no run with this key in the store",
+        )),
+        (Claim::Resume, Some(status)) if !live => Err(StoreError::of(
+            StoreErrorKind::Ended,
+            format!("the run has ended ({status:?})"),
+        )),
+        (Claim::Resume, Some(_)) => Ok(()),
+    }
+}
+
+/// The error of a write whose lease is not the run's any more.
+pub(crate) fn fenced(key: &str, lease: &Lease, what: &str) -> StoreError {
+    StoreError::of(
+        StoreErrorKind::Fenced,
+        format!(
+            "{what} of run `{key}` refused: {} (epoch {}) no longer owns the run",
+            lease.owner, lease.epoch
+        ),
+    )
 }
 
 /// A [`Store`] in memory, which also keeps every checkpoint ever saved
@@ -124,6 +348,15 @@ struct MemoryRun {
     record: Option<RunRecord>,
     history: Vec<Snapshot>,
     events: Vec<(u64, EventRecord)>,
+    holder: Option<Owner>,
+    epoch: u64,
+}
+
+impl MemoryRun {
+    /// Whether `lease` is the run's current one.
+    fn holds(&self, lease: &Lease) -> bool {
+        self.epoch == lease.epoch && self.holder.as_ref() == Some(&lease.owner)
+    }
 }
 
 impl MemoryStore {
@@ -142,13 +375,45 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn save(&self, key: &str, record: &RunRecord) -> Result<(), StoreError> {
+    fn acquire(&self, key: &str, owner: &Owner, claim: Claim) -> Result<Lease, StoreError> {
         let mut runs = lock(&self.runs);
         let run = runs.entry(key.to_string()).or_default();
+        let status = run.record.as_ref().map(|r| r.status);
+        check_claim(status, run.holder.as_ref(), claim)?;
+        if claim == Claim::Start {
+            run.record = None;
+            run.events.clear();
+        }
+        run.epoch += 1;
+        run.holder = Some(owner.clone());
+        Ok(Lease {
+            owner: owner.clone(),
+            epoch: run.epoch,
+        })
+    }
+
+    fn save(&self, key: &str, lease: &Lease, record: &RunRecord) -> Result<(), StoreError> {
+        let mut runs = lock(&self.runs);
+        let run = runs.entry(key.to_string()).or_default();
+        if !run.holds(lease) {
+            return Err(fenced(key, lease, "checkpoint"));
+        }
         if run.history.last() != Some(&record.snapshot) {
             run.history.push(record.snapshot.clone());
         }
         run.record = Some(record.clone());
+        if record.status != RunStatus::Running {
+            run.holder = None;
+        }
+        Ok(())
+    }
+
+    fn release(&self, key: &str, lease: &Lease) -> Result<(), StoreError> {
+        if let Some(run) = lock(&self.runs).get_mut(key) {
+            if run.holds(lease) {
+                run.holder = None;
+            }
+        }
         Ok(())
     }
 
@@ -156,14 +421,24 @@ impl Store for MemoryStore {
         Ok(lock(&self.runs).get(key).and_then(|run| run.record.clone()))
     }
 
-    fn append_event(&self, key: &str, seq: u64, event: &EventRecord) -> Result<(), StoreError> {
+    fn append_event(
+        &self,
+        key: &str,
+        lease: &Lease,
+        seq: u64,
+        event: &EventRecord,
+    ) -> Result<(), StoreError> {
         let mut runs = lock(&self.runs);
-        let events = &mut runs.entry(key.to_string()).or_default().events;
-        // Like a database keyed by (run, seq): the same number written again replaces it.
-        let rewrite = events.last().is_some_and(|(last, _)| *last >= seq);
-        match events.iter_mut().find(|(s, _)| rewrite && *s == seq) {
-            Some(existing) => existing.1 = event.clone(),
-            None => events.push((seq, event.clone())),
+        let run = runs.entry(key.to_string()).or_default();
+        if !run.holds(lease) {
+            return Err(fenced(key, lease, &format!("event {seq}")));
+        }
+        let events = &mut run.events;
+        // Like a database keyed by (run, seq): in order, and the same number written again
+        // replaces it.
+        match events.binary_search_by_key(&seq, |(s, _)| *s) {
+            Ok(at) => events[at].1 = event.clone(),
+            Err(at) => events.insert(at, (seq, event.clone())),
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use crate::retry::RetryPolicy;
 use crate::runtime::{Init, restore, restore_buffers};
 use crate::runtime::{RouteTable, execute};
 use crate::snapshot::{Snapshot, SnapshotError, fingerprint};
-use crate::store::{RunStatus, Store};
+use crate::store::{Claim, Lease, Owner, RunStatus, Store, StoreErrorKind};
 use crate::stream::{DEFAULT_STREAM_CAPACITY, lock};
 use tokio::sync::Semaphore;
 
@@ -477,25 +477,16 @@ impl<W: Workflow> Runner<W> {
     ///
     /// # Errors
     /// [`WorkflowError::Durable`] when the runner has no store, the workflow is not
-    /// `#[workflow(durable)]`, or a run with this key exists and has not ended;
-    /// [`WorkflowError::Store`] when the store cannot be read.
+    /// `#[workflow(durable)]`, a run with this key exists and has not ended, or another live
+    /// owner (a process, or another run of this one) holds the key ("owned by …");
+    /// [`WorkflowError::Store`] when the store cannot be read or written.
     ///
     /// # Panics
     /// Outside a tokio runtime.
     pub fn start_durable(&self, key: &str, input: W::Input) -> Result<Handler<W>> {
         let store = self.durable_store(key)?;
-        if let Some(record) = store.load(key)? {
-            if matches!(record.status, RunStatus::Running | RunStatus::Waiting) {
-                return Err(WorkflowError::Durable {
-                    key: key.to_string(),
-                    reason: format!(
-                        "a run with this key is {:?} in the store: resume it instead",
-                        record.status
-                    ),
-                });
-            }
-        }
-        let journal = self.journal(store, key);
+        let lease = self.acquire(&*store, key, Claim::Start)?;
+        let journal = self.journal(store, key, lease);
         let shared = Arc::new(
             RunShared::new(W::State::default(), self.config.stream_capacity)
                 .with_journal(Some(journal)),
@@ -515,7 +506,8 @@ impl<W: Workflow> Runner<W> {
     /// but unanswered requests is evicted again at once.
     ///
     /// # Errors
-    /// [`WorkflowError::Durable`] when there is no such run or it has ended;
+    /// [`WorkflowError::Durable`] when there is no such run, it has ended, or another live owner
+    /// runs it ("owned by …": a run has one owner at a time, see [`Store`]);
     /// [`WorkflowError::Snapshot`] when its checkpoint does not fit this build of the workflow;
     /// [`WorkflowError::Store`] when the store cannot be read.
     ///
@@ -527,20 +519,42 @@ impl<W: Workflow> Runner<W> {
 
     fn resume_stored_with(&self, key: &str, answer: Option<DynEvent>) -> Result<Handler<W>> {
         let store = self.durable_store(key)?;
-        let Some(record) = store.load(key)? else {
-            return Err(WorkflowError::Durable {
-                key: key.to_string(),
-                reason: "no run with this key in the store".to_string(),
-            });
+        let lease = self.acquire(&*store, key, Claim::Resume)?;
+        // Read after the claim: the record is the last one any owner wrote.
+        let record = match store.load(key) {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                let _ = store.release(key, &lease);
+                return Err(WorkflowError::Durable {
+                    key: key.to_string(),
+                    reason: "no run with this key in the store".to_string(),
+                });
+            }
+            Err(error) => {
+                let _ = store.release(key, &lease);
+                return Err(error.into());
+            }
         };
-        if !matches!(record.status, RunStatus::Running | RunStatus::Waiting) {
-            return Err(WorkflowError::Durable {
-                key: key.to_string(),
-                reason: format!("the run has ended ({:?})", record.status),
-            });
-        }
-        let journal = self.journal(store, key);
-        Ok(self.resume_journaled(&record.snapshot, Some(journal), answer)?)
+        let journal = self.journal(store.clone(), key, lease.clone());
+        self.resume_journaled(&record.snapshot, Some(journal), answer)
+            .map_err(|error| {
+                let _ = store.release(key, &lease);
+                error.into()
+            })
+    }
+
+    /// Takes the run `key` in the store for a new owner of this process; the refusals of the
+    /// ownership rules are [`WorkflowError::Durable`], failures [`WorkflowError::Store`].
+    fn acquire(&self, store: &dyn Store, key: &str, claim: Claim) -> Result<Lease> {
+        store
+            .acquire(key, &Owner::this_process(), claim)
+            .map_err(|error| match error.kind {
+                StoreErrorKind::Failed | StoreErrorKind::Fenced => WorkflowError::Store(error),
+                _ => WorkflowError::Durable {
+                    key: key.to_string(),
+                    reason: error.message,
+                },
+            })
     }
 
     /// Delivers the answer to a journaled run waiting for it: resumes the run from the store
@@ -596,10 +610,11 @@ impl<W: Workflow> Runner<W> {
             .ok_or_else(|| durable("the runner has no store: call `Runner::store` first".into()))
     }
 
-    fn journal(&self, store: Arc<dyn Store>, key: &str) -> Journal {
+    fn journal(&self, store: Arc<dyn Store>, key: &str, lease: Lease) -> Journal {
         Journal {
             store,
             key: key.to_string(),
+            lease,
             evict_when_waiting: self.config.evict_when_waiting,
         }
     }

@@ -2,6 +2,10 @@
 //! it ends or the test kills it.
 //!
 //! `durable_child <db> <log> <key> <delay-ms> [<hang-on line>]`
+//!
+//! With `DURABLE_CHILD_RESUME=1` in its environment it resumes the run `key` from the store
+//! instead of starting it; a resume the store refuses (another owner, an ended run) prints
+//! `refused: <error>` and exits with status 3.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,11 +27,19 @@ async fn main() {
         delay: Duration::from_millis(delay.parse().expect("a delay in milliseconds")),
         hang_on: rest.first().cloned(),
     };
-    let run = pipeline
-        .runner()
-        .store(Arc::new(store))
-        .start_durable(key, PARTS)
-        .expect("the run starts");
+    let runner = pipeline.runner().store(Arc::new(store));
+    let run = if std::env::var_os("DURABLE_CHILD_RESUME").is_some() {
+        match runner.resume_stored(key) {
+            Ok(run) => run,
+            Err(error @ WorkflowError::Durable { .. }) => {
+                println!("refused: {error}");
+                std::process::exit(3);
+            }
+            Err(error) => panic!("the run cannot be resumed: {error}"),
+        }
+    } else {
+        runner.start_durable(key, PARTS).expect("the run starts")
+    };
     println!("started");
     match run.await {
         Ok(output) => println!("finished: {output}"),

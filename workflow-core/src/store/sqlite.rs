@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{RunRecord, RunStatus, Store, StoreError};
+use super::{Claim, Lease, Owner, RunRecord, RunStatus, Store, StoreError, check_claim, fenced};
 use crate::snapshot::EventRecord;
 use crate::stream::lock;
 
@@ -16,10 +16,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
-    key     TEXT PRIMARY KEY NOT NULL,
-    status  TEXT NOT NULL,
-    record  TEXT NOT NULL,
-    updated INTEGER NOT NULL
+    key      TEXT PRIMARY KEY NOT NULL,
+    status   TEXT NOT NULL,
+    record   TEXT NOT NULL,
+    updated  INTEGER NOT NULL,
+    owner_id TEXT,
+    owner    TEXT,
+    epoch    INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, key);
 CREATE TABLE IF NOT EXISTS events (
@@ -33,8 +36,10 @@ CREATE TABLE IF NOT EXISTS events (
 /// A [`Store`] in an embedded SQLite database: one file, no server to start. SQLite is
 /// compiled into the crate, so no system library is needed.
 ///
-/// Two tables: `runs (key, status, record, updated)` holds each run's last checkpoint as JSON,
-/// `events (key, seq, event)` the events it wrote to its stream. The database runs in WAL mode
+/// Two tables: `runs (key, status, record, updated, owner_id, owner, epoch)` holds each run's
+/// last checkpoint as JSON and who owns it (see [`Store`]'s ownership rules: every write is
+/// conditional on the owner's epoch, in the same statement), `events (key, seq, event)` the
+/// events it wrote to its stream. A run started and not yet checkpointed has an empty record. The database runs in WAL mode
 /// with `synchronous = FULL`: when [`Store::save`] or [`Store::append_event`] returns, the
 /// write survives a crash of the process (even `SIGKILL`) or of the machine. Several processes
 /// may open the same file; a writer waits up to 10 s for another's lock.
@@ -45,8 +50,7 @@ CREATE TABLE IF NOT EXISTS events (
 /// Stream events are keyed by `(run key, seq)`: writing a sequence number again replaces the
 /// event. A resumed run numbers its events from its checkpoint's stream position, so the
 /// numbers written after the checkpoint by the process that died are written again, not
-/// duplicated. The first checkpoint of a new run under a key that an ended run used clears
-/// that run's events.
+/// duplicated. Starting a new run under a key that an ended run used clears that run's events.
 ///
 /// ```
 /// use tidewater::store::{RunStatus, SqliteStore, Store};
@@ -129,6 +133,24 @@ impl SqliteStore {
         connection
             .execute_batch(SCHEMA)
             .map_err(|e| fail("cannot create the tables of", e))?;
+        // Files made before runs had owners: add the columns.
+        let has_owner: bool = connection
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('runs') WHERE name = 'epoch'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(|e| fail("cannot read the tables of", e))?;
+        if !has_owner {
+            connection
+                .execute_batch(
+                    "ALTER TABLE runs ADD COLUMN owner_id TEXT;
+                     ALTER TABLE runs ADD COLUMN owner TEXT;
+                     ALTER TABLE runs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;",
+                )
+                .map_err(|e| fail("cannot add the owner columns to", e))?;
+        }
         Ok(SqliteStore {
             connection: Mutex::new(connection),
             path,
@@ -171,38 +193,129 @@ fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     })
 }
 
+fn status_of(name: &str) -> Option<RunStatus> {
+    Some(match name {
+        "running" => RunStatus::Running,
+        "waiting" => RunStatus::Waiting,
+        "finished" => RunStatus::Finished,
+        "failed" => RunStatus::Failed,
+        _ => return None,
+    })
+}
+
 impl Store for SqliteStore {
-    fn save(&self, key: &str, record: &RunRecord) -> Result<(), StoreError> {
+    fn acquire(&self, key: &str, owner: &Owner, claim: Claim) -> Result<Lease, StoreError> {
+        let fail = |e: rusqlite::Error| StoreError::new(format!("cannot acquire run `{key}`: {e}"));
+        let owner_json = serde_json::to_string(owner)
+            .map_err(|e| StoreError::new(format!("cannot serialize the owner: {e}")))?;
+        let mut connection = lock(&self.connection);
+        // IMMEDIATE: the write lock is taken before the read, so two processes acquiring the
+        // same run are serialized and the second sees the first's claim.
+        let tx = connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(fail)?;
+        let row: Option<(String, bool, Option<String>)> = tx
+            .query_row(
+                "SELECT status, record = '', owner FROM runs WHERE key = ?1",
+                params![key],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()
+            .map_err(fail)?;
+        let (status, holder) = match &row {
+            None => (None, None),
+            Some((status, empty, holder)) => {
+                let status = status_of(status).ok_or_else(|| {
+                    StoreError::new(format!("run `{key}` has an unknown status `{status}`"))
+                })?;
+                let holder = holder
+                    .as_deref()
+                    .map(from_json::<Owner>)
+                    .transpose()
+                    .map_err(|reason| {
+                        StoreError::new(format!("corrupt owner of run `{key}`{reason}"))
+                    })?;
+                ((!empty).then_some(status), holder)
+            }
+        };
+        check_claim(status, holder.as_ref(), claim)?;
+        if claim == Claim::Start {
+            tx.execute("DELETE FROM events WHERE key = ?1", params![key])
+                .map_err(fail)?;
+            tx.execute(
+                "INSERT INTO runs (key, status, record, updated, owner_id, owner, epoch)
+                 VALUES (?1, 'running', '', ?2, ?3, ?4, 1)
+                 ON CONFLICT (key) DO UPDATE SET
+                     status = 'running', record = '', updated = excluded.updated,
+                     owner_id = excluded.owner_id, owner = excluded.owner, epoch = epoch + 1",
+                params![key, now_millis(), owner.id, owner_json],
+            )
+            .map_err(fail)?;
+        } else {
+            tx.execute(
+                "UPDATE runs SET owner_id = ?2, owner = ?3, epoch = epoch + 1, updated = ?4
+                 WHERE key = ?1",
+                params![key, owner.id, owner_json, now_millis()],
+            )
+            .map_err(fail)?;
+        }
+        let epoch: i64 = tx
+            .query_row(
+                "SELECT epoch FROM runs WHERE key = ?1",
+                params![key],
+                |row| row.get(0),
+            )
+            .map_err(fail)?;
+        tx.commit().map_err(fail)?;
+        Ok(Lease {
+            owner: owner.clone(),
+            epoch: epoch as u64,
+        })
+    }
+
+    fn save(&self, key: &str, lease: &Lease, record: &RunRecord) -> Result<(), StoreError> {
         let json = serde_json::to_string(record).map_err(|e| {
             StoreError::new(format!("cannot serialize the record of run `{key}`: {e}"))
         })?;
         let fail = |e: rusqlite::Error| StoreError::new(format!("cannot save run `{key}`: {e}"));
-        let mut connection = lock(&self.connection);
-        let tx = connection.transaction().map_err(fail)?;
-        let snapshot = &record.snapshot;
-        if record.status == RunStatus::Running
-            && snapshot.completed == 0
-            && snapshot.stream_seq == 0
-        {
-            // The first checkpoint of a new run: the events of an ended run that used this key
-            // before are not part of its history.
-            tx.execute("DELETE FROM events WHERE key = ?1", params![key])
-                .map_err(fail)?;
+        // One statement: the lease check and the write are atomic, and cost one commit.
+        let changed = lock(&self.connection)
+            .execute(
+                "UPDATE runs SET status = ?2, record = ?3, updated = ?4,
+                     owner_id = CASE WHEN ?2 = 'running' THEN owner_id END,
+                     owner = CASE WHEN ?2 = 'running' THEN owner END
+                 WHERE key = ?1 AND epoch = ?5 AND owner_id = ?6",
+                params![
+                    key,
+                    status_name(record.status),
+                    json,
+                    now_millis(),
+                    lease.epoch as i64,
+                    lease.owner.id
+                ],
+            )
+            .map_err(fail)?;
+        if changed == 0 {
+            return Err(fenced(key, lease, "checkpoint"));
         }
-        tx.execute(
-            "INSERT INTO runs (key, status, record, updated) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (key) DO UPDATE SET
-                 status = excluded.status, record = excluded.record, updated = excluded.updated",
-            params![key, status_name(record.status), json, now_millis()],
-        )
-        .map_err(fail)?;
-        tx.commit().map_err(fail)
+        Ok(())
+    }
+
+    fn release(&self, key: &str, lease: &Lease) -> Result<(), StoreError> {
+        lock(&self.connection)
+            .execute(
+                "UPDATE runs SET owner_id = NULL, owner = NULL
+                 WHERE key = ?1 AND epoch = ?2 AND owner_id = ?3",
+                params![key, lease.epoch as i64, lease.owner.id],
+            )
+            .map_err(|e| StoreError::new(format!("cannot release run `{key}`: {e}")))?;
+        Ok(())
     }
 
     fn load(&self, key: &str) -> Result<Option<RunRecord>, StoreError> {
         let text: Option<String> = lock(&self.connection)
             .query_row(
-                "SELECT record FROM runs WHERE key = ?1",
+                "SELECT record FROM runs WHERE key = ?1 AND record != ''",
                 params![key],
                 |row| row.get(0),
             )
@@ -215,18 +328,35 @@ impl Store for SqliteStore {
         .transpose()
     }
 
-    fn append_event(&self, key: &str, seq: u64, event: &EventRecord) -> Result<(), StoreError> {
+    fn append_event(
+        &self,
+        key: &str,
+        lease: &Lease,
+        seq: u64,
+        event: &EventRecord,
+    ) -> Result<(), StoreError> {
         let json = serde_json::to_string(event).map_err(|e| {
             StoreError::new(format!("cannot serialize event {seq} of run `{key}`: {e}"))
         })?;
-        lock(&self.connection)
+        let changed = lock(&self.connection)
             .execute(
-                "INSERT OR REPLACE INTO events (key, seq, event) VALUES (?1, ?2, ?3)",
-                params![key, seq_column(seq)?, json],
+                "INSERT OR REPLACE INTO events (key, seq, event)
+                 SELECT ?1, ?2, ?3 WHERE EXISTS
+                     (SELECT 1 FROM runs WHERE key = ?1 AND epoch = ?4 AND owner_id = ?5)",
+                params![
+                    key,
+                    seq_column(seq)?,
+                    json,
+                    lease.epoch as i64,
+                    lease.owner.id
+                ],
             )
             .map_err(|e| {
                 StoreError::new(format!("cannot journal event {seq} of run `{key}`: {e}"))
             })?;
+        if changed == 0 {
+            return Err(fenced(key, lease, &format!("event {seq}")));
+        }
         Ok(())
     }
 
@@ -259,7 +389,7 @@ impl Store for SqliteStore {
             |e: rusqlite::Error| StoreError::new(format!("cannot list the {status:?} runs: {e}"));
         let connection = lock(&self.connection);
         let mut statement = connection
-            .prepare_cached("SELECT key FROM runs WHERE status = ?1 ORDER BY key")
+            .prepare_cached("SELECT key FROM runs WHERE status = ?1 AND record != '' ORDER BY key")
             .map_err(fail)?;
         let keys = statement
             .query_map(params![status_name(status)], |row| row.get(0))
@@ -273,7 +403,6 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{SNAPSHOT_FORMAT, Snapshot};
 
     /// A fresh directory under the system temp dir, removed on drop.
     struct TempDir(PathBuf);
@@ -296,94 +425,13 @@ mod tests {
         }
     }
 
-    fn record(status: RunStatus, completed: u64, stream_seq: u64) -> RunRecord {
-        RunRecord {
-            status,
-            snapshot: Snapshot {
-                format: SNAPSHOT_FORMAT,
-                workflow: "Sample".into(),
-                fingerprint: "00ff".into(),
-                run_id: 7,
-                completed,
-                state: serde_json::json!({ "n": completed }),
-                in_flight: Vec::new(),
-                queued: Vec::new(),
-                collect: Vec::new(),
-                pending_requests: Vec::new(),
-                unclaimed: Vec::new(),
-                recoveries: 0,
-                stream_seq,
-            },
-            output: (status == RunStatus::Finished).then(|| serde_json::json!("done")),
-            error: None,
-        }
-    }
+    use crate::store::conformance::{event, record};
+    use crate::store::{Claim, Owner};
 
-    fn event(n: u32) -> EventRecord {
-        EventRecord {
-            event: "tests::Note".into(),
-            data: serde_json::json!({ "n": n }),
-        }
-    }
-
-    #[test]
-    fn saves_loads_and_replaces_records() {
-        let store = SqliteStore::in_memory().unwrap();
-        assert_eq!(store.load("a").unwrap(), None);
-        store.save("a", &record(RunStatus::Running, 1, 0)).unwrap();
-        assert_eq!(
-            store.load("a").unwrap(),
-            Some(record(RunStatus::Running, 1, 0))
-        );
-        store.save("a", &record(RunStatus::Finished, 3, 0)).unwrap();
-        assert_eq!(
-            store.load("a").unwrap(),
-            Some(record(RunStatus::Finished, 3, 0))
-        );
-        assert_eq!(store.load("b").unwrap(), None);
-    }
-
-    #[test]
-    fn lists_keys_by_status_in_order() {
-        let store = SqliteStore::in_memory().unwrap();
-        store.save("c", &record(RunStatus::Waiting, 1, 0)).unwrap();
-        store.save("a", &record(RunStatus::Waiting, 1, 0)).unwrap();
-        store.save("b", &record(RunStatus::Running, 1, 0)).unwrap();
-        store.save("d", &record(RunStatus::Failed, 1, 0)).unwrap();
-        assert_eq!(store.keys(RunStatus::Waiting).unwrap(), ["a", "c"]);
-        assert_eq!(store.keys(RunStatus::Running).unwrap(), ["b"]);
-        assert_eq!(store.keys(RunStatus::Failed).unwrap(), ["d"]);
-        assert!(store.keys(RunStatus::Finished).unwrap().is_empty());
-        store.save("a", &record(RunStatus::Finished, 2, 0)).unwrap();
-        assert_eq!(store.keys(RunStatus::Waiting).unwrap(), ["c"]);
-        assert_eq!(store.keys(RunStatus::Finished).unwrap(), ["a"]);
-    }
-
-    #[test]
-    fn journals_events_in_order_per_run_and_replaces_a_rewritten_seq() {
-        let store = SqliteStore::in_memory().unwrap();
-        store.append_event("a", 2, &event(2)).unwrap();
-        store.append_event("a", 1, &event(1)).unwrap();
-        store.append_event("b", 1, &event(10)).unwrap();
-        // A step that re-runs after a crash writes its events again under the same numbers.
-        store.append_event("a", 2, &event(20)).unwrap();
-        assert_eq!(store.events("a").unwrap(), [(1, event(1)), (2, event(20))]);
-        assert_eq!(store.events("b").unwrap(), [(1, event(10))]);
-        assert!(store.events("c").unwrap().is_empty());
-    }
-
-    #[test]
-    fn a_new_run_under_an_ended_runs_key_starts_with_no_events() {
-        let store = SqliteStore::in_memory().unwrap();
-        store.save("k", &record(RunStatus::Running, 0, 0)).unwrap();
-        store.append_event("k", 1, &event(1)).unwrap();
-        store.save("k", &record(RunStatus::Running, 1, 1)).unwrap();
-        assert_eq!(store.events("k").unwrap().len(), 1);
-        store.save("k", &record(RunStatus::Finished, 2, 1)).unwrap();
-        assert_eq!(store.events("k").unwrap().len(), 1);
-        // Started again: its first checkpoint has nothing completed and nothing written.
-        store.save("k", &record(RunStatus::Running, 0, 0)).unwrap();
-        assert!(store.events("k").unwrap().is_empty());
+    fn start(store: &SqliteStore, key: &str) -> Lease {
+        store
+            .acquire(key, &Owner::this_process(), Claim::Start)
+            .unwrap()
     }
 
     #[test]
@@ -392,8 +440,11 @@ mod tests {
         let path = dir.0.join("runs.db");
         let first = SqliteStore::open(&path).unwrap();
         assert_eq!(first.path(), Some(path.as_path()));
-        first.save("a", &record(RunStatus::Waiting, 2, 1)).unwrap();
-        first.append_event("a", 1, &event(1)).unwrap();
+        let lease = start(&first, "a");
+        first.append_event("a", &lease, 1, &event(1)).unwrap();
+        first
+            .save("a", &lease, &record(RunStatus::Waiting, 2, 1))
+            .unwrap();
         // Another connection (another process, in real life) sees the writes at once.
         let second = SqliteStore::open(&path).unwrap();
         assert_eq!(
@@ -418,7 +469,10 @@ mod tests {
     #[test]
     fn a_corrupt_record_is_an_error_naming_the_run_and_the_field() {
         let store = SqliteStore::in_memory().unwrap();
-        store.save("a", &record(RunStatus::Running, 1, 0)).unwrap();
+        let lease = start(&store, "a");
+        store
+            .save("a", &lease, &record(RunStatus::Running, 1, 0))
+            .unwrap();
         let mut json: serde_json::Value =
             serde_json::to_value(record(RunStatus::Running, 1, 0)).unwrap();
         json["snapshot"]["completed"] = serde_json::json!("one");
@@ -485,10 +539,10 @@ mod tests {
             .map(|t| {
                 let store = store.clone();
                 std::thread::spawn(move || {
+                    let key = format!("t{t}");
+                    let lease = start(&store, &key);
                     for seq in 1..=25 {
-                        store
-                            .append_event(&format!("t{t}"), seq, &event(t))
-                            .unwrap();
+                        store.append_event(&key, &lease, seq, &event(t)).unwrap();
                     }
                 })
             })
