@@ -285,10 +285,24 @@ pub trait Store: Send + Sync + 'static {
     fn keys(&self, status: RunStatus) -> Result<Vec<String>, StoreError>;
 }
 
-/// The ownership rules of [`Store::acquire`], shared by the stores of this crate: given the
-/// run as stored (its status, or `None` when absent or started with no checkpoint yet, and its
-/// holder), may `claim` take it? The refusals' messages leave the key to the caller.
-pub(crate) fn check_claim(
+/// The ownership rules of [`Store::acquire`], for implementations: given the run as stored (its
+/// status, or `None` when absent or started with no checkpoint yet, and its holder, `None` when
+/// released or when the store knows the holder's lease expired), may `claim` take it? A
+/// holder that [`Owner::is_gone`] does not count. The refusals' messages leave the key to the
+/// caller.
+///
+/// ```
+/// use tidewater::store::{Claim, Owner, RunStatus, StoreErrorKind, check_claim};
+/// assert!(check_claim(None, None, Claim::Start).is_ok());
+/// let me = Owner::this_process();
+/// let refused = check_claim(Some(RunStatus::Running), Some(&me), Claim::Resume).unwrap_err();
+/// assert_eq!(refused.kind, StoreErrorKind::Owned);
+/// ```
+///
+/// # Errors
+/// The refusal, by kind: [`StoreErrorKind::Owned`], [`StoreErrorKind::Exists`],
+/// [`StoreErrorKind::Missing`] or [`StoreErrorKind::Ended`].
+pub fn check_claim(
     status: Option<RunStatus>,
     holder: Option<&Owner>,
     claim: Claim,
@@ -318,8 +332,9 @@ pub(crate) fn check_claim(
     }
 }
 
-/// The error of a write whose lease is not the run's any more.
-pub(crate) fn fenced(key: &str, lease: &Lease, what: &str) -> StoreError {
+/// The error of a write whose lease is not the run's any more ([`StoreErrorKind::Fenced`]), for
+/// implementations; `what` names the write (`checkpoint`, `event 3`).
+pub fn fenced(key: &str, lease: &Lease, what: &str) -> StoreError {
     StoreError::of(
         StoreErrorKind::Fenced,
         format!(

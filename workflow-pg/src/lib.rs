@@ -1,0 +1,659 @@
+//! [`PgStore`]: tidewater's durable runs in PostgreSQL, for when one process on one SQLite file
+//! is no longer enough: several workers on several machines share one database, and every run
+//! has exactly one owner at a time.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use tidewater::prelude::*;
+//! use tidewater_pg::PgStore;
+//!
+//! # #[derive(Debug, Clone, Event, serde::Serialize, serde::Deserialize)] struct Go;
+//! # struct Flow;
+//! # #[workflow(durable)] impl Flow {
+//! #     #[step] async fn go(&self, ev: StartEvent<u32>) -> StopEvent<u32> { StopEvent(ev.0) }
+//! # }
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = PgStore::connect("host=127.0.0.1 port=5432 user=postgres dbname=runs")?;
+//! let runner = Flow.runner().store(Arc::new(store));
+//! let output = runner.start_durable("order-7", 7)?.await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # What it keeps, and how
+//! The same logical schema as `SqliteStore`, created (and migrated) by [`PgStore::connect`]:
+//! `tidewater_runs (key, status, record, updated, owner_id, owner, epoch, lease_until)` with each
+//! run's last checkpoint as JSON text, and `tidewater_events (key, seq, event)`. It passes
+//! `tidewater::store::conformance` like the built-in stores.
+//!
+//! # Ownership across machines
+//! [`Store::acquire`] locks the run's row (`SELECT … FOR UPDATE`) and writes the new owner,
+//! `epoch + 1` and a lease that ends [`PgStore::lease_ttl`] from now (database clock). Every
+//! checkpoint and journaled event is one statement conditional on the owner and epoch, so a
+//! worker that was paused or partitioned past its lease and taken over can never commit again
+//! ([`StoreErrorKind::Fenced`](tidewater::store::StoreErrorKind::Fenced)). While a worker holds
+//! runs, a heartbeat thread renews their leases every third of the TTL; a worker that dies stops
+//! renewing, and another takes its runs once the lease has run out (at once when the dead
+//! worker ran on the same host: its process is gone).
+//!
+//! # Connections
+//! A small pool of connections, each on its own thread: the [`Store`] calls block the calling
+//! thread until PostgreSQL has committed. A connection that breaks (a restarted server) is
+//! opened again and the call retried for up to [`PgStore::reconnect_for`]; every write is
+//! idempotent under its lease (an upsert, a numbered event, an acquire by the same owner), so
+//! a retry after a commit whose answer was lost does no harm.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use postgres::{Client, Config, NoTls};
+use tidewater::snapshot::EventRecord;
+use tidewater::store::{
+    Claim, Lease, Owner, RunRecord, RunStatus, Store, StoreError, check_claim, fenced,
+};
+
+/// The schema, in order: each entry is one migration, applied once (recorded in
+/// `tidewater_schema`).
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE IF NOT EXISTS tidewater_runs (
+    key         TEXT PRIMARY KEY,
+    status      TEXT NOT NULL,
+    record      TEXT NOT NULL,
+    updated     BIGINT NOT NULL,
+    owner_id    TEXT,
+    owner       TEXT,
+    epoch       BIGINT NOT NULL DEFAULT 0,
+    lease_until BIGINT
+);
+CREATE INDEX IF NOT EXISTS tidewater_runs_by_status ON tidewater_runs (status, key);
+CREATE TABLE IF NOT EXISTS tidewater_events (
+    key   TEXT NOT NULL,
+    seq   BIGINT NOT NULL,
+    event TEXT NOT NULL,
+    PRIMARY KEY (key, seq)
+);
+"];
+
+/// The database's clock in milliseconds: leases are compared with one clock, whatever the
+/// workers' clocks say.
+const NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A [`Store`] in PostgreSQL. See the [crate docs](crate).
+pub struct PgStore {
+    jobs: Mutex<mpsc::Sender<Job>>,
+    /// Leases this store holds, renewed by the heartbeat: key -> (epoch, owner id).
+    held: Arc<Mutex<HashMap<String, (i64, String)>>>,
+    ttl: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("lease_ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a [`PgStore`] connects: the connection string, the pool size, the lease.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    config: String,
+    connections: usize,
+    lease_ttl: Duration,
+    reconnect_for: Duration,
+}
+
+impl PgOptions {
+    /// Options for this libpq-style connection string
+    /// (`host=127.0.0.1 port=5432 user=postgres dbname=runs`).
+    pub fn new(config: impl Into<String>) -> PgOptions {
+        PgOptions {
+            config: config.into(),
+            connections: 4,
+            lease_ttl: Duration::from_secs(10),
+            reconnect_for: Duration::from_secs(30),
+        }
+    }
+
+    /// How many connections (each on its own thread); 4 by default.
+    pub fn connections(mut self, n: usize) -> PgOptions {
+        self.connections = n.max(1);
+        self
+    }
+
+    /// How long a lease lasts without a renewal (10 s by default): how long the runs of a
+    /// worker that died on another host wait before another worker takes them.
+    pub fn lease_ttl(mut self, ttl: Duration) -> PgOptions {
+        self.lease_ttl = ttl.max(Duration::from_millis(30));
+        self
+    }
+
+    /// How long a call keeps reconnecting to a server that went away before it fails (30 s by
+    /// default).
+    pub fn reconnect_for(mut self, limit: Duration) -> PgOptions {
+        self.reconnect_for = limit;
+        self
+    }
+}
+
+/// One pooled connection, opened again when it breaks.
+struct Connection {
+    config: Config,
+    client: Option<Client>,
+    reconnect_for: Duration,
+}
+
+impl Connection {
+    /// Runs `op`, opening the connection again and retrying while the server cannot be
+    /// reached, for up to `reconnect_for`. SQL errors are returned at once.
+    fn run<T>(
+        &mut self,
+        what: &str,
+        mut op: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let error = match self.client.as_mut().filter(|c| !c.is_closed()) {
+                Some(client) => match op(client) {
+                    Ok(value) => return Ok(value),
+                    Err(error) if error.as_db_error().is_some() => {
+                        return Err(StoreError::new(format!("{what}: {error}")));
+                    }
+                    Err(error) => error.to_string(),
+                },
+                None => match self.config.connect(NoTls) {
+                    Ok(client) => {
+                        self.client = Some(client);
+                        continue;
+                    }
+                    Err(error) => error.to_string(),
+                },
+            };
+            self.client = None;
+            if start.elapsed() >= self.reconnect_for {
+                return Err(StoreError::new(format!(
+                    "{what}: the database cannot be reached ({error})"
+                )));
+            }
+            tracing::warn!(%error, "postgres connection lost; reconnecting");
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
+impl PgStore {
+    /// Connects with default [`PgOptions`] and creates or migrates the tables.
+    ///
+    /// # Errors
+    /// When the connection string does not parse, the server cannot be reached, or the
+    /// tables cannot be created.
+    pub fn connect(config: &str) -> Result<PgStore, StoreError> {
+        PgStore::open(PgOptions::new(config))
+    }
+
+    /// Connects with these options and creates or migrates the tables.
+    ///
+    /// # Errors
+    /// As [`PgStore::connect`].
+    pub fn open(options: PgOptions) -> Result<PgStore, StoreError> {
+        let config: Config = options
+            .config
+            .parse()
+            .map_err(|e| StoreError::new(format!("bad connection string: {e}")))?;
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        // Every connection lives on its own thread, opened there: the sync client runs a
+        // runtime of its own, which must not be started inside the caller's tokio runtime.
+        for i in 0..options.connections {
+            let mut connection = Connection {
+                config: config.clone(),
+                client: None,
+                reconnect_for: options.reconnect_for,
+            };
+            let receiver = receiver.clone();
+            std::thread::Builder::new()
+                .name(format!("tidewater-pg-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match receiver.lock() {
+                            Ok(receiver) => receiver.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(&mut connection),
+                            Err(_) => return, // the store was dropped
+                        }
+                    }
+                })
+                .map_err(|e| StoreError::new(format!("cannot start a connection thread: {e}")))?;
+        }
+        let store = PgStore {
+            jobs: Mutex::new(sender),
+            held: Arc::default(),
+            ttl: options.lease_ttl,
+            stop: Arc::default(),
+        };
+        // The first connection and the tables, failing fast when the server is not there.
+        store.call(|connection| {
+            let patience = std::mem::replace(&mut connection.reconnect_for, Duration::ZERO);
+            let migrated = migrate(connection);
+            connection.reconnect_for = patience;
+            migrated
+        })?;
+        store.start_heartbeat()?;
+        Ok(store)
+    }
+
+    /// How long a lease lasts without renewal.
+    pub fn lease_ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Runs `op` on a pooled connection and waits for its answer.
+    fn call<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let sent = self
+            .jobs
+            .lock()
+            .map_err(|_| StoreError::new("the connection pool is poisoned"))?
+            .send(Box::new(move |connection| {
+                let _ = tx.send(job(connection));
+            }));
+        if sent.is_err() {
+            return Err(StoreError::new("the connection threads have stopped"));
+        }
+        rx.recv()
+            .map_err(|_| StoreError::new("a connection thread stopped during a call"))?
+    }
+
+    fn ttl_ms(&self) -> i64 {
+        i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Renews the leases this store holds, every third of the TTL, on a thread of its own
+    /// (with its own connection), until the store is dropped.
+    fn start_heartbeat(&self) -> Result<(), StoreError> {
+        let held = self.held.clone();
+        let stop = self.stop.clone();
+        let ttl = self.ttl;
+        let ttl_ms = self.ttl_ms();
+        // The heartbeat borrows a pool connection per beat: it shares the pool's retry logic.
+        let jobs = self
+            .jobs
+            .lock()
+            .map_err(|_| StoreError::new("the connection pool is poisoned"))?
+            .clone();
+        std::thread::Builder::new()
+            .name("tidewater-pg-heartbeat".into())
+            .spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(ttl / 3);
+                    let leases: Vec<(String, i64, String)> = match held.lock() {
+                        Ok(held) => held
+                            .iter()
+                            .map(|(k, (e, o))| (k.clone(), *e, o.clone()))
+                            .collect(),
+                        Err(_) => return,
+                    };
+                    if leases.is_empty() {
+                        continue;
+                    }
+                    let job: Job = Box::new(move |connection| {
+                        let renewed = connection.run("renew leases", |client| {
+                            let mut tx = client.transaction()?;
+                            for (key, epoch, owner) in &leases {
+                                tx.execute(
+                                    &format!(
+                                        "UPDATE tidewater_runs SET lease_until = {NOW} + $4
+                                         WHERE key = $1 AND epoch = $2 AND owner_id = $3"
+                                    ),
+                                    &[key, epoch, owner, &ttl_ms],
+                                )?;
+                            }
+                            tx.commit()
+                        });
+                        if let Err(error) = renewed {
+                            tracing::error!(%error, "could not renew the leases");
+                        }
+                    });
+                    if jobs.send(job).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| StoreError::new(format!("cannot start the heartbeat: {e}")))?;
+        Ok(())
+    }
+
+    fn hold(&self, key: &str, lease: &Lease) {
+        if let Ok(mut held) = self.held.lock() {
+            held.insert(
+                key.to_string(),
+                (lease.epoch as i64, lease.owner.id.clone()),
+            );
+        }
+    }
+
+    fn drop_hold(&self, key: &str, lease: &Lease) {
+        if let Ok(mut held) = self.held.lock() {
+            if held.get(key).is_some_and(|(e, _)| *e == lease.epoch as i64) {
+                held.remove(key);
+            }
+        }
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    connection.run("create the tables", |client| {
+        let mut tx = client.transaction()?;
+        // One migrator at a time, whichever worker starts first.
+        tx.batch_execute(
+            "SELECT pg_advisory_xact_lock(7215441);
+             CREATE TABLE IF NOT EXISTS tidewater_schema (version INTEGER NOT NULL)",
+        )?;
+        let done: i64 = tx
+            .query_one("SELECT count(*) FROM tidewater_schema", &[])?
+            .get(0);
+        for migration in MIGRATIONS.iter().skip(done as usize) {
+            tx.batch_execute(migration)?;
+            tx.execute(
+                "INSERT INTO tidewater_schema (version) VALUES ($1)",
+                &[&(done as i32 + 1)],
+            )?;
+        }
+        tx.commit()
+    })
+}
+
+fn status_name(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Running => "running",
+        RunStatus::Waiting => "waiting",
+        RunStatus::Finished => "finished",
+        RunStatus::Failed => "failed",
+        _ => "unknown",
+    }
+}
+
+fn status_of(name: &str) -> Option<RunStatus> {
+    Some(match name {
+        "running" => RunStatus::Running,
+        "waiting" => RunStatus::Waiting,
+        "finished" => RunStatus::Finished,
+        "failed" => RunStatus::Failed,
+        _ => return None,
+    })
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::new(format!("corrupt {what}: {e}")))
+}
+
+/// What `acquire` decided, computed inside its transaction.
+enum Acquired {
+    Lease(i64),
+    Refused(StoreError),
+    /// Another worker inserted the row first: look again.
+    Raced,
+}
+
+impl Store for PgStore {
+    fn acquire(&self, key: &str, owner: &Owner, claim: Claim) -> Result<Lease, StoreError> {
+        let owner_json = serde_json::to_string(owner)
+            .map_err(|e| StoreError::new(format!("cannot serialize the owner: {e}")))?;
+        let (k, o, ttl) = (key.to_string(), owner.clone(), self.ttl_ms());
+        let epoch = self.call(move |connection| {
+            for _ in 0..3 {
+                let decided = connection.run(&format!("cannot acquire run `{k}`"), |client| {
+                    let mut tx = client.transaction()?;
+                    let row = tx.query_opt(
+                        &format!(
+                            "SELECT status, record = '', owner, epoch, lease_until < {NOW}
+                             FROM tidewater_runs WHERE key = $1 FOR UPDATE"
+                        ),
+                        &[&k],
+                    )?;
+                    let (status, holder) = match &row {
+                        None => (None, None),
+                        Some(row) => {
+                            let name: String = row.get(0);
+                            let Some(status) = status_of(&name) else {
+                                return Ok(Acquired::Refused(StoreError::new(format!(
+                                    "run `{k}` has an unknown status `{name}`"
+                                ))));
+                            };
+                            let empty: bool = row.get(1);
+                            let holder: Option<String> = row.get(2);
+                            let expired: Option<bool> = row.get(4);
+                            let holder = match holder
+                                .as_deref()
+                                .map(|h| from_json::<Owner>(h, &format!("owner of run `{k}`")))
+                            {
+                                Some(Err(error)) => return Ok(Acquired::Refused(error)),
+                                Some(Ok(holder)) => Some(holder),
+                                None => None,
+                            };
+                            if holder.as_ref().is_some_and(|h| h.id == o.id) {
+                                // The same owner again (a retried acquire): it already has it.
+                                return Ok(Acquired::Lease(row.get(3)));
+                            }
+                            let holder = holder.filter(|_| expired != Some(true));
+                            ((!empty).then_some(status), holder)
+                        }
+                    };
+                    if let Err(refusal) = check_claim(status, holder.as_ref(), claim) {
+                        return Ok(Acquired::Refused(refusal));
+                    }
+                    let epoch: i64 = if row.is_none() {
+                        let inserted = tx.query_opt(
+                            &format!(
+                                "INSERT INTO tidewater_runs
+                                     (key, status, record, updated, owner_id, owner, epoch,
+                                      lease_until)
+                                 VALUES ($1, 'running', '', {NOW}, $2, $3, 1, {NOW} + $4)
+                                 ON CONFLICT (key) DO NOTHING RETURNING epoch"
+                            ),
+                            &[&k, &o.id, &owner_json, &ttl],
+                        )?;
+                        match inserted {
+                            Some(row) => row.get(0),
+                            None => return Ok(Acquired::Raced),
+                        }
+                    } else {
+                        let fresh = claim == Claim::Start;
+                        if fresh {
+                            tx.execute("DELETE FROM tidewater_events WHERE key = $1", &[&k])?;
+                        }
+                        tx.query_one(
+                            &format!(
+                                "UPDATE tidewater_runs SET
+                                     status = CASE WHEN $5 THEN 'running' ELSE status END,
+                                     record = CASE WHEN $5 THEN '' ELSE record END,
+                                     updated = {NOW}, owner_id = $2, owner = $3,
+                                     epoch = epoch + 1, lease_until = {NOW} + $4
+                                 WHERE key = $1 RETURNING epoch"
+                            ),
+                            &[&k, &o.id, &owner_json, &ttl, &fresh],
+                        )?
+                        .get(0)
+                    };
+                    tx.commit()?;
+                    Ok(Acquired::Lease(epoch))
+                })?;
+                match decided {
+                    Acquired::Lease(epoch) => return Ok(epoch),
+                    Acquired::Refused(error) => return Err(error),
+                    Acquired::Raced => continue,
+                }
+            }
+            Err(StoreError::new(format!(
+                "cannot acquire run `{k}`: it was contended three times"
+            )))
+        })?;
+        let lease = Lease {
+            owner: owner.clone(),
+            epoch: epoch as u64,
+        };
+        self.hold(key, &lease);
+        Ok(lease)
+    }
+
+    fn save(&self, key: &str, lease: &Lease, record: &RunRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(record).map_err(|e| {
+            StoreError::new(format!("cannot serialize the record of run `{key}`: {e}"))
+        })?;
+        let status = status_name(record.status);
+        let (k, epoch, owner, ttl) = (
+            key.to_string(),
+            lease.epoch as i64,
+            lease.owner.id.clone(),
+            self.ttl_ms(),
+        );
+        let changed = self.call(move |connection| {
+            connection.run(&format!("cannot save run `{k}`"), |client| {
+                client.execute(
+                    &format!(
+                        "UPDATE tidewater_runs SET status = $2, record = $3, updated = {NOW},
+                             owner_id = CASE WHEN $2 = 'running' THEN owner_id END,
+                             owner = CASE WHEN $2 = 'running' THEN owner END,
+                             lease_until = CASE WHEN $2 = 'running' THEN {NOW} + $6 END
+                         WHERE key = $1 AND epoch = $4 AND owner_id = $5"
+                    ),
+                    &[&k, &status, &json, &epoch, &owner, &ttl],
+                )
+            })
+        })?;
+        if changed == 0 {
+            self.drop_hold(key, lease);
+            return Err(fenced(key, lease, "checkpoint"));
+        }
+        if record.status != RunStatus::Running {
+            self.drop_hold(key, lease);
+        }
+        Ok(())
+    }
+
+    fn release(&self, key: &str, lease: &Lease) -> Result<(), StoreError> {
+        self.drop_hold(key, lease);
+        let (k, epoch, owner) = (key.to_string(), lease.epoch as i64, lease.owner.id.clone());
+        self.call(move |connection| {
+            connection.run(&format!("cannot release run `{k}`"), |client| {
+                client.execute(
+                    "UPDATE tidewater_runs SET owner_id = NULL, owner = NULL, lease_until = NULL
+                     WHERE key = $1 AND epoch = $2 AND owner_id = $3",
+                    &[&k, &epoch, &owner],
+                )
+            })
+        })?;
+        Ok(())
+    }
+
+    fn load(&self, key: &str) -> Result<Option<RunRecord>, StoreError> {
+        let k = key.to_string();
+        let text: Option<String> = self.call(move |connection| {
+            connection.run(&format!("cannot load run `{k}`"), |client| {
+                Ok(client
+                    .query_opt(
+                        "SELECT record FROM tidewater_runs WHERE key = $1 AND record != ''",
+                        &[&k],
+                    )?
+                    .map(|row| row.get(0)))
+            })
+        })?;
+        text.map(|text| from_json(&text, &format!("record of run `{key}`")))
+            .transpose()
+    }
+
+    fn append_event(
+        &self,
+        key: &str,
+        lease: &Lease,
+        seq: u64,
+        event: &EventRecord,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(event).map_err(|e| {
+            StoreError::new(format!("cannot serialize event {seq} of run `{key}`: {e}"))
+        })?;
+        let seq_column = i64::try_from(seq)
+            .map_err(|_| StoreError::new(format!("event sequence {seq} is too large")))?;
+        let (k, epoch, owner) = (key.to_string(), lease.epoch as i64, lease.owner.id.clone());
+        let changed = self.call(move |connection| {
+            connection.run(
+                &format!("cannot journal event {seq} of run `{k}`"),
+                |client| {
+                    client.execute(
+                        "INSERT INTO tidewater_events (key, seq, event)
+                     SELECT $1, $2, $3 WHERE EXISTS (
+                         SELECT 1 FROM tidewater_runs
+                         WHERE key = $1 AND epoch = $4 AND owner_id = $5 FOR SHARE)
+                     ON CONFLICT (key, seq) DO UPDATE SET event = excluded.event",
+                        &[&k, &seq_column, &json, &epoch, &owner],
+                    )
+                },
+            )
+        })?;
+        if changed == 0 {
+            return Err(fenced(key, lease, &format!("event {seq}")));
+        }
+        Ok(())
+    }
+
+    fn events(&self, key: &str) -> Result<Vec<(u64, EventRecord)>, StoreError> {
+        let k = key.to_string();
+        let rows: Vec<(i64, String)> = self.call(move |connection| {
+            connection.run(&format!("cannot read the events of run `{k}`"), |client| {
+                Ok(client
+                    .query(
+                        "SELECT seq, event FROM tidewater_events WHERE key = $1 ORDER BY seq",
+                        &[&k],
+                    )?
+                    .into_iter()
+                    .map(|row| (row.get(0), row.get(1)))
+                    .collect())
+            })
+        })?;
+        rows.into_iter()
+            .map(|(seq, text)| {
+                let seq = u64::try_from(seq).map_err(|_| {
+                    StoreError::new(format!("run `{key}` has an impossible event number {seq}"))
+                })?;
+                Ok((
+                    seq,
+                    from_json(&text, &format!("event {seq} of run `{key}`"))?,
+                ))
+            })
+            .collect()
+    }
+
+    fn keys(&self, status: RunStatus) -> Result<Vec<String>, StoreError> {
+        let name = status_name(status);
+        self.call(move |connection| {
+            connection.run(&format!("cannot list the {name} runs"), |client| {
+                Ok(client
+                    .query(
+                        "SELECT key FROM tidewater_runs WHERE status = $1 AND record != ''
+                         ORDER BY key",
+                        &[&name],
+                    )?
+                    .into_iter()
+                    .map(|row| row.get(0))
+                    .collect())
+            })
+        })
+    }
+}

@@ -1,0 +1,372 @@
+//! `PgStore` against a real PostgreSQL server that the tests start themselves: a private
+//! instance in a temp dir (`initdb`, `pg_ctl`; as root through `runuser -u postgres`) on a free
+//! port of 127.0.0.1, stopped and removed at the end.
+//!
+//! - the store contract (`tidewater::store::conformance`), as for the built-in stores;
+//! - a durable run that survives a crash-restart of PostgreSQL (`pg_ctl stop -m immediate`)
+//!   in the middle, with a gapless journal;
+//! - a worker paused past its lease is taken over by another, and its late completion is fenced.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tidewater::prelude::*;
+use tidewater::store::{RunStatus, Store, StoreErrorKind};
+use tidewater_pg::{PgOptions, PgStore};
+
+/// A private PostgreSQL server.
+struct PgServer {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+}
+
+/// Where `initdb` and `pg_ctl` are: on the PATH, or Debian's versioned directory.
+fn pg_bin() -> PathBuf {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return dir;
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dirs| dirs.flatten().map(|d| d.path().join("bin")).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .into_iter()
+        .rev()
+        .find(|bin| bin.join("initdb").exists())
+        .expect("PostgreSQL's server binaries (initdb, pg_ctl): install Debian's `postgresql`")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+impl PgServer {
+    fn start(name: &str) -> PgServer {
+        let dir = std::env::temp_dir().join(format!("tidewater-pg-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = PgServer {
+            dir,
+            bin: pg_bin(),
+            port,
+        };
+        if is_root() {
+            let ok = Command::new("chown")
+                .arg("-R")
+                .arg("postgres")
+                .arg(&server.dir)
+                .status()
+                .unwrap();
+            assert!(ok.success(), "chown the data dir to postgres");
+        }
+        server.pg(
+            "initdb",
+            &[
+                "-D",
+                &server.data(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        server.up();
+        server
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    /// Runs a server program, as `postgres` when we are root.
+    fn pg(&self, program: &str, args: &[&str]) {
+        let path = self.bin.join(program);
+        let mut command = if is_root() {
+            let mut c = Command::new("runuser");
+            c.arg("-u").arg("postgres").arg("--").arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        let out = command.args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn up(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("log").display().to_string();
+        self.pg(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &options,
+                "-l",
+                &log,
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    /// Kills the server as a power cut would (`-m immediate`: no checkpoint, crash recovery
+    /// at the next start).
+    fn crash(&self) {
+        self.pg(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        );
+    }
+
+    fn conninfo(&self, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db}",
+            self.port
+        )
+    }
+
+    /// A new empty database (on a thread of its own: the sync client must not run inside a
+    /// tokio runtime).
+    fn create_db(&self, name: &str) -> String {
+        let admin = self.conninfo("postgres");
+        let sql = format!("CREATE DATABASE {name}");
+        std::thread::spawn(move || {
+            let mut client = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+            client.batch_execute(&sql).unwrap();
+        })
+        .join()
+        .unwrap();
+        self.conninfo(name)
+    }
+
+    /// Runs SQL on `db` (outside tokio, as above).
+    fn sql(&self, db: &str, sql: &str) {
+        let info = self.conninfo(db);
+        let sql = sql.to_string();
+        std::thread::spawn(move || {
+            let mut client = postgres::Client::connect(&info, postgres::NoTls).unwrap();
+            client.batch_execute(&sql).unwrap();
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = Command::new(self.bin.join("pg_ctl"))
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .output();
+        if is_root() {
+            let _ = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(self.bin.join("pg_ctl"))
+                .args(["-D", &self.data(), "-m", "immediate", "stop"])
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn pg_store_conforms_to_the_store_contract() {
+    let server = PgServer::start("conformance");
+    let n = AtomicUsize::new(0);
+    tidewater::store::conformance::check(|| {
+        let db = format!("conf{}", n.fetch_add(1, Ordering::Relaxed));
+        PgStore::connect(&server.create_db(&db)).unwrap()
+    });
+    assert!(
+        n.load(Ordering::Relaxed) >= 8,
+        "every rule ran on a fresh database"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// One hop of the chain.
+#[derive(Debug, Clone, Event, Serialize, Deserialize)]
+struct Hop(u32);
+
+/// Written to the stream at every hop (journaled).
+#[derive(Debug, Clone, Event, Serialize, Deserialize)]
+struct Tick(u32);
+
+/// Hops `ev.0` times, pausing at each, then stops with the count; `hops` counts invocations.
+struct Chain {
+    pause: Duration,
+    hops: Arc<AtomicUsize>,
+    gate: Option<Arc<tokio::sync::Notify>>,
+}
+
+#[workflow(durable)]
+impl Chain {
+    #[step]
+    async fn begin(&self, ev: StartEvent<u32>) -> Hop {
+        Hop(ev.0)
+    }
+
+    #[step]
+    async fn hop(&self, ctx: &Context<Self>, ev: Hop) -> Either<Hop, StopEvent<u32>> {
+        self.hops.fetch_add(1, Ordering::SeqCst);
+        if let Some(gate) = &self.gate {
+            gate.notified().await;
+        }
+        tokio::time::sleep(self.pause).await;
+        ctx.write_event_to_stream(Tick(ev.0));
+        if ev.0 == 0 {
+            Either::Right(StopEvent(self.hops.load(Ordering::SeqCst) as u32))
+        } else {
+            Either::Left(Hop(ev.0 - 1))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_run_survives_a_crash_restart_of_postgres() {
+    let server = Arc::new(PgServer::start("crash"));
+    let info = server.create_db("runs");
+    let store = Arc::new(
+        PgStore::open(PgOptions::new(&info).reconnect_for(Duration::from_secs(20))).unwrap(),
+    );
+    let hops = Arc::new(AtomicUsize::new(0));
+    let runner = Chain {
+        pause: Duration::from_millis(60),
+        hops: hops.clone(),
+        gate: None,
+    }
+    .runner()
+    .store(store.clone());
+    let run = runner.start_durable("job", 8).unwrap();
+    // After a few hops, PostgreSQL dies and comes back 300 ms later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hops.load(Ordering::SeqCst) < 3 {
+        assert!(Instant::now() < deadline, "the run never got going");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let restarter = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            server.crash();
+            std::thread::sleep(Duration::from_millis(300));
+            server.up();
+        })
+    };
+    let output = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the run ends in time")
+        .expect("the run finishes despite the crash");
+    restarter.join().unwrap();
+    assert_eq!(output, 9, "9 hops (8 to 0), none repeated in this process");
+    let record = store.load("job").unwrap().unwrap();
+    assert_eq!(record.status, RunStatus::Finished);
+    assert_eq!(record.output, Some(serde_json::json!(9)));
+    let seqs: Vec<u64> = store
+        .events("job")
+        .unwrap()
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(seqs, (1..=9).collect::<Vec<_>>(), "a gapless journal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_paused_past_its_lease_is_taken_over_and_fenced() {
+    let server = PgServer::start("lease");
+    let info = server.create_db("runs");
+    // Two workers on one database (in real life two machines).
+    let a =
+        Arc::new(PgStore::open(PgOptions::new(&info).lease_ttl(Duration::from_secs(60))).unwrap());
+    let b = Arc::new(PgStore::connect(&info).unwrap());
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let a_hops = Arc::new(AtomicUsize::new(0));
+    let run_a = Chain {
+        pause: Duration::ZERO,
+        hops: a_hops.clone(),
+        gate: Some(gate.clone()),
+    }
+    .runner()
+    .store(a.clone())
+    .start_durable("job", 2)
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a_hops.load(Ordering::SeqCst) < 1 {
+        assert!(Instant::now() < deadline, "worker A never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Worker B is refused while A's lease runs.
+    let b_hops = Arc::new(AtomicUsize::new(0));
+    let runner_b = Chain {
+        pause: Duration::ZERO,
+        hops: b_hops.clone(),
+        gate: None,
+    }
+    .runner()
+    .store(b.clone());
+    let refused = runner_b.resume_stored("job").map(drop).unwrap_err();
+    assert!(
+        refused.to_string().contains("is owned by process"),
+        "{refused}"
+    );
+
+    // A stalls past its lease (as a worker frozen by SIGSTOP or a partition would): its lease
+    // runs out, and B takes the run over and finishes it.
+    server.sql("runs", "UPDATE tidewater_runs SET lease_until = 0");
+    let output = tokio::time::timeout(
+        Duration::from_secs(20),
+        runner_b.resume_stored("job").unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(output, 3, "B ran the three hops (2, 1, 0)");
+
+    // A wakes up and completes its step: the write is fenced, and its run ends with that.
+    for _ in 0..3 {
+        gate.notify_one();
+    }
+    let error = tokio::time::timeout(Duration::from_secs(20), run_a)
+        .await
+        .unwrap()
+        .unwrap_err();
+    match &error {
+        WorkflowError::Store(e) => assert_eq!(e.kind, StoreErrorKind::Fenced, "{e}"),
+        other => panic!("expected a fenced write, got {other:?}"),
+    }
+    let record = b.load("job").unwrap().unwrap();
+    assert_eq!(record.status, RunStatus::Finished);
+    assert_eq!(
+        record.output,
+        Some(serde_json::json!(3)),
+        "B's result stands"
+    );
+    let seqs: Vec<u64> = b.events("job").unwrap().iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, [1, 2, 3], "one journal, B's");
+}
