@@ -105,7 +105,7 @@ async fn every_exit_path_ends_the_stream_with_exactly_one_terminal_outcome() {
         (Mode::Stop, Outcome::Stopped, "ok done"),
         (
             Mode::Fail,
-            Outcome::Failed("step `recover` failed after 1 attempt(s)".into()),
+            Outcome::Failed("step `recover` failed after 1 attempt(s): it broke".into()),
             "step `recover` failed after 1 attempt(s)",
         ),
         (
@@ -126,7 +126,7 @@ async fn every_exit_path_ends_the_stream_with_exactly_one_terminal_outcome() {
         ),
         (
             Mode::Flaky,
-            Outcome::Failed("step `recover` failed after 1 attempt(s)".into()),
+            Outcome::Failed("step `recover` failed after 1 attempt(s): it broke".into()),
             "step `recover` failed after 1 attempt(s)",
         ),
         (Mode::Recover, Outcome::Stopped, "ok recovered"),

@@ -445,7 +445,11 @@ impl<W: Workflow> Context<W> {
     /// Fan-in: buffers `event` and returns all `n` buffered events, in arrival order, once the
     /// `n`-th has arrived; `None` until then. Each complete set is returned exactly once (to the
     /// invocation whose event completed it), however many workers and producers race. One
-    /// buffer per step and event type; cost is linear in `n`.
+    /// buffer per step and event type; cost is linear in `n`. After a complete set the buffer
+    /// starts fresh: the next `n` events make the next set.
+    ///
+    /// # Panics
+    /// When `n` is 0 (no set of 0 events can hold `event`): the step fails with that message.
     ///
     /// ```
     /// use tidewater::prelude::*;
@@ -474,6 +478,12 @@ impl<W: Workflow> Context<W> {
     /// # }
     /// ```
     pub fn collect<E: Event>(&self, event: E, n: usize) -> Option<Vec<E>> {
+        assert!(
+            n > 0,
+            "`collect` of a `{}` with a count of 0: a set of 0 events cannot hold this one \
+             (the count must be at least 1)",
+            E::NAME
+        );
         let mut buffers = lock(&self.shared.collect);
         let buffer = buffers
             .entry((self.step, E::ID.raw()), || {
@@ -481,8 +491,8 @@ impl<W: Workflow> Context<W> {
             })
             .typed::<E>();
         buffer.push_back(event);
-        if buffer.len() >= n.max(1) {
-            Some(buffer.drain(..n.max(1)).collect())
+        if buffer.len() >= n {
+            Some(buffer.drain(..n).collect())
         } else {
             None
         }
@@ -491,7 +501,9 @@ impl<W: Workflow> Context<W> {
     /// Typed heterogeneous fan-in: buffers `event` (one of the tuple's types, as received by a
     /// step taking an `Either` of them) and returns one of each, in the tuple's declared order,
     /// once every type has arrived; `None` until then. Each complete set is returned exactly
-    /// once, whatever the arrival order.
+    /// once, whatever the arrival order. A type may stand at several positions
+    /// (`(Hit, Miss, Hit)` waits for two `Hit`s); an event of a type the tuple does not hold is
+    /// left alone (`None`, not buffered), for the step to handle itself.
     ///
     /// ```
     /// use tidewater::prelude::*;
@@ -522,18 +534,22 @@ impl<W: Workflow> Context<W> {
     /// ```
     pub fn collect_each<T: CollectSet>(&self, event: impl IntoDynEvent) -> Option<T> {
         let event = event.into_dyn();
-        let Some(slot) = T::slot_of(&event) else {
-            panic!(
-                "`collect_each` got a `{}`, which is not one of the collected types",
-                event.name()
-            );
-        };
+        let positions = T::slots_of(&event);
+        if positions == 0 {
+            // Not one of the collected types (the step also accepts others): left alone.
+            return None;
+        }
         let mut buffers = lock(&self.shared.collect);
         let slots = buffers
             .entry((self.step, T::KEY), || {
                 CollectBuffer::Erased(vec![VecDeque::new(); T::LEN])
             })
             .erased();
+        // A type that stands at several positions fills them in turn: the emptiest first.
+        let slot = (0..T::LEN)
+            .filter(|i| positions & (1 << i) != 0)
+            .min_by_key(|i| slots[*i].len())
+            .expect("at least one position");
         slots[slot].push_back(event);
         if slots.iter().all(|s| !s.is_empty()) {
             let mut taken = slots
@@ -671,9 +687,9 @@ pub trait CollectSet: Sized + 'static {
     /// The buffer's key: a mix of the types' ids, stable across processes.
     #[doc(hidden)]
     const KEY: u64;
-    /// Which position of the tuple `event` fills, if any.
+    /// The positions of the tuple that `event`'s type stands at, as a bit mask (0: none).
     #[doc(hidden)]
-    fn slot_of(event: &DynEvent) -> Option<usize>;
+    fn slots_of(event: &DynEvent) -> u32;
     /// Builds the tuple from one event per position, in order.
     #[doc(hidden)]
     fn from_events(events: &mut dyn Iterator<Item = DynEvent>) -> Self;
@@ -688,9 +704,10 @@ macro_rules! collect_set {
                 $(key = (key ^ $ty::ID.raw()).rotate_left(17).wrapping_mul(0x0100_0000_01b3);)+
                 key
             };
-            fn slot_of(event: &DynEvent) -> Option<usize> {
-                $(if event.is::<$ty>() { return Some($index); })+
-                None
+            fn slots_of(event: &DynEvent) -> u32 {
+                let mut mask = 0;
+                $(if event.is::<$ty>() { mask |= 1 << $index; })+
+                mask
             }
             fn from_events(events: &mut dyn Iterator<Item = DynEvent>) -> Self {
                 ($(

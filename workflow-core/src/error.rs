@@ -10,6 +10,24 @@ use crate::store::StoreError;
 /// The error type a step may return: any error that is `Send + Sync`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// An error and its causes as one line: `step `fetch` failed after 1 attempt(s): connection
+/// refused` (what a stream consumer or a store sees of a failure, where the error value itself
+/// cannot go).
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // Wrappers often repeat their source's text: say each thing once.
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}
+
 /// The result of a run.
 pub type Result<T, E = WorkflowError> = std::result::Result<T, E>;
 

@@ -776,20 +776,13 @@ where
                 worker: done.worker,
             });
         }
-        let emitted = match done.result {
-            Ok(emitted) => emitted,
-            Err(failed) => {
-                self.recover(failed)?;
-                return self.checkpoint();
-            }
-        };
-        match emitted {
-            Emitted::Nothing => self.last = Some((name, 0)),
-            Emitted::One(event) => {
+        match done.result {
+            Ok(Emitted::Nothing) => self.last = Some((name, 0)),
+            Ok(Emitted::One(event)) => {
                 self.last = Some((name, 1));
                 self.route(event, None)?;
             }
-            Emitted::Many(events) => {
+            Ok(Emitted::Many(events)) => {
                 self.last = Some((name, events.len()));
                 for event in events {
                     self.route(event, None)?;
@@ -798,6 +791,9 @@ where
                     }
                 }
             }
+            // Handed to the catch-error step (or the run fails); either way the worker is
+            // free for the next queued event, like after a success.
+            Err(failed) => self.recover(done.step, failed)?,
         }
         // A worker of this step is free again: give it the next waiting event.
         if self.output.is_none() {
@@ -843,11 +839,16 @@ where
 
     /// A step failed for good: hand it to the catch-error step while the budget lasts, or fail
     /// the run. Panics and timeouts are never caught.
-    fn recover(&mut self, failed: Failed) -> Result<()> {
+    fn recover(&mut self, index: usize, failed: Failed) -> Result<()> {
         let Failed { error, input, last } = failed;
         let WorkflowError::StepFailed { step, attempts, .. } = &error else {
             return Err(error);
         };
+        // The catch-error step's own failure is final: handing it back to itself would only
+        // repeat it until the budget runs out.
+        if W::GRAPH.accepts(index, <StepFailure as crate::event::Event>::ID) {
+            return Err(error);
+        }
         let (Some(input), Some(last)) = (input, last) else {
             return Err(error);
         };
@@ -1149,7 +1150,7 @@ where
                 // Suspended runs were saved as waiting; a run that could not journal cannot
                 // journal its end either.
                 Err(WorkflowError::Suspended { .. } | WorkflowError::Store(_)) => Ok(()),
-                Err(error) => self.save(RunStatus::Failed, None, Some(error.to_string())),
+                Err(error) => self.save(RunStatus::Failed, None, Some(crate::error::chain(error))),
             };
             if let Err(error) = saved {
                 tracing::error!(%error, "could not journal the end of a durable run");
@@ -1163,7 +1164,7 @@ where
             Err(error @ (WorkflowError::TimedOut { .. } | WorkflowError::StepTimedOut { .. })) => {
                 Outcome::TimedOut(error.to_string())
             }
-            Err(error) => Outcome::Failed(error.to_string()),
+            Err(error) => Outcome::Failed(crate::error::chain(error)),
         };
         self.shared.stream.end(outcome);
         result

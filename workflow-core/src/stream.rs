@@ -71,7 +71,8 @@ impl StreamItem {
 pub enum Outcome {
     /// A step emitted the stop event.
     Stopped,
-    /// A step failed or panicked, or the run was stuck; the message is the error's.
+    /// A step failed or panicked, or the run was stuck; the message is the error with its
+    /// causes (`step `fetch` failed after 1 attempt(s): connection refused`).
     Failed(String),
     /// The run or one step ran out of time.
     TimedOut(String),

@@ -1,0 +1,249 @@
+//! Failures that must neither hang, repeat nor lose work (issue 17): a recovered failure frees
+//! its worker for the queue, the catch-error step never handles its own failure, the fan-in
+//! takes exactly the collected types, and stream consumers see a failure's cause. Each on the
+//! current-thread and the multi-thread runtime.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use futures_util::StreamExt;
+use tidewater::Outcome;
+use tidewater::prelude::*;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the disk is full")]
+struct DiskFull;
+
+#[derive(Debug, Clone, Event)]
+struct Job(u32);
+
+#[derive(Debug, Clone, Event)]
+struct Saved(u32);
+
+/// Three jobs to a one-worker step that always fails; the catch-error step turns each failure
+/// into a `Saved`, and `gather` waits for all three.
+struct Stranded {
+    ran: Mutex<Vec<String>>,
+}
+
+#[workflow]
+impl Stranded {
+    #[step]
+    async fn plan(&self, ev: StartEvent<u32>) -> Vec<Job> {
+        (0..ev.0).map(Job).collect()
+    }
+
+    #[step(num_workers = 1)]
+    async fn fragile(&self, ev: Job) -> Result<Saved, DiskFull> {
+        self.ran.lock().unwrap().push(format!("fragile {}", ev.0));
+        Err(DiskFull)
+    }
+
+    #[step]
+    async fn recover(&self, failure: StepFailure) -> Saved {
+        let job = failure.input.downcast_ref::<Job>().unwrap().0;
+        self.ran.lock().unwrap().push(format!("recover {job}"));
+        Saved(job)
+    }
+
+    #[step]
+    async fn gather(&self, ctx: &Context<Self>, ev: Saved) -> Option<StopEvent<usize>> {
+        let all = ctx.collect(ev, 3)?;
+        let mut jobs: Vec<u32> = all.iter().map(|s| s.0).collect();
+        jobs.sort_unstable();
+        assert_eq!(jobs, [0, 1, 2]);
+        Some(StopEvent(all.len()))
+    }
+}
+
+async fn a_recovered_failure_frees_its_worker_for_the_queue() {
+    let flow = Stranded {
+        ran: Mutex::default(),
+    };
+    let runner = flow
+        .runner()
+        .max_recoveries(10)
+        .timeout(std::time::Duration::from_secs(5));
+    assert_eq!(
+        runner.run(3).await.unwrap(),
+        3,
+        "all three jobs were recovered"
+    );
+    let ran = runner.workflow().ran.lock().unwrap().clone();
+    let fragile: Vec<_> = ran.iter().filter(|l| l.starts_with("fragile")).collect();
+    assert_eq!(
+        fragile,
+        ["fragile 0", "fragile 1", "fragile 2"],
+        "FIFO, one at a time"
+    );
+    for job in 0..3 {
+        let f = ran
+            .iter()
+            .position(|l| *l == format!("fragile {job}"))
+            .unwrap();
+        let r = ran
+            .iter()
+            .position(|l| *l == format!("recover {job}"))
+            .unwrap();
+        assert!(f < r, "job {job} failed before it was recovered: {ran:?}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_recovered_failure_frees_its_worker_for_the_queue_current_thread() {
+    a_recovered_failure_frees_its_worker_for_the_queue().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_failure_frees_its_worker_for_the_queue_multi_thread() {
+    a_recovered_failure_frees_its_worker_for_the_queue().await;
+}
+
+/// The catch-error step itself fails.
+struct BadRecovery {
+    recoveries: AtomicU32,
+}
+
+#[workflow]
+impl BadRecovery {
+    #[step]
+    async fn work(&self, _ev: StartEvent<()>) -> Result<StopEvent<()>, DiskFull> {
+        Err(DiskFull)
+    }
+
+    #[step]
+    async fn recover(&self, _failure: StepFailure) -> Result<StopEvent<()>, DiskFull> {
+        self.recoveries.fetch_add(1, Ordering::SeqCst);
+        Err(DiskFull)
+    }
+}
+
+async fn the_catch_error_step_never_handles_its_own_failure() {
+    let runner = BadRecovery {
+        recoveries: AtomicU32::new(0),
+    }
+    .runner()
+    .max_recoveries(5);
+    let mut handler = runner.start(());
+    let mut events = handler.events();
+    let error = (&mut handler).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "step `recover` failed after 1 attempt(s)"
+    );
+    assert_eq!(
+        runner.workflow().recoveries.load(Ordering::SeqCst),
+        1,
+        "ran once"
+    );
+    // Stream consumers get the cause too, not only "failed after 1 attempt(s)".
+    let mut last = None;
+    while let Some(item) = events.next().await {
+        last = Some(item);
+    }
+    match last {
+        Some(StreamItem::End(Outcome::Failed(message))) => assert_eq!(
+            message,
+            "step `recover` failed after 1 attempt(s): the disk is full"
+        ),
+        other => panic!("expected the failure outcome, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_catch_error_step_never_handles_its_own_failure_current_thread() {
+    the_catch_error_step_never_handles_its_own_failure().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catch_error_step_never_handles_its_own_failure_multi_thread() {
+    the_catch_error_step_never_handles_its_own_failure().await;
+}
+
+#[derive(Debug, Clone, Event)]
+struct Hit(u32);
+
+#[derive(Debug, Clone, Event)]
+struct Miss(u32);
+
+#[derive(Debug, Clone, Event)]
+struct Other(u32);
+
+/// `collect_each::<(Hit, Miss, Hit)>` in a step that also accepts `Other`.
+struct Joiner {
+    others: Mutex<Vec<u32>>,
+}
+
+#[workflow]
+impl Joiner {
+    #[step(emits = [Hit, Miss, Other])]
+    async fn fan(&self, ctx: &Context<Self>, _ev: StartEvent<()>) {
+        ctx.send_event(Other(9));
+        ctx.send_event(Hit(1));
+        ctx.send_event(Other(8));
+        ctx.send_event(Miss(2));
+        ctx.send_event(Hit(3));
+    }
+
+    #[step]
+    async fn join(
+        &self,
+        ctx: &Context<Self>,
+        ev: Either<Hit, Either<Miss, Other>>,
+    ) -> Option<StopEvent<String>> {
+        if let Either::Right(Either::Right(other)) = &ev {
+            self.others.lock().unwrap().push(other.0);
+        }
+        let (a, miss, b) = ctx.collect_each::<(Hit, Miss, Hit)>(ev)?;
+        Some(StopEvent(format!("{} {} {}", a.0, miss.0, b.0)))
+    }
+}
+
+async fn collect_each_takes_exactly_the_collected_types() {
+    let runner = Joiner {
+        others: Mutex::default(),
+    }
+    .runner();
+    assert_eq!(runner.run(()).await.unwrap(), "1 2 3");
+    let mut others = runner.workflow().others.lock().unwrap().clone();
+    others.sort_unstable();
+    assert_eq!(others, [8, 9], "the other type was left to the step");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn collect_each_takes_exactly_the_collected_types_current_thread() {
+    collect_each_takes_exactly_the_collected_types().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collect_each_takes_exactly_the_collected_types_multi_thread() {
+    collect_each_takes_exactly_the_collected_types().await;
+}
+
+/// `collect(ev, 0)`: a count that cannot hold the event.
+struct ZeroCount;
+
+#[workflow]
+impl ZeroCount {
+    #[step]
+    async fn fan(&self, _ev: StartEvent<()>) -> Job {
+        Job(1)
+    }
+
+    #[step]
+    async fn join(&self, ctx: &Context<Self>, ev: Job) -> Option<StopEvent<usize>> {
+        let all = ctx.collect(ev, 0)?;
+        Some(StopEvent(all.len()))
+    }
+}
+
+#[tokio::test]
+async fn collect_with_a_count_of_zero_fails_the_step_clearly() {
+    let error = ZeroCount.run(()).await.unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.starts_with("step `join` panicked: `collect` of a `"),
+        "{text}"
+    );
+    assert!(text.contains("with a count of 0"), "{text}");
+}
