@@ -364,7 +364,8 @@ async fn a_busy_run_still_times_out_and_lets_other_tasks_run() {
     let runner = Spin {
         ticks: ticks.clone(),
     }
-    .timeout(Duration::from_millis(100));
+    .timeout(Duration::from_millis(100))
+    .max_loop_invocations(None); // spinning is the point here
     let started = std::time::Instant::now();
     let error = bounded("busy run with a timeout", runner.run(()))
         .await
@@ -385,7 +386,8 @@ async fn a_busy_run_still_reads_its_inbox() {
     let runner = Spin {
         ticks: ticks.clone(),
     }
-    .runner();
+    .runner()
+    .max_loop_invocations(None); // spinning is the point here
     for round in 0..20 {
         let handler = runner.start(());
         // The run must yield for this task to get here at all on one thread.
@@ -403,7 +405,8 @@ async fn a_busy_run_is_halted_from_a_std_thread() {
     let runner = Spin {
         ticks: ticks.clone(),
     }
-    .runner();
+    .runner()
+    .max_loop_invocations(None); // spinning is the point here
     for round in 0..50u64 {
         let handler = runner.start(());
         // The handler goes to a plain thread, which sends the halt and hands it back.

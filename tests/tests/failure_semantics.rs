@@ -247,3 +247,110 @@ async fn collect_with_a_count_of_zero_fails_the_step_clearly() {
     );
     assert!(text.contains("with a count of 0"), "{text}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The runaway-loop guard (issue 10, item 2).
+
+#[derive(Debug, Clone, Event)]
+struct Draft(u32);
+
+#[derive(Debug, Clone, Event)]
+struct Review(u32);
+
+/// `write` and `judge` loop until the judge is satisfied, which it never is when `never` is
+/// set; `setup` and the fan-out are on no loop.
+struct Critic {
+    never: bool,
+}
+
+#[workflow]
+impl Critic {
+    #[step]
+    async fn setup(&self, ev: StartEvent<u32>) -> Draft {
+        Draft(ev.0)
+    }
+
+    #[step]
+    async fn write(&self, ev: Draft) -> Review {
+        Review(ev.0 + 1)
+    }
+
+    #[step]
+    async fn judge(&self, ev: Review) -> Either<Draft, StopEvent<u32>> {
+        if self.never || ev.0 < 10 {
+            Either::Left(Draft(ev.0))
+        } else {
+            Either::Right(StopEvent(ev.0))
+        }
+    }
+}
+
+async fn a_runaway_loop_ends_with_an_error_naming_the_loop() {
+    assert_eq!(Critic { never: false }.run(0).await.unwrap(), 10);
+    let error = Critic { never: true }
+        .runner()
+        .max_loop_invocations(Some(500))
+        .run(0)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        &error,
+        WorkflowError::LoopLimit {
+            count: 501,
+            limit: 500,
+            ..
+        }
+    ));
+    assert_eq!(
+        error.to_string(),
+        "the run invoked steps on a loop 501 times without ending (`write` -> `judge` -> \
+         `write`): a loop whose exit is never taken? The limit is 500 per run \
+         (`Runner::max_loop_invocations`)"
+    );
+    // The default guard ends it too, and `None` removes the guard (bounded here by a timeout).
+    let error = Critic { never: true }.run(0).await.unwrap_err();
+    assert!(
+        matches!(error, WorkflowError::LoopLimit { limit: 10_000, .. }),
+        "{error}"
+    );
+    let error = Critic { never: true }
+        .runner()
+        .max_loop_invocations(None)
+        .timeout(std::time::Duration::from_millis(200))
+        .run(0)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, WorkflowError::TimedOut { .. }), "{error}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_runaway_loop_ends_with_an_error_naming_the_loop_current_thread() {
+    a_runaway_loop_ends_with_an_error_naming_the_loop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_loop_ends_with_an_error_naming_the_loop_multi_thread() {
+    a_runaway_loop_ends_with_an_error_naming_the_loop().await;
+}
+
+/// A fan-out far past the loop limit is no loop: the guard leaves it alone.
+struct Wide;
+
+#[workflow]
+impl Wide {
+    #[step]
+    async fn fan(&self, ev: StartEvent<u32>) -> Vec<Job> {
+        (0..ev.0).map(Job).collect()
+    }
+
+    #[step]
+    async fn join(&self, ctx: &Context<Self>, ev: Job) -> Option<StopEvent<usize>> {
+        let all = ctx.collect(ev, 20_000)?;
+        Some(StopEvent(all.len()))
+    }
+}
+
+#[tokio::test]
+async fn the_loop_guard_does_not_count_steps_on_no_loop() {
+    assert_eq!(Wide.run(20_000).await.unwrap(), 20_000);
+}

@@ -118,6 +118,21 @@ pub enum WorkflowError {
     /// A durable run's store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The runaway-loop guard ([`Runner::max_loop_invocations`](crate::Runner::max_loop_invocations)):
+    /// steps on a loop were invoked more often than the limit allows in one run.
+    #[error(
+        "the run invoked steps on a loop {count} times without ending ({}): a loop whose exit \
+         is never taken? The limit is {limit} per run (`Runner::max_loop_invocations`)",
+        cycle.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(" -> ")
+    )]
+    LoopLimit {
+        /// The loop through the step that crossed the limit, that step first and last.
+        cycle: Vec<&'static str>,
+        /// How many invocations of steps on loops the run made.
+        count: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// A durable run cannot be started or resumed as asked.
     #[error("durable run `{key}`: {reason}")]
     Durable {

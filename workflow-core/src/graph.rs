@@ -228,6 +228,63 @@ impl Graph {
         }
     }
 
+    /// A shortest cycle of steps through `step` (`step` first; an emitted event of each is
+    /// accepted by the next, and the last's by `step`), or `None` when `step` lies on no loop.
+    ///
+    /// ```
+    /// use tidewater::prelude::*;
+    /// #[derive(Debug, Clone, Event)] struct Again(u32);
+    /// struct Count;
+    /// #[workflow]
+    /// impl Count {
+    ///     #[step] async fn begin(&self, ev: StartEvent<u32>) -> Again { Again(ev.0) }
+    ///     #[step] async fn tick(&self, ev: Again) -> Either<Again, StopEvent<u32>> {
+    ///         if ev.0 == 0 { Either::Right(StopEvent(0)) } else { Either::Left(Again(ev.0 - 1)) }
+    ///     }
+    /// }
+    /// let graph = Count::graph();
+    /// assert_eq!(graph.cycle_through(0), None);
+    /// assert_eq!(graph.cycle_through(1), Some(vec![1]));
+    /// ```
+    pub fn cycle_through(&self, step: usize) -> Option<Vec<usize>> {
+        let feeds = |from: usize, to: usize| {
+            self.steps[from]
+                .emits
+                .iter()
+                .any(|emitted| self.accepts(to, emitted.id))
+        };
+        // Breadth-first from `step`, remembering each step's predecessor.
+        let mut before: Vec<Option<usize>> = vec![None; self.steps.len()];
+        let mut frontier = vec![step];
+        while !frontier.is_empty() {
+            let mut next = Vec::new();
+            for &from in &frontier {
+                for to in 0..self.steps.len() {
+                    if !feeds(from, to) {
+                        continue;
+                    }
+                    if to == step {
+                        let mut path = vec![from];
+                        while let Some(prev) = before[*path.last().expect("non-empty")] {
+                            path.push(prev);
+                        }
+                        if *path.last().expect("non-empty") != step {
+                            path.push(step);
+                        }
+                        path.reverse();
+                        return Some(path);
+                    }
+                    if before[to].is_none() {
+                        before[to] = Some(from);
+                        next.push(to);
+                    }
+                }
+            }
+            frontier = next;
+        }
+        None
+    }
+
     /// Does step `step` accept the event `id`?
     pub const fn accepts(&self, step: usize, id: EventId) -> bool {
         let accepts = self.steps[step].accepts;

@@ -62,7 +62,7 @@ pub use handler::Handler;
 pub use retry::RetryPolicy;
 pub use step_ref::{Accepts, StepRef};
 pub use stream::{DEFAULT_STREAM_CAPACITY, EventStream, Outcome, StreamItem};
-pub use workflow::{Runner, Workflow};
+pub use workflow::{DEFAULT_MAX_LOOP_INVOCATIONS, Runner, Workflow};
 
 #[doc(hidden)]
 pub use event::{EventKind, EventMeta, IntoDynEvent, StepInput};

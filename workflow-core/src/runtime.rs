@@ -216,6 +216,10 @@ struct Executor<W: Workflow, F> {
     deadline: Option<Pin<Box<Sleep>>>,
     begun: bool,
     ended: bool,
+    /// Invocations of steps on a loop so far (the runaway-loop guard).
+    loop_invocations: u64,
+    /// The step whose invocation crossed the loop limit.
+    runaway: Option<usize>,
     /// A durable run saved a status that gave up its claim on the store (ended or parked).
     released: bool,
 }
@@ -343,6 +347,8 @@ where
             deadline: None,
             begun: false,
             ended: false,
+            loop_invocations: 0,
+            runaway: None,
             released: false,
             runner,
         }
@@ -432,6 +438,20 @@ where
             }
             if let Some(output) = self.output.take() {
                 return Poll::Ready(Ok(output));
+            }
+            if let Some(step) = self.runaway {
+                let cycle = W::GRAPH
+                    .cycle_through(step)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain([step])
+                    .map(|s| W::GRAPH.steps[s].name)
+                    .collect();
+                return Poll::Ready(Err(WorkflowError::LoopLimit {
+                    cycle,
+                    count: self.loop_invocations,
+                    limit: self.runner.config.max_loop_invocations.unwrap_or(0),
+                }));
             }
             if budget > 0 {
                 if let Some(index) = self.ready.pop_front() {
@@ -727,6 +747,17 @@ where
     }
 
     fn start(&mut self, step: usize, event: DynEvent, attempt: u32) {
+        if self.runner.config.on_loop[step] {
+            self.loop_invocations += 1;
+            if self
+                .runner
+                .config
+                .max_loop_invocations
+                .is_some_and(|limit| self.loop_invocations > limit)
+            {
+                self.runaway.get_or_insert(step);
+            }
+        }
         let state = &mut self.steps[step];
         state.busy += 1;
         let worker = if state.limit == 1 {

@@ -200,6 +200,10 @@ pub struct Runner<W: Workflow> {
     pub(crate) fingerprint: Arc<str>,
 }
 
+/// How many invocations of steps on a loop one run may make by default before it fails with
+/// [`WorkflowError::LoopLimit`] (see [`Runner::max_loop_invocations`]).
+pub const DEFAULT_MAX_LOOP_INVOCATIONS: u64 = 10_000;
+
 /// The per-step settings from `#[step(retry = .., timeout = ..)]`.
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -218,6 +222,11 @@ pub(crate) struct RunConfig {
     pub(crate) internal_events: bool,
     pub(crate) verbose: bool,
     pub(crate) max_recoveries: u32,
+    /// The runaway-loop guard: at most this many invocations per run of steps that lie on a
+    /// loop of the graph.
+    pub(crate) max_loop_invocations: Option<u64>,
+    /// Which steps lie on a loop (computed once per runner).
+    pub(crate) on_loop: Arc<[bool]>,
     pub(crate) run_limit: Option<Arc<Semaphore>>,
     pub(crate) steps: Arc<[StepConfig]>,
     pub(crate) store: Option<Arc<dyn Store>>,
@@ -264,6 +273,10 @@ impl<W: Workflow> Runner<W> {
                 internal_events: false,
                 verbose: false,
                 max_recoveries: 3,
+                max_loop_invocations: Some(DEFAULT_MAX_LOOP_INVOCATIONS),
+                on_loop: (0..W::GRAPH.steps.len())
+                    .map(|step| W::GRAPH.cycle_through(step).is_some())
+                    .collect(),
                 run_limit: None,
                 steps: (0..W::GRAPH.steps.len()).map(W::__step_config).collect(),
                 store: None,
@@ -304,6 +317,24 @@ impl<W: Workflow> Runner<W> {
     /// [`StepFailure`]: crate::StepFailure
     pub fn max_recoveries(mut self, n: u32) -> Runner<W> {
         self.config.max_recoveries = n;
+        self
+    }
+
+    /// The runaway-loop guard: a run fails with [`WorkflowError::LoopLimit`] once steps that lie
+    /// on a loop of its graph have been invoked more than `limit` times in it (a loop whose exit
+    /// is never taken would otherwise spin forever when the run has no timeout). Steps on no
+    /// loop are not counted, so fan-outs of any size are unaffected. The default is
+    /// [`DEFAULT_MAX_LOOP_INVOCATIONS`]; `None` removes the guard.
+    ///
+    /// ```
+    /// # use tidewater::prelude::*;
+    /// # struct Flow;
+    /// # #[workflow] impl Flow { #[step] async fn go(&self, ev: StartEvent<u8>) -> StopEvent<u8> { StopEvent(ev.0) } }
+    /// let runner = Flow.runner().max_loop_invocations(Some(100_000)); // a long agent loop
+    /// let unbounded = Flow.runner().max_loop_invocations(None);        // no guard
+    /// ```
+    pub fn max_loop_invocations(mut self, limit: Option<u64>) -> Runner<W> {
+        self.config.max_loop_invocations = limit;
         self
     }
 
