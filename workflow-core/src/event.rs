@@ -38,6 +38,27 @@ pub trait Event: fmt::Debug + Clone + Send + 'static {
     /// For a request: the id of its paired response type.
     #[doc(hidden)]
     const RESPONSE: Option<EventId> = None;
+
+    /// The event as JSON, when its type is `Serialize` (`#[derive(Event)]` finds out); `None`
+    /// otherwise. Used by the stream of a served workflow.
+    #[doc(hidden)]
+    fn __to_json(&self) -> Option<Result<serde_json::Value, String>> {
+        None
+    }
+
+    /// The event from JSON, when its type is `Deserialize`; the error names the bad field.
+    #[doc(hidden)]
+    fn __from_json(value: serde_json::Value) -> Option<Result<Self, String>> {
+        let _ = value;
+        None
+    }
+
+    /// The JSON schema of the event, when its type derives `schemars::JsonSchema` (and the
+    /// `serve` feature is on).
+    #[doc(hidden)]
+    fn __schema() -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// A request to the world outside the workflow (a human, another system): a step emits it, the
@@ -293,6 +314,7 @@ trait ErasedEvent: Any + Send {
     fn as_any(&self) -> &dyn Any;
     fn as_any_box(self: Box<Self>) -> Box<dyn Any>;
     fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
+    fn to_json(&self) -> Option<Result<serde_json::Value, String>>;
 }
 
 impl<E: Event> ErasedEvent for E {
@@ -310,6 +332,9 @@ impl<E: Event> ErasedEvent for E {
     }
     fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self, f)
+    }
+    fn to_json(&self) -> Option<Result<serde_json::Value, String>> {
+        self.__to_json()
     }
 }
 
@@ -337,6 +362,12 @@ impl DynEvent {
     #[doc(hidden)]
     pub fn meta(&self) -> EventMeta {
         self.0.meta()
+    }
+
+    /// The event as JSON: `None` when its type is not `Serialize`.
+    #[doc(hidden)]
+    pub fn to_json(&self) -> Option<Result<serde_json::Value, String>> {
+        self.0.to_json()
     }
 
     /// Is this event an `E`?
@@ -391,6 +422,10 @@ pub struct EventMeta {
     pub response: Option<EventId>,
     /// The Rust type's identity, for run-time checks the constants cannot make.
     pub type_id: fn() -> TypeId,
+    /// Decodes the event from JSON (`None`: the type is not `Deserialize`).
+    pub from_json: fn(serde_json::Value) -> Option<Result<DynEvent, String>>,
+    /// The event's JSON schema (`None`: the type has none).
+    pub schema: fn() -> Option<serde_json::Value>,
 }
 
 impl EventMeta {
@@ -402,8 +437,93 @@ impl EventMeta {
             kind: E::KIND,
             response: E::RESPONSE,
             type_id: TypeId::of::<E>,
+            from_json: dyn_from_json::<E>,
+            schema: E::__schema,
         }
     }
+}
+
+fn dyn_from_json<E: Event>(value: serde_json::Value) -> Option<Result<DynEvent, String>> {
+    E::__from_json(value).map(|decoded| decoded.map(DynEvent::new))
+}
+
+/// Autoref specialization for `#[derive(Event)]`: the derive calls
+/// `(&&Probe::<Self>::NEW).to_json(..)`, which picks the serde impl when the concrete type has
+/// one and the fallback (`None`) when it does not. Not public API.
+#[doc(hidden)]
+pub mod probe {
+    use std::marker::PhantomData;
+
+    /// The receiver of the probe calls.
+    pub struct Probe<T>(PhantomData<fn() -> T>);
+
+    impl<T> Probe<T> {
+        /// The probe.
+        pub const NEW: Probe<T> = Probe(PhantomData);
+    }
+
+    /// Picked when `T` is `Serialize + DeserializeOwned`.
+    pub trait ViaSerde<T> {
+        /// `T` to JSON.
+        fn to_json(&self, value: &T) -> Option<Result<serde_json::Value, String>>;
+        /// `T` from JSON; the error names the path of the bad field.
+        fn decode_json(&self, value: serde_json::Value) -> Option<Result<T, String>>;
+    }
+
+    impl<T: serde::Serialize + serde::de::DeserializeOwned> ViaSerde<T> for &Probe<T> {
+        fn to_json(&self, value: &T) -> Option<Result<serde_json::Value, String>> {
+            Some(serde_json::to_value(value).map_err(|e| e.to_string()))
+        }
+        fn decode_json(&self, value: serde_json::Value) -> Option<Result<T, String>> {
+            Some(serde_path_to_error::deserialize(value).map_err(|e| {
+                let path = e.path().to_string();
+                if path == "." {
+                    e.into_inner().to_string()
+                } else {
+                    format!("{path}: {}", e.into_inner())
+                }
+            }))
+        }
+    }
+
+    /// Picked when `T` is not serde: nothing.
+    pub trait NoSerde<T> {
+        /// `None`.
+        fn to_json(&self, value: &T) -> Option<Result<serde_json::Value, String>> {
+            let _ = value;
+            None
+        }
+        /// `None`.
+        fn decode_json(&self, value: serde_json::Value) -> Option<Result<T, String>> {
+            let _ = value;
+            None
+        }
+    }
+
+    impl<T> NoSerde<T> for Probe<T> {}
+
+    /// Picked when `T` derives `schemars::JsonSchema` and the `serve` feature is on.
+    pub trait ViaSchema {
+        /// The schema.
+        fn schema(&self) -> Option<serde_json::Value>;
+    }
+
+    #[cfg(feature = "serve")]
+    impl<T: schemars::JsonSchema> ViaSchema for &Probe<T> {
+        fn schema(&self) -> Option<serde_json::Value> {
+            serde_json::to_value(schemars::schema_for!(T)).ok()
+        }
+    }
+
+    /// Picked otherwise: no schema.
+    pub trait NoSchema {
+        /// `None`.
+        fn schema(&self) -> Option<serde_json::Value> {
+            None
+        }
+    }
+
+    impl<T> NoSchema for Probe<T> {}
 }
 
 /// Converts a type-erased event into what a step's parameter expects: one event type or an

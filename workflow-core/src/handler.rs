@@ -62,6 +62,11 @@ impl<W: Workflow> Handler<W> {
         Handler { shared, task }
     }
 
+    #[cfg(feature = "serve")]
+    pub(crate) fn shared_arc(&self) -> Arc<RunShared<W>> {
+        self.shared.clone()
+    }
+
     pub(crate) fn shared(&self) -> &RunShared<W> {
         &self.shared
     }

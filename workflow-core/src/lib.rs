@@ -48,6 +48,8 @@ mod handler;
 mod output;
 mod retry;
 mod runtime;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod snapshot;
 mod step_ref;
 pub mod store;
@@ -108,13 +110,18 @@ pub mod prelude {
 pub mod __private {
     pub use crate::context::{Context, EventOf};
     pub use crate::error::BoxError;
+    pub use crate::event::probe;
     pub use crate::event::{DynEvent, Event, EventId, EventKind, EventMeta, Request, StepInput};
     pub use crate::graph::{Graph, StepSpec};
     pub use crate::output::{Emitted, StepOutput};
     pub use crate::retry::RetryPolicy;
+    #[cfg(feature = "serve")]
+    pub use crate::serve;
     pub use crate::snapshot;
     pub use crate::step_ref::StepRef;
     pub use crate::workflow::{StepConfig, Workflow, start_event};
+    #[cfg(feature = "serve")]
+    pub use inventory;
     pub use serde_json;
     pub use std::format;
     pub use std::string::String;

@@ -11,6 +11,8 @@ pub(crate) struct WorkflowOptions {
     pub(crate) state: Option<Type>,
     pub(crate) krate: Option<Path>,
     pub(crate) skip_graph_checks: bool,
+    /// `serve = "name"`: registered for `tidewater-server` under that name.
+    pub(crate) serve: Option<syn::LitStr>,
 }
 
 /// `#[step(num_workers = N, emits = [A, B], skip_graph_checks)]`.
@@ -56,6 +58,7 @@ pub(crate) fn parse_workflow_options(args: TokenStream, errors: &mut Errors) -> 
         state: None,
         krate: None,
         skip_graph_checks: false,
+        serve: None,
     };
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("state") {
@@ -67,9 +70,11 @@ pub(crate) fn parse_workflow_options(args: TokenStream, errors: &mut Errors) -> 
             options.skip_graph_checks = true;
         } else if meta.path.is_ident("durable") {
             options.durable = true;
+        } else if meta.path.is_ident("serve") {
+            options.serve = Some(meta.value()?.parse()?);
         } else {
             return Err(meta.error(format!(
-                "unknown `#[workflow]` option `{}`; expected `state`, `durable`, `crate` or `skip_graph_checks`",
+                "unknown `#[workflow]` option `{}`; expected `state`, `durable`, `serve`, `crate` or `skip_graph_checks`",
                 path_name(&meta.path)
             )));
         }

@@ -79,6 +79,27 @@ fn expand(input: TokenStream) -> syn::Result<TokenStream> {
             const NAME: &'static str = ::core::concat!(::core::module_path!(), "::", #name);
             #kind
             #response_id
+
+            // Serde and schemars are optional for an event: the probes pick their impls when
+            // this type has them, and `None` when it does not.
+            fn __to_json(
+                &self,
+            ) -> ::core::option::Option<::core::result::Result<#private::serde_json::Value, #private::String>> {
+                use #private::probe::{NoSerde as _, ViaSerde as _};
+                (&&#private::probe::Probe::<Self>::NEW).to_json(self)
+            }
+
+            fn __from_json(
+                value: #private::serde_json::Value,
+            ) -> ::core::option::Option<::core::result::Result<Self, #private::String>> {
+                use #private::probe::{NoSerde as _, ViaSerde as _};
+                (&&#private::probe::Probe::<Self>::NEW).decode_json(value)
+            }
+
+            fn __schema() -> ::core::option::Option<#private::serde_json::Value> {
+                use #private::probe::{NoSchema as _, ViaSchema as _};
+                (&&#private::probe::Probe::<Self>::NEW).schema()
+            }
         }
         #request_impl
     })

@@ -148,6 +148,17 @@ fn generate(
     });
 
     let durable = options.durable.then(|| durable_codec(&private, model));
+    // `serve = "name"`: a registration `tidewater-server` finds through inventory.
+    let serve = options.serve.as_ref().map(|name| {
+        quote! {
+            #private::inventory::submit! {
+                #private::serve::Registration {
+                    name: #name,
+                    make: #private::serve::make_default::<#self_ty>,
+                }
+            }
+        }
+    });
     let steps_const = steps_const(&private, self_ty, model);
     let event_of = event_of_impls(&private, self_ty, model, shape);
     let checks = graph_checks(&private, self_ty, options, model, shape);
@@ -198,6 +209,7 @@ fn generate(
             #steps_const
             #(#event_of)*
             #checks
+            #serve
         };
     }
 }

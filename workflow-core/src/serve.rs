@@ -1,0 +1,402 @@
+//! Running a workflow from JSON, type-erased: what an HTTP server (`tidewater-server`) needs to
+//! serve any workflow without knowing its Rust types (feature `serve`).
+//!
+//! A [`ServedWorkflow`] validates a start event given as JSON **before** anything runs (a bad
+//! payload is an [`InvalidEvent`] naming the field, and no run exists), starts the run, and
+//! hands back a [`ServedRun`]: its stream, a [`RunControl`] to send JSON events or cancel, and
+//! its outcome as JSON. `#[workflow(serve = "name")]` registers a workflow (built with
+//! `Default`) through [`inventory`]; [`registered`] lists them.
+//!
+//! ```
+//! use tidewater::prelude::*;
+//! use tidewater::serve::{ServedWorkflow, served};
+//!
+//! #[derive(Debug, Clone, Event)]
+//! struct Greeted { text: String }
+//!
+//! struct Greet;
+//!
+//! #[workflow]
+//! impl Greet {
+//!     #[step]
+//!     async fn greet(&self, ev: StartEvent<String>) -> StopEvent<String> {
+//!         StopEvent(format!("hello {}", ev.0))
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let served = served(Greet.runner());
+//! // Refused before anything runs: a number is not a string.
+//! assert!(served.start(serde_json::json!(42)).is_err());
+//! let run = served.start(serde_json::json!("Ada")).unwrap();
+//! assert_eq!(run.outcome.await.unwrap(), serde_json::json!("hello Ada"));
+//! # }
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::context::RunId;
+use crate::error::WorkflowError;
+use crate::event::{DynEvent, EventKind, EventMeta};
+use crate::graph::Graph;
+use crate::stream::EventStream;
+use crate::workflow::{Runner, Workflow, post_external};
+
+/// A workflow registered with `#[workflow(serve = "name")]`, found by [`registered`].
+#[derive(Debug)]
+pub struct Registration {
+    /// The name it is served under.
+    pub name: &'static str,
+    /// Builds it (with the workflow type's `Default`).
+    pub make: fn() -> Arc<dyn ServedWorkflow>,
+}
+
+inventory::collect!(Registration);
+
+/// Every workflow registered with `#[workflow(serve = "name")]` in the binary, sorted by name.
+pub fn registered() -> Vec<&'static Registration> {
+    let mut all: Vec<_> = inventory::iter::<Registration>.into_iter().collect();
+    all.sort_by_key(|r| r.name);
+    all
+}
+
+/// A JSON payload that does not fit the event it should be: nothing was started or sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InvalidEvent {
+    /// What is wrong, naming the bad field (`text: invalid type: integer ..`).
+    pub message: String,
+}
+
+impl InvalidEvent {
+    fn new(message: impl Into<String>) -> InvalidEvent {
+        InvalidEvent {
+            message: message.into(),
+        }
+    }
+}
+
+/// The type-erased face of a workflow served from JSON. Made by [`served`], or by
+/// `#[workflow(serve = "name")]`.
+pub trait ServedWorkflow: Send + Sync + 'static {
+    /// The workflow's graph (its name, steps and events).
+    fn graph(&self) -> &'static Graph;
+    /// The JSON schema of the start event's payload.
+    fn start_schema(&self) -> Value;
+    /// The JSON schema of the output.
+    fn stop_schema(&self) -> Value;
+    /// Every event of the graph with a schema: `(name, schema)`; an event whose type has no
+    /// `JsonSchema` gets `{"title": <short name>}`.
+    fn event_schemas(&self) -> Vec<(&'static str, Value)>;
+    /// Validates `input` as the start event's payload, then starts the run. On error nothing
+    /// runs.
+    ///
+    /// # Errors
+    /// [`InvalidEvent`] naming the bad field.
+    fn start(&self, input: Value) -> Result<ServedRun, InvalidEvent>;
+}
+
+/// A started run of a [`ServedWorkflow`].
+pub struct ServedRun {
+    /// The run's id.
+    pub run_id: RunId,
+    /// The run's stream from its start (nothing missed), ending with the terminal item.
+    pub events: EventStream,
+    /// Sends events into the run, cancels it.
+    pub control: RunControl,
+    /// The run's output as JSON, or its error.
+    pub outcome: Pin<Box<dyn Future<Output = Result<Value, WorkflowError>> + Send>>,
+}
+
+impl std::fmt::Debug for ServedRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServedRun")
+            .field("run_id", &self.run_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sends JSON events into a served run and cancels it; cheap to clone.
+#[derive(Clone)]
+pub struct RunControl(Arc<dyn Control>);
+
+impl std::fmt::Debug for RunControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RunControl")
+    }
+}
+
+trait Control: Send + Sync {
+    fn send(&self, event: DynEvent, step: Option<&str>) -> Result<(), InvalidEvent>;
+    fn cancel(&self);
+    fn decode(&self, kind: &str, value: Value) -> Result<DynEvent, InvalidEvent>;
+}
+
+impl RunControl {
+    /// Decodes `value` as the event named `kind` (its short name, `Answer`, or its full name,
+    /// `my_crate::Answer`) and delivers it to the run (to `step` only, when given). Nothing is
+    /// delivered when the payload is refused.
+    ///
+    /// # Errors
+    /// [`InvalidEvent`]: an unknown event type, a payload that does not fit it (naming the
+    /// field), or an unknown step.
+    pub fn send_json(
+        &self,
+        kind: &str,
+        value: Value,
+        step: Option<&str>,
+    ) -> Result<(), InvalidEvent> {
+        let event = self.0.decode(kind, value)?;
+        self.0.send(event, step)
+    }
+
+    /// Cancels the run.
+    pub fn cancel(&self) {
+        self.0.cancel();
+    }
+}
+
+/// The short name of an event (`my_crate::events::Answer` -> `Answer`), as the wire's `type`.
+pub fn short_name(name: &str) -> &str {
+    match name {
+        "tidewater::StartEvent" => "StartEvent",
+        "tidewater::StopEvent" => "StopEvent",
+        _ => name.rsplit("::").next().unwrap_or(name),
+    }
+}
+
+/// The wire envelope of an event: `{"type", "types", "qualified_name", "value"}`; a request to
+/// a human is also an `InputRequiredEvent`, a response a `HumanResponseEvent` (the names the
+/// Python clients look for). A type without serde shows as `{"debug": "<Debug>"}`.
+pub fn envelope(event: &DynEvent) -> Value {
+    let value = match event.to_json() {
+        Some(Ok(value)) => value,
+        Some(Err(error)) => serde_json::json!({ "error": error }),
+        None => serde_json::json!({ "debug": format!("{event:?}") }),
+    };
+    let types = match event.kind() {
+        EventKind::Request => serde_json::json!(["InputRequiredEvent"]),
+        EventKind::Response => serde_json::json!(["HumanResponseEvent"]),
+        _ => Value::Null,
+    };
+    serde_json::json!({
+        "value": value,
+        "qualified_name": event.name(),
+        "type": short_name(event.name()),
+        "types": types,
+    })
+}
+
+/// Serves `runner`'s workflow from JSON. Its input must be `Deserialize` and `JsonSchema`, its
+/// output `Serialize` and `JsonSchema`; its events are encoded when their types are
+/// `Serialize` and decoded when they are `Deserialize`.
+pub fn served<W>(runner: Runner<W>) -> Arc<dyn ServedWorkflow>
+where
+    W: Workflow,
+    W::Input: DeserializeOwned + schemars::JsonSchema,
+    W::Output: Serialize + schemars::JsonSchema,
+{
+    Arc::new(Served {
+        runner,
+        extra: Vec::new(),
+    })
+}
+
+/// [`served`] with events that are not in the graph but can be sent into a run (a response a
+/// step waits for inline with `ctx.wait_for::<R>()`).
+pub fn served_with<W>(runner: Runner<W>, extra: Vec<EventMeta>) -> Arc<dyn ServedWorkflow>
+where
+    W: Workflow,
+    W::Input: DeserializeOwned + schemars::JsonSchema,
+    W::Output: Serialize + schemars::JsonSchema,
+{
+    Arc::new(Served { runner, extra })
+}
+
+/// The [`Registration`] `#[workflow(serve = "name")]` generates. Not public API.
+#[doc(hidden)]
+pub fn make_default<W>() -> Arc<dyn ServedWorkflow>
+where
+    W: Workflow + Default,
+    W::Input: DeserializeOwned + schemars::JsonSchema,
+    W::Output: Serialize + schemars::JsonSchema,
+{
+    served(Runner::new(W::default()))
+}
+
+struct Served<W: Workflow> {
+    runner: Runner<W>,
+    extra: Vec<EventMeta>,
+}
+
+fn schema_of<T: schemars::JsonSchema>() -> Value {
+    serde_json::to_value(schemars::schema_for!(T)).unwrap_or(Value::Null)
+}
+
+/// Every event a run of `W` can take from outside: what its steps accept, plus the extras.
+fn events_of<W: Workflow>(extra: &[EventMeta]) -> Vec<EventMeta> {
+    let mut all: Vec<EventMeta> = Vec::new();
+    let graph = W::GRAPH;
+    for meta in graph
+        .steps
+        .iter()
+        .flat_map(|s| s.accepts.iter().chain(s.emits.iter()))
+        .chain(extra)
+    {
+        if !all.iter().any(|m| m.id == meta.id) {
+            all.push(*meta);
+        }
+    }
+    all
+}
+
+impl<W> ServedWorkflow for Served<W>
+where
+    W: Workflow,
+    W::Input: DeserializeOwned + schemars::JsonSchema,
+    W::Output: Serialize + schemars::JsonSchema,
+{
+    fn graph(&self) -> &'static Graph {
+        W::GRAPH
+    }
+
+    fn start_schema(&self) -> Value {
+        schema_of::<W::Input>()
+    }
+
+    fn stop_schema(&self) -> Value {
+        let mut schema = serde_json::json!({
+            "title": "StopEvent",
+            "type": "object",
+            "properties": { "result": schema_of::<W::Output>() },
+            "required": ["result"],
+        });
+        // Hoist the output's definitions so its `$ref`s resolve from the root.
+        if let Some(defs) = schema["properties"]["result"]
+            .as_object_mut()
+            .and_then(|o| o.remove("$defs"))
+        {
+            schema["$defs"] = defs;
+        }
+        schema
+    }
+
+    fn event_schemas(&self) -> Vec<(&'static str, Value)> {
+        events_of::<W>(&self.extra)
+            .into_iter()
+            .map(|meta| {
+                let schema = match meta.kind {
+                    EventKind::Start => self.start_schema(),
+                    EventKind::Stop => self.stop_schema(),
+                    _ => (meta.schema)()
+                        .unwrap_or_else(|| serde_json::json!({ "title": short_name(meta.name) })),
+                };
+                (meta.name, schema)
+            })
+            .collect()
+    }
+
+    fn start(&self, input: Value) -> Result<ServedRun, InvalidEvent> {
+        let input: W::Input = serde_path_to_error::deserialize(input).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                InvalidEvent::new(inner.to_string())
+            } else {
+                InvalidEvent::new(format!("{path}: {inner}"))
+            }
+        })?;
+        let mut handler = self.runner.start(input);
+        let events = handler.events();
+        let run_id = handler.run_id();
+        let shared = handler.shared_arc();
+        let control = RunControl(Arc::new(Controls::<W> {
+            shared,
+            accepted: events_of::<W>(&self.extra),
+        }));
+        let outcome = Box::pin(async move {
+            let output = handler.await?;
+            serde_json::to_value(&output).map_err(|e| WorkflowError::Durable {
+                key: run_id.to_string(),
+                reason: format!("the output cannot be serialized: {e}"),
+            })
+        });
+        Ok(ServedRun {
+            run_id,
+            events,
+            control,
+            outcome,
+        })
+    }
+}
+
+struct Controls<W: Workflow> {
+    shared: Arc<crate::context::RunShared<W>>,
+    accepted: Vec<EventMeta>,
+}
+
+impl<W: Workflow> Control for Controls<W> {
+    fn send(&self, event: DynEvent, step: Option<&str>) -> Result<(), InvalidEvent> {
+        let target = match step {
+            Some(step) => Some(
+                crate::context::target_step::<W>(step, event.id(), event.name())
+                    .map_err(|e| InvalidEvent::new(e.to_string()))?,
+            ),
+            None => None,
+        };
+        post_external(&self.shared, event, target);
+        Ok(())
+    }
+
+    fn cancel(&self) {
+        self.shared.cancel();
+    }
+
+    fn decode(&self, kind: &str, value: Value) -> Result<DynEvent, InvalidEvent> {
+        let meta = self
+            .accepted
+            .iter()
+            .filter(|m| {
+                !matches!(
+                    m.kind,
+                    EventKind::Start | EventKind::Stop | EventKind::Failure
+                )
+            })
+            .find(|m| m.name == kind || short_name(m.name) == kind)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self
+                    .accepted
+                    .iter()
+                    .filter(|m| {
+                        !matches!(
+                            m.kind,
+                            EventKind::Start | EventKind::Stop | EventKind::Failure
+                        )
+                    })
+                    .map(|m| short_name(m.name))
+                    .collect();
+                InvalidEvent::new(format!(
+                    "Invalid event type: {kind}. Expected one of {}",
+                    names.join(", ")
+                ))
+            })?;
+        match (meta.from_json)(value) {
+            Some(Ok(event)) => Ok(event),
+            Some(Err(error)) => Err(InvalidEvent::new(format!(
+                "Failed to deserialize event `{}`: {error}",
+                short_name(meta.name)
+            ))),
+            None => Err(InvalidEvent::new(format!(
+                "event `{}` cannot be sent as JSON: its type does not derive `Deserialize`",
+                short_name(meta.name)
+            ))),
+        }
+    }
+}

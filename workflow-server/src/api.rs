@@ -1,0 +1,569 @@
+//! The routes of the llama-agents-server protocol, with its status codes and error bodies
+//! (`{"detail": "..."}`).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tidewater::serve::ServedWorkflow;
+use tokio::sync::Semaphore;
+
+use crate::handlers::{Entry, Handlers};
+
+/// What every route shares.
+pub(crate) struct Shared {
+    pub(crate) workflows: BTreeMap<String, Arc<dyn ServedWorkflow>>,
+    pub(crate) handlers: Handlers,
+    pub(crate) run_limit: Option<Arc<Semaphore>>,
+    pub(crate) heartbeat: Option<Duration>,
+}
+
+pub(crate) type AppState = Arc<Shared>;
+
+/// An error response: `{"detail": message}` with a status.
+pub(crate) struct ApiError(StatusCode, String);
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, detail: impl Into<String>) -> ApiError {
+        ApiError(status, detail.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "detail": self.1 }))).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn not_found_handler() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "Handler not found")
+}
+
+fn workflow(state: &Shared, name: &str) -> Result<Arc<dyn ServedWorkflow>, ApiError> {
+    state
+        .workflows
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "Workflow not found"))
+}
+
+/// The query string's pairs, percent-decoded, repeated keys kept.
+fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
+    raw.unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn query_get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+fn query_flag(pairs: &[(String, String)], key: &str, default: bool) -> bool {
+    query_get(pairs, key).map_or(default, |v| v.eq_ignore_ascii_case("true"))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 2;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn json_body(body: &Bytes, what: &str) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
+}
+
+pub(crate) async fn health() -> Response {
+    Json(json!({ "status": "healthy" })).into_response()
+}
+
+pub(crate) async fn list_workflows(State(state): State<AppState>) -> Response {
+    let names: Vec<&String> = state.workflows.keys().collect();
+    Json(json!({ "workflows": names })).into_response()
+}
+
+pub(crate) async fn schema(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    let wf = workflow(&state, &name)?;
+    Ok(Json(json!({ "start": wf.start_schema(), "stop": wf.stop_schema() })).into_response())
+}
+
+pub(crate) async fn workflow_events(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let wf = workflow(&state, &name)?;
+    let events: Vec<Value> = wf.event_schemas().into_iter().map(|(_, s)| s).collect();
+    Ok(Json(json!({ "events": events })).into_response())
+}
+
+pub(crate) async fn representation(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let wf = workflow(&state, &name)?;
+    Ok(Json(json!({ "graph": crate::graph::representation(wf.as_ref()) })).into_response())
+}
+
+/// Validates the body of `/run` and `/run-nowait` and starts the run; nothing runs when the
+/// body is refused.
+fn start(
+    state: &Shared,
+    name: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Arc<Entry>, ApiError> {
+    let wf = workflow(state, name)?;
+    let body = json_body(body, "Invalid JSON body")?;
+    let Some(body) = body.as_object() else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Invalid JSON body: expected an object",
+        ));
+    };
+    if body
+        .get("context")
+        .is_some_and(|c| !(c.is_null() || c.as_object().is_some_and(|o| o.is_empty())))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Context API is disabled: this server does not restore a context sent by the client",
+        ));
+    }
+    let handler_id = match body.get("handler_id") {
+        None | Some(Value::Null) => crate::time::handler_id(),
+        Some(Value::String(id)) if !id.is_empty() => {
+            if state.handlers.contains(id) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("Handler '{id}' already exists"),
+                ));
+            }
+            id.clone()
+        }
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "Error processing request body: 'handler_id' must be a string",
+            ));
+        }
+    };
+    let input = start_payload(
+        body.get("start_event")
+            .or_else(|| body.get("kwargs"))
+            .cloned(),
+    )
+    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let permit = match &state.run_limit {
+        Some(limit) => Some(limit.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Too many runs in flight: try again later",
+            )
+        })?),
+        None => None,
+    };
+    let run = wf.start(input).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("Validation error for 'start_event': {e}"),
+        )
+    })?;
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    Ok(state
+        .handlers
+        .track(handler_id, name.to_string(), run, permit, traceparent))
+}
+
+/// The start event's payload: a plain object (`{"topic": "..."}`), or an envelope
+/// (`{"type": "StartEvent", "value": {...}}`, what the Python client sends), or a JSON string
+/// of either.
+fn start_payload(raw: Option<Value>) -> Result<Value, String> {
+    let raw = match raw {
+        None | Some(Value::Null) => return Ok(json!({})),
+        Some(Value::String(s)) => serde_json::from_str(&s).unwrap_or(Value::String(s)),
+        Some(v) => v,
+    };
+    if let Some(obj) = raw.as_object() {
+        if let Some(value) = obj.get("value").or_else(|| obj.get("data")) {
+            if let Some(kind) = obj.get("type").and_then(Value::as_str) {
+                if kind != "StartEvent" {
+                    return Err(format!(
+                        "Validation error for 'start_event': Start event must be a StartEvent, got {kind}"
+                    ));
+                }
+            }
+            return Ok(value.clone());
+        }
+    }
+    Ok(raw)
+}
+
+pub(crate) async fn run(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let entry = start(&state, &name, &headers, &body)?;
+    entry.ended().await;
+    let data = entry.data();
+    let status = if data["status"] == "completed" {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    Ok((status, Json(data)).into_response())
+}
+
+pub(crate) async fn run_nowait(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let entry = start(&state, &name, &headers, &body)?;
+    Ok(Json(entry.data()).into_response())
+}
+
+fn status_code(data: &Value) -> StatusCode {
+    match data["status"].as_str() {
+        Some("running") => StatusCode::ACCEPTED,
+        Some("completed") => StatusCode::OK,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+pub(crate) async fn get_handler(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let entry = state.handlers.get(&id).ok_or_else(not_found_handler)?;
+    let data = entry.data();
+    Ok((status_code(&data), Json(data)).into_response())
+}
+
+/// `GET /results/{id}`: the handler, its `result` the workflow's output itself.
+pub(crate) async fn get_result(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let entry = state.handlers.get(&id).ok_or_else(not_found_handler)?;
+    let mut data = entry.data();
+    let status = status_code(&data);
+    let result = data["result"]["value"]["result"].take();
+    data["result"] = result;
+    Ok((status, Json(data)).into_response())
+}
+
+pub(crate) async fn list_handlers(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let pairs = query_pairs(query.as_deref());
+    let list = |key: &str| -> Option<Vec<String>> {
+        let values: Vec<String> = pairs
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect();
+        (!values.is_empty()).then_some(values)
+    };
+    let statuses = list("status");
+    let names = list("workflow_name");
+    let handlers: Vec<Value> = state
+        .handlers
+        .all()
+        .iter()
+        .map(|e| e.data())
+        .filter(|d| {
+            statuses
+                .as_ref()
+                .is_none_or(|s| s.iter().any(|s| d["status"] == s.as_str()))
+                && names
+                    .as_ref()
+                    .is_none_or(|n| n.iter().any(|n| d["workflow_name"] == n.as_str()))
+        })
+        .collect();
+    Json(json!({ "handlers": handlers })).into_response()
+}
+
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult {
+    let pairs = query_pairs(query.as_deref());
+    let purge = query_flag(&pairs, "purge", false);
+    let entry = state.handlers.get(&id).ok_or_else(not_found_handler)?;
+    let terminal = entry.lock().status.is_terminal();
+    if terminal && !purge {
+        return Err(not_found_handler());
+    }
+    if !terminal {
+        entry.control().cancel();
+        // The run ends at its next await point; a step that never yields is not waited for.
+        let _ = tokio::time::timeout(Duration::from_secs(5), entry.ended()).await;
+    }
+    if purge {
+        if !state.handlers.remove(&id) {
+            return Err(not_found_handler());
+        }
+        return Ok(Json(json!({ "status": "deleted" })).into_response());
+    }
+    Ok(Json(json!({ "status": "cancelled" })).into_response())
+}
+
+/// `POST /events/{id}`: `{"event": <envelope>, "step": <optional step>}`.
+pub(crate) async fn post_event(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let body: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("Error processing request: {e}"),
+        )
+    })?;
+    let event = body.get("event").cloned().unwrap_or(Value::Null);
+    let empty = match &event {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    };
+    if empty {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Event data is required",
+        ));
+    }
+    let step = body.get("step").and_then(Value::as_str);
+    let entry = state.handlers.get(&id).ok_or_else(not_found_handler)?;
+    if entry.lock().status.is_terminal() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "Workflow already completed",
+        ));
+    }
+    let event = match event {
+        Value::String(s) => serde_json::from_str(&s).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "Failed to deserialize event. Must be a json object, or stringified json object",
+            )
+        })?,
+        other => other,
+    };
+    let Some(obj) = event.as_object() else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Failed to deserialize event. Must be a json object, or stringified json object",
+        ));
+    };
+    let kind = obj
+        .get("type")
+        .and_then(Value::as_str)
+        .or_else(|| obj.get("qualified_name").and_then(Value::as_str))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "Invalid client data. Must have a type or a qualified name",
+            )
+        })?;
+    let value = obj
+        .get("value")
+        .or_else(|| obj.get("data"))
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    entry
+        .control()
+        .send_json(kind, value, step)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.message))?;
+    tracing::info!(handler_id = %id, event = kind, "event sent");
+    Ok(Json(json!({ "status": "sent" })).into_response())
+}
+
+/// `GET /events/{id}`: the handler's events after a cursor, as server-sent events (`id:` is
+/// the sequence number) or NDJSON (`sse=false`), ending after the terminal event; 204 when
+/// nothing is left.
+pub(crate) async fn stream_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult {
+    let pairs = query_pairs(query.as_deref());
+    let sse = query_flag(&pairs, "sse", true);
+    let include_internal = query_flag(&pairs, "include_internal", false);
+    let include_qualified_name = query_flag(&pairs, "include_qualified_name", true);
+    let after = query_get(&pairs, "after_sequence").unwrap_or("now");
+    let mut after: Option<i64> = if after.eq_ignore_ascii_case("now") {
+        None
+    } else {
+        Some(after.parse().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("Invalid after_sequence: '{after}'"),
+            )
+        })?)
+    };
+    if sse {
+        if let Some(last) = headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok())
+        {
+            after = Some(last);
+        }
+    }
+    let entry = state.handlers.get(&id).ok_or_else(not_found_handler)?;
+    let cursor = {
+        let log = entry.lock();
+        let cursor = after.unwrap_or(log.events.len() as i64 - 1);
+        let remaining = (log.events.len() as i64 - 1) > cursor;
+        if !remaining && log.status.is_terminal() {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        cursor
+    };
+    let reader = Reader {
+        entry,
+        next: (cursor + 1).max(0) as usize,
+        sse,
+        include_internal,
+        include_qualified_name,
+        heartbeat: if sse { state.heartbeat } else { None },
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(reader, |mut r| async move {
+        let chunk = r.next_chunk().await?;
+        Some((Ok::<Bytes, Infallible>(chunk), r))
+    });
+    let content_type = if sse {
+        "text/event-stream"
+    } else {
+        "application/x-ndjson"
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+struct Reader {
+    entry: Arc<Entry>,
+    next: usize,
+    sse: bool,
+    include_internal: bool,
+    include_qualified_name: bool,
+    heartbeat: Option<Duration>,
+    done: bool,
+}
+
+impl Reader {
+    /// The next chunk: every event past the cursor, or a heartbeat; `None` once the terminal
+    /// event was sent.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        let mut rx = self.entry.watch();
+        loop {
+            let (batch, ended, total) = {
+                let log = self.entry.lock();
+                let batch: Vec<Value> = log.events.get(self.next..).unwrap_or(&[]).to_vec();
+                (batch, log.status.is_terminal(), log.events.len())
+            };
+            if !batch.is_empty() {
+                let mut out = String::new();
+                for (i, mut event) in batch.into_iter().enumerate() {
+                    let seq = self.next + i;
+                    let internal = event["types"]
+                        .as_array()
+                        .is_some_and(|t| t.iter().any(|t| t == "InternalDispatchEvent"));
+                    if internal && !self.include_internal {
+                        continue;
+                    }
+                    if !self.include_qualified_name {
+                        event["qualified_name"] = Value::Null;
+                    }
+                    if self.sse {
+                        out.push_str(&format!("id: {seq}\ndata: {event}\n\n"));
+                    } else {
+                        out.push_str(&format!("{event}\n"));
+                    }
+                }
+                self.next = total;
+                if ended {
+                    self.done = true;
+                }
+                if out.is_empty() {
+                    if self.done {
+                        return None;
+                    }
+                    continue;
+                }
+                return Some(Bytes::from(out));
+            }
+            if ended {
+                return None;
+            }
+            let changed = match self.heartbeat {
+                Some(every) => match tokio::time::timeout(every, rx.changed()).await {
+                    Ok(changed) => changed,
+                    Err(_) => return Some(Bytes::from_static(b": heartbeat\n\n")),
+                },
+                None => rx.changed().await,
+            };
+            if changed.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+/// The OpenAPI document of this API.
+pub(crate) async fn openapi() -> Response {
+    Json(crate::openapi::document()).into_response()
+}

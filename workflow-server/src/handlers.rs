@@ -1,0 +1,317 @@
+//! The server's handlers: one per started run, with its status, result and event log. The log
+//! numbers every event from 0 (the wire's sequence numbers) and always ends with exactly one
+//! terminal event (`StopEvent`, `WorkflowFailedEvent`, `WorkflowTimedOutEvent` or
+//! `WorkflowCancelledEvent`), written together with the final status.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tidewater::serve::{RunControl, ServedRun, envelope};
+use tidewater::{StreamItem, WorkflowError};
+use tokio::sync::watch;
+
+/// A handler's status, as on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    pub(crate) fn is_terminal(self) -> bool {
+        self != Status::Running
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) status: Status,
+    pub(crate) updated_at: Option<String>,
+    pub(crate) completed_at: Option<String>,
+    pub(crate) error: Option<String>,
+    pub(crate) result: Option<Value>,
+    /// Event envelopes; an event's sequence number is its index.
+    pub(crate) events: Vec<Value>,
+}
+
+/// One handler: a run and what the server keeps of it.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) handler_id: String,
+    pub(crate) workflow_name: String,
+    pub(crate) run_id: String,
+    pub(crate) started_at: String,
+    state: Mutex<State>,
+    /// Bumped at every append and at the end: readers wait on it.
+    changed: watch::Sender<u64>,
+    control: RunControl,
+}
+
+impl Entry {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn control(&self) -> &RunControl {
+        &self.control
+    }
+
+    pub(crate) fn watch(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn push(&self, event: Value) {
+        let mut state = self.lock();
+        state.events.push(event);
+        state.updated_at = Some(crate::time::now());
+        drop(state);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn finish(&self, status: Status, error: Option<String>, result: Option<Value>, last: Value) {
+        let mut state = self.lock();
+        let now = crate::time::now();
+        state.status = status;
+        state.error = error;
+        state.result = result;
+        state.updated_at = Some(now.clone());
+        state.completed_at = Some(now);
+        state.events.push(last);
+        drop(state);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until the run has ended.
+    pub(crate) async fn ended(&self) {
+        let mut rx = self.watch();
+        loop {
+            if self.lock().status.is_terminal() {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The wire's `HandlerData`.
+    pub(crate) fn data(&self) -> Value {
+        let state = self.lock();
+        json!({
+            "handler_id": self.handler_id,
+            "workflow_name": self.workflow_name,
+            "run_id": self.run_id,
+            "error": state.error,
+            "result": state.result,
+            "status": state.status.as_str(),
+            "started_at": self.started_at,
+            "updated_at": state.updated_at,
+            "completed_at": state.completed_at,
+        })
+    }
+}
+
+/// Every handler the server knows.
+#[derive(Debug, Default)]
+pub(crate) struct Handlers {
+    map: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Handler ids in start order, for stable listings.
+    order: Mutex<Vec<String>>,
+}
+
+impl Handlers {
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<Entry>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.get(id).is_some()
+    }
+
+    pub(crate) fn remove(&self, id: &str) -> bool {
+        let removed = self
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+            .is_some();
+        if removed {
+            self.order
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|h| h != id);
+        }
+        removed
+    }
+
+    pub(crate) fn all(&self) -> Vec<Arc<Entry>> {
+        let order = self.order.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        order.iter().filter_map(|id| map.get(id).cloned()).collect()
+    }
+
+    /// Records a started run and spawns the task that logs its stream and its outcome.
+    /// `permit` (the concurrent-run cap) is held until the run ends.
+    pub(crate) fn track(
+        &self,
+        handler_id: String,
+        workflow_name: String,
+        run: ServedRun,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        traceparent: Option<String>,
+    ) -> Arc<Entry> {
+        let now = crate::time::now();
+        let entry = Arc::new(Entry {
+            handler_id: handler_id.clone(),
+            workflow_name,
+            run_id: run.run_id.to_string(),
+            started_at: now.clone(),
+            state: Mutex::new(State {
+                status: Status::Running,
+                updated_at: Some(now),
+                completed_at: None,
+                error: None,
+                result: None,
+                events: Vec::new(),
+            }),
+            changed: watch::channel(0).0,
+            control: run.control.clone(),
+        });
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(handler_id.clone(), entry.clone());
+        self.order
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handler_id);
+        let span = tracing::info_span!(
+            "handler",
+            handler_id = %entry.handler_id,
+            workflow = %entry.workflow_name,
+            run_id = %entry.run_id,
+            traceparent = traceparent.as_deref().unwrap_or(""),
+        );
+        let task_entry = entry.clone();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                tracing::info!("run started");
+                pump(&task_entry, run).await;
+                tracing::info!(status = task_entry.lock().status.as_str(), "run ended");
+                drop(permit);
+            },
+            span,
+        ));
+        entry
+    }
+}
+
+/// Logs the run's stream, then its outcome as the terminal event.
+async fn pump(entry: &Entry, mut run: ServedRun) {
+    while let Some(item) = run.events.next().await {
+        match item {
+            StreamItem::Event(event) => entry.push(envelope(&event)),
+            StreamItem::StepStarted { step, worker } => {
+                entry.push(step_state("running", step, worker));
+            }
+            StreamItem::StepFinished { step, worker } => {
+                entry.push(step_state("not_running", step, worker));
+            }
+            StreamItem::End(_) => break,
+            _ => {}
+        }
+    }
+    match run.outcome.await {
+        Ok(output) => {
+            let stop = json!({
+                "value": { "result": output },
+                "qualified_name": "workflows.events.StopEvent",
+                "type": "StopEvent",
+                "types": null,
+            });
+            entry.finish(Status::Completed, None, Some(stop.clone()), stop);
+        }
+        Err(WorkflowError::Cancelled) => {
+            let last = terminal("WorkflowCancelledEvent", json!({}));
+            entry.finish(Status::Cancelled, None, None, last);
+        }
+        Err(error @ WorkflowError::TimedOut { .. }) => {
+            let message = error.to_string();
+            tracing::error!(error = %message, "run timed out");
+            let last = terminal(
+                "WorkflowTimedOutEvent",
+                json!({ "timeout": null, "active_steps": [], "message": message }),
+            );
+            entry.finish(Status::Failed, Some(message), None, last);
+        }
+        Err(error) => {
+            let message = error_chain(&error);
+            tracing::error!(error = %message, "run failed");
+            let (step, attempts) = match &error {
+                WorkflowError::StepFailed { step, attempts, .. } => (Some(*step), *attempts),
+                WorkflowError::StepPanicked { step, .. } => (Some(*step), 1),
+                WorkflowError::StepTimedOut { step, .. } => (Some(*step), 1),
+                _ => (None, 0),
+            };
+            let last = terminal(
+                "WorkflowFailedEvent",
+                json!({
+                    "step_name": step,
+                    "exception": { "type": "WorkflowError", "message": message },
+                    "attempts": attempts,
+                }),
+            );
+            entry.finish(Status::Failed, Some(message), None, last);
+        }
+    }
+}
+
+/// The error and its sources, joined: "step `x` failed after 1 attempt(s): boom".
+fn error_chain(error: &WorkflowError) -> String {
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+fn terminal(kind: &str, value: Value) -> Value {
+    json!({
+        "value": value,
+        "qualified_name": format!("workflows.events.{kind}"),
+        "type": kind,
+        "types": ["StopEvent"],
+    })
+}
+
+fn step_state(state: &str, step: &str, worker: u32) -> Value {
+    json!({
+        "value": { "name": step, "step_state": state, "worker_id": worker.to_string() },
+        "qualified_name": "workflows.events.StepStateChanged",
+        "type": "StepStateChanged",
+        "types": ["InternalDispatchEvent"],
+    })
+}

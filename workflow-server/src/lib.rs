@@ -1,0 +1,314 @@
+//! Serve tidewater workflows over HTTP with the protocol of LlamaIndex's `llama-agents-server`,
+//! so its clients (the Python `llama-agents-client`, the debugger page, curl) drive them
+//! unchanged.
+//!
+//! Register workflows with `#[workflow(serve = "name")]` (the type must be `Default`) or by
+//! hand with [`Server::serve_workflow`], then [`Server::serve`] on an address or mount
+//! [`Server::router`] into your own axum app. See `docs/server.md`.
+//!
+//! ```no_run
+//! use tidewater::prelude::*;
+//! use tidewater_server::Server;
+//!
+//! struct Greet;
+//!
+//! #[workflow]
+//! impl Greet {
+//!     #[step]
+//!     async fn greet(&self, ev: StartEvent<String>) -> StopEvent<String> {
+//!         StopEvent(format!("hello {}", ev.0))
+//!     }
+//! }
+//!
+//! # async fn demo() -> std::io::Result<()> {
+//! Server::new()
+//!     .serve_workflow("greet", Greet.runner())
+//!     .serve("127.0.0.1:8080")
+//!     .await
+//! # }
+//! ```
+#![recursion_limit = "256"]
+
+mod api;
+mod graph;
+mod handlers;
+mod openapi;
+mod time;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tidewater::serve::{ServedWorkflow, served};
+use tidewater::{Runner, Workflow};
+use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::sync::Semaphore;
+
+pub use schemars;
+pub use tidewater::serve::{InvalidEvent, Registration, registered};
+
+/// A workflow server: the workflows it serves and its settings. Build it, then
+/// [`serve`](Server::serve) it or take its [`router`](Server::router).
+///
+/// `Server::new()` starts with every workflow registered with `#[workflow(serve = "name")]`.
+pub struct Server {
+    workflows: BTreeMap<String, Arc<dyn ServedWorkflow>>,
+    token: Option<String>,
+    cors: Vec<String>,
+    body_limit: usize,
+    max_runs: Option<usize>,
+    heartbeat: Option<Duration>,
+    page: Option<Router>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("workflows", &self.workflows.keys().collect::<Vec<_>>())
+            .field("auth", &self.token.is_some())
+            .field("cors", &self.cors)
+            .field("body_limit", &self.body_limit)
+            .field("max_runs", &self.max_runs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server::new()
+    }
+}
+
+/// The default request body limit: 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
+
+impl Server {
+    /// A server with every workflow registered by `#[workflow(serve = "name")]`, no auth, CORS
+    /// closed, a 1 MiB body limit, no run cap and SSE heartbeats every 25 s.
+    ///
+    /// ```
+    /// let server = tidewater_server::Server::new();
+    /// assert!(server.workflow_names().iter().all(|n| !n.is_empty()));
+    /// ```
+    pub fn new() -> Server {
+        let mut workflows = BTreeMap::new();
+        for registration in registered() {
+            workflows.insert(registration.name.to_string(), (registration.make)());
+        }
+        Server {
+            workflows,
+            token: None,
+            cors: Vec::new(),
+            body_limit: DEFAULT_BODY_LIMIT,
+            max_runs: None,
+            heartbeat: Some(Duration::from_secs(25)),
+            page: None,
+        }
+    }
+
+    /// Serves `runner`'s workflow under `name` (replacing one of that name). Its input must be
+    /// `Deserialize + JsonSchema`, its output `Serialize + JsonSchema`; its events are sent as
+    /// JSON when they are `Serialize` and accepted from clients when they are `Deserialize`.
+    pub fn serve_workflow<W>(self, name: &str, runner: Runner<W>) -> Server
+    where
+        W: Workflow,
+        W::Input: DeserializeOwned + schemars::JsonSchema,
+        W::Output: Serialize + schemars::JsonSchema,
+    {
+        self.serve_erased(name, served(runner))
+    }
+
+    /// Serves an already type-erased workflow (see [`tidewater::serve::served_with`] for one
+    /// that takes extra events, such as a response a step waits for inline).
+    pub fn serve_erased(mut self, name: &str, workflow: Arc<dyn ServedWorkflow>) -> Server {
+        self.workflows.insert(name.to_string(), workflow);
+        self
+    }
+
+    /// The names served, sorted.
+    pub fn workflow_names(&self) -> Vec<&str> {
+        self.workflows.keys().map(String::as_str).collect()
+    }
+
+    /// Requires `Authorization: Bearer <token>` on every route but `GET /health` (and the page,
+    /// see [`page`](Server::page)); refused requests get 401.
+    pub fn auth_token(mut self, token: impl Into<String>) -> Server {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Allows these browser origins (`https://app.example.com`) cross-origin; none by default.
+    pub fn cors_origins<I, S>(mut self, origins: I) -> Server
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.cors = origins.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The largest request body accepted, in bytes (413 above it).
+    pub fn body_limit(mut self, bytes: usize) -> Server {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// At most `n` runs in flight; a start beyond it gets 503.
+    ///
+    /// # Panics
+    /// When `n` is 0.
+    pub fn max_concurrent_runs(mut self, n: usize) -> Server {
+        assert!(n > 0, "`max_concurrent_runs` must be at least 1");
+        self.max_runs = Some(n);
+        self
+    }
+
+    /// How often an idle SSE stream gets a `: heartbeat` comment; `None` for never.
+    pub fn heartbeat(mut self, every: Option<Duration>) -> Server {
+        self.heartbeat = every;
+        self
+    }
+
+    /// Mounts a web page (the debugger, say) as the fallback of the API: every path that is
+    /// not a route of the API (`/`, `/assets/app.js`, ...) goes to `page`. The page is not
+    /// behind the bearer token (its API calls are).
+    pub fn page(mut self, page: Router) -> Server {
+        self.page = Some(page);
+        self
+    }
+
+    /// The server as an axum [`Router`], to serve or to nest into an app.
+    pub fn router(self) -> Router {
+        let state = Arc::new(api::Shared {
+            workflows: self.workflows,
+            handlers: handlers::Handlers::default(),
+            run_limit: self.max_runs.map(|n| Arc::new(Semaphore::new(n))),
+            heartbeat: self.heartbeat,
+        });
+        let mut api = Router::new()
+            .route("/workflows", get(api::list_workflows))
+            .route("/workflows/{name}/run", post(api::run))
+            .route("/workflows/{name}/run-nowait", post(api::run_nowait))
+            .route("/workflows/{name}/schema", get(api::schema))
+            .route("/workflows/{name}/events", get(api::workflow_events))
+            .route("/workflows/{name}/representation", get(api::representation))
+            .route("/handlers", get(api::list_handlers))
+            .route("/handlers/{handler_id}", get(api::get_handler))
+            .route("/handlers/{handler_id}/cancel", post(api::cancel))
+            .route("/results/{handler_id}", get(api::get_result))
+            .route(
+                "/events/{handler_id}",
+                get(api::stream_events).post(api::post_event),
+            )
+            .route("/openapi.json", get(api::openapi));
+        if let Some(token) = self.token {
+            let expected: Arc<str> = format!("Bearer {token}").into();
+            api = api.route_layer(middleware::from_fn_with_state(expected, require_token));
+        }
+        let mut router = api
+            .route("/health", get(api::health))
+            .with_state(state)
+            .layer(DefaultBodyLimit::max(self.body_limit));
+        router = match self.page {
+            Some(page) => router.fallback_service(page),
+            None => router.fallback(|| async {
+                api::ApiError::new(StatusCode::NOT_FOUND, "Not Found").into_response()
+            }),
+        };
+        if !self.cors.is_empty() {
+            let origins: Vec<HeaderValue> = self
+                .cors
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect();
+            router = router.layer(
+                tower_http::cors::CorsLayer::new()
+                    .allow_origin(origins)
+                    .allow_methods([Method::GET, Method::POST])
+                    .allow_headers([
+                        header::AUTHORIZATION,
+                        header::CONTENT_TYPE,
+                        header::HeaderName::from_static("last-event-id"),
+                        header::HeaderName::from_static("traceparent"),
+                    ]),
+            );
+        }
+        router
+    }
+
+    /// Serves on `addr` until Ctrl-C (or SIGTERM), then stops taking requests and lets the
+    /// open ones finish.
+    ///
+    /// # Errors
+    /// Binding or accepting fails.
+    pub async fn serve(self, addr: impl ToSocketAddrs) -> std::io::Result<()> {
+        let listener = TcpListener::bind(addr).await?;
+        self.serve_on(listener, shutdown_signal()).await
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then stops taking requests and lets
+    /// the open ones finish.
+    ///
+    /// # Errors
+    /// Accepting fails.
+    pub async fn serve_on(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, workflows = ?self.workflow_names(), "serving");
+        }
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+async fn require_token(State(expected): State<Arc<str>>, request: Request, next: Next) -> Response {
+    let ok = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == &*expected);
+    if !ok {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            axum::Json(serde_json::json!({ "detail": "Unauthorized" })),
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
