@@ -364,7 +364,8 @@ async fn a_busy_run_still_times_out_and_lets_other_tasks_run() {
     let runner = Spin {
         ticks: ticks.clone(),
     }
-    .timeout(Duration::from_millis(100))
+    // Long enough that a loaded machine still gives both tasks many turns.
+    .timeout(Duration::from_millis(300))
     .max_loop_invocations(None); // spinning is the point here
     let started = std::time::Instant::now();
     let error = bounded("busy run with a timeout", runner.run(()))

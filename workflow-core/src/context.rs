@@ -37,6 +37,11 @@ pub(crate) struct RunShared<W: Workflow> {
     /// cancelled: one atomic read on the hot path.
     pub(crate) mail: AtomicBool,
     pub(crate) cancelled: AtomicBool,
+    /// The step whose invocation the run is polling, plus one (0: none); kept only for runs
+    /// with a time limit, so that a handler that gives up at the deadline can name it.
+    pub(crate) holding: std::sync::atomic::AtomicU32,
+    /// The handler gave up on the run at its deadline (the run's own thread was held).
+    pub(crate) timed_out: AtomicBool,
     /// Set while the run loop is inside its own poll: it looks at `mail` again before it
     /// sleeps, so whoever posts meanwhile (a step sending an event, typically) skips the wake,
     /// which would only make the runtime poll the run a second time for nothing.
@@ -220,6 +225,8 @@ impl<W: Workflow> RunShared<W> {
             inbox: Mutex::new(Vec::new()),
             mail: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
+            holding: std::sync::atomic::AtomicU32::new(0),
+            timed_out: AtomicBool::new(false),
             polling: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             woken: Mutex::new(Vec::new()),

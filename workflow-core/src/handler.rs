@@ -51,15 +51,28 @@ use crate::workflow::{Workflow, post_external};
 pub struct Handler<W: Workflow> {
     shared: Arc<RunShared<W>>,
     task: JoinHandle<Result<W::Output>>,
+    /// The run's time limit, kept by the handler too: when a step holds the run's thread past
+    /// it, the handler answers at the deadline instead of when the step lets go.
+    deadline: Option<(std::time::Duration, Pin<Box<tokio::time::Sleep>>)>,
 }
+
+/// How long after a run's own deadline its handler gives up on a run whose thread is held.
+const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl<W: Workflow> Handler<W> {
     /// The run's stream must have been reserved (`Publisher::reserve`) before it started.
     pub(crate) fn new(
         shared: Arc<RunShared<W>>,
         task: JoinHandle<Result<W::Output>>,
+        timeout: Option<std::time::Duration>,
     ) -> Handler<W> {
-        Handler { shared, task }
+        let deadline =
+            timeout.map(|limit| (limit, Box::pin(tokio::time::sleep(limit + DEADLINE_GRACE))));
+        Handler {
+            shared,
+            task,
+            deadline,
+        }
     }
 
     #[cfg(feature = "serve")]
@@ -172,7 +185,35 @@ impl<W: Workflow> Future for Handler<W> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         match Pin::new(&mut self.task).poll(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // The run did not answer by its own deadline: a step holds its thread. Give up
+                // on it now; the run is aborted when the step lets go, its late result unseen.
+                let this = &mut *self;
+                let Some((limit, sleep)) = &mut this.deadline else {
+                    return Poll::Pending;
+                };
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let limit = *limit;
+                this.deadline = None;
+                this.shared
+                    .timed_out
+                    .store(true, std::sync::atomic::Ordering::Release);
+                this.task.abort();
+                let holding = this
+                    .shared
+                    .holding
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let active = match holding.checked_sub(1) {
+                    Some(step) => vec![W::GRAPH.steps[step as usize].name],
+                    None => Vec::new(),
+                };
+                Poll::Ready(Err(WorkflowError::TimedOut {
+                    timeout: limit,
+                    active,
+                }))
+            }
             Poll::Ready(Ok(result)) => Poll::Ready(result),
             Poll::Ready(Err(join)) if join.is_panic() => {
                 std::panic::resume_unwind(join.into_panic())

@@ -214,6 +214,8 @@ struct Executor<W: Workflow, F> {
     _permit: Option<OwnedSemaphorePermit>,
     /// The run's time limit, armed once the run is admitted (boxed: most runs have none).
     deadline: Option<Pin<Box<Sleep>>>,
+    /// When the run's time limit passes (checked after every step's poll too).
+    deadline_at: Option<tokio::time::Instant>,
     begun: bool,
     ended: bool,
     /// Invocations of steps on a loop so far (the runaway-loop guard).
@@ -345,6 +347,7 @@ where
                 .map(|semaphore| Box::pin(semaphore.acquire_owned()) as Admission),
             _permit: None,
             deadline: None,
+            deadline_at: None,
             begun: false,
             ended: false,
             loop_invocations: 0,
@@ -371,11 +374,14 @@ where
                 self.admission = None;
             }
             self.begun = true;
-            self.deadline = self
+            self.deadline_at = self
                 .runner
                 .config
                 .timeout
-                .map(|limit| Box::pin(tokio::time::sleep(limit)));
+                .map(|limit| tokio::time::Instant::now() + limit);
+            self.deadline = self
+                .deadline_at
+                .map(|at| Box::pin(tokio::time::sleep_until(at)));
             let init = self.init.take().expect("a run begins once");
             if let Err(error) = self.begin(init) {
                 return self.end(Err(error));
@@ -456,7 +462,24 @@ where
             if budget > 0 {
                 if let Some(index) = self.ready.pop_front() {
                     budget -= 1;
-                    if let Some(done) = self.poll_call(index as usize) {
+                    let timed = self.deadline_at.is_some();
+                    if timed {
+                        let step = self.calls[index as usize].step as u32 + 1;
+                        self.shared.holding.store(step, Ordering::Relaxed);
+                    }
+                    let done = self.poll_call(index as usize);
+                    if timed {
+                        self.shared.holding.store(0, Ordering::Relaxed);
+                    }
+                    // A step that held the thread (blocking I/O, a CPU loop) past the run's
+                    // deadline returns here only after it: the deadline still holds, and what
+                    // the late step produced is discarded.
+                    if let Some(at) = self.deadline_at {
+                        if tokio::time::Instant::now() >= at {
+                            return Poll::Ready(Err(self.timed_out(Some(index as usize))));
+                        }
+                    }
+                    if let Some(done) = done {
                         if let Err(error) = self.complete(done) {
                             return Poll::Ready(Err(error));
                         }
@@ -499,15 +522,27 @@ where
 
     /// Pending, unless the run's time limit has passed.
     fn check_deadline(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<W::Output>> {
-        if let (Some(sleep), Some(limit)) = (&mut self.deadline, self.runner.config.timeout) {
+        if let Some(sleep) = &mut self.deadline {
             if sleep.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(WorkflowError::TimedOut {
-                    timeout: limit,
-                    active: self.active_steps(),
-                }));
+                return Poll::Ready(Err(self.timed_out(None)));
             }
         }
         Poll::Pending
+    }
+
+    /// The run's time limit has passed; `held` is the call that was polled when it did (the
+    /// step that held the thread), named first.
+    fn timed_out(&self, held: Option<usize>) -> WorkflowError {
+        let mut active = self.active_steps();
+        if let Some(index) = held {
+            let name = W::GRAPH.steps[self.calls[index].step].name;
+            active.retain(|step| *step != name);
+            active.insert(0, name);
+        }
+        WorkflowError::TimedOut {
+            timeout: self.runner.config.timeout.unwrap_or_default(),
+            active,
+        }
     }
 
     /// Routes the events sent with `send_event` (from steps or from outside), queues the calls
@@ -1207,7 +1242,17 @@ impl<W: Workflow, F> Drop for Executor<W, F> {
         // The run's future was dropped before it ended (the caller dropped `run()`, or the
         // runtime shut down): the run is cancelled, and its stream still ends.
         if !self.ended {
-            self.shared.stream.end(Outcome::Cancelled);
+            let outcome = if self.shared.timed_out.load(Ordering::Acquire) {
+                // Its handler gave up at the deadline while a step held the thread.
+                let error = WorkflowError::TimedOut {
+                    timeout: self.runner.config.timeout.unwrap_or_default(),
+                    active: Vec::new(),
+                };
+                Outcome::TimedOut(error.to_string())
+            } else {
+                Outcome::Cancelled
+            };
+            self.shared.stream.end(outcome);
         }
         // A durable run that stops here without having saved its end (its future dropped, its
         // store failing) gives up its claim, so that it can be resumed at once.
@@ -1258,12 +1303,23 @@ where
         Phase::Running => {}
     }
     let future = call.future.as_mut();
+    // With a time limit: when this poll began, to tell a step that held the thread past its
+    // deadline (it is late) from one polled late by a busy runtime (it is not).
+    let began = timeout.map(|_| tokio::time::Instant::now());
     let polled = {
         let _entered = call.span.enter();
         std::panic::catch_unwind(AssertUnwindSafe(|| {
             future.as_pin_mut().expect("a running call").poll(&mut cx)
         }))
     };
+    if let (Some(began), Some(timer), Some(limit), Ok(Poll::Ready(_))) =
+        (began, &call.timer, timeout, &polled)
+    {
+        let deadline = timer.deadline();
+        if began < deadline && tokio::time::Instant::now() > deadline {
+            return Polled::TimedOut(limit);
+        }
+    }
     match polled {
         Ok(Poll::Ready(Ok(emitted))) => Polled::Emitted(emitted),
         Ok(Poll::Ready(Err(error))) => Polled::Failed(error),

@@ -287,6 +287,16 @@ impl<W: Workflow> Runner<W> {
     }
 
     /// Runs end with [`WorkflowError::TimedOut`] after `limit`.
+    ///
+    /// A deadline holds even when a step blocks its thread (a synchronous HTTP call, a CPU
+    /// loop), which no async code can interrupt: on a multi-thread runtime the caller of
+    /// [`Runner::run`] or of a handler gets the timeout at the deadline (within a few
+    /// milliseconds), naming the step that held the thread, and the run is aborted when that
+    /// step lets go, its result discarded. On a current-thread runtime the blocked thread is
+    /// the caller's too, so the error comes when the step returns: late, but always a timeout,
+    /// never a success. Under [`Runner::max_concurrent_runs`] the clock starts at admission and
+    /// only the run itself watches it (the second case). Prefer
+    /// `tokio::task::spawn_blocking` for blocking work.
     pub fn timeout(mut self, limit: Duration) -> Runner<W> {
         self.config.timeout = Some(limit);
         self
@@ -354,8 +364,10 @@ impl<W: Workflow> Runner<W> {
         &self.workflow
     }
 
-    /// Runs the workflow on `input` in the calling task and returns its output. Dropping the
-    /// future cancels the run.
+    /// Runs the workflow on `input` and returns its output. Dropping the future cancels the
+    /// run. The run is polled in the calling task, or, when the runner has a
+    /// [`timeout`](Runner::timeout), in a task of its own (see [`Runner::timeout`] on steps that
+    /// block their thread).
     ///
     /// # Errors
     /// [`WorkflowError::StepFailed`] or [`WorkflowError::StepPanicked`] when a step fails,
@@ -373,8 +385,28 @@ impl<W: Workflow> Runner<W> {
         input: W::Input,
         state: W::State,
     ) -> impl Future<Output = Result<W::Output>> + Send + use<W> {
+        if self.handler_deadline().is_some() {
+            // With a time limit the run gets a task of its own, so that a step holding the
+            // thread cannot hold the caller past the deadline (on a multi-thread runtime).
+            let runner = self.clone();
+            return futures_util::future::Either::Left(async move {
+                /// Dropping `run()`'s future cancels the run, as when it runs in place.
+                struct CancelOnDrop<W: Workflow>(Handler<W>);
+                impl<W: Workflow> Drop for CancelOnDrop<W> {
+                    fn drop(&mut self) {
+                        self.0.cancel();
+                    }
+                }
+                let mut run = CancelOnDrop(runner.start_with_state(input, state));
+                (&mut run.0).await
+            });
+        }
         let shared = Arc::new(RunShared::new(state, self.config.stream_capacity));
-        execute(self.clone(), shared, Init::Start(W::__start_event(input)))
+        futures_util::future::Either::Right(execute(
+            self.clone(),
+            shared,
+            Init::Start(W::__start_event(input)),
+        ))
     }
 
     /// Runs the workflow starting from `*state`, and leaves the run's final state in `*state`
@@ -444,7 +476,7 @@ impl<W: Workflow> Runner<W> {
             shared.clone(),
             Init::Start(W::__start_event(input)),
         ));
-        Handler::new(shared, task)
+        Handler::new(shared, task, self.handler_deadline())
     }
 
     /// Resumes a run from a snapshot (taken with `Handler::snapshot`, possibly in another
@@ -485,7 +517,7 @@ impl<W: Workflow> Runner<W> {
             shared.clone(),
             Init::Resume(restored),
         ));
-        Ok(Handler::new(shared, task))
+        Ok(Handler::new(shared, task, self.handler_deadline()))
     }
 
     /// Journals every run started with [`Runner::start_durable`] in `store`: a checkpoint at
@@ -528,7 +560,7 @@ impl<W: Workflow> Runner<W> {
             shared.clone(),
             Init::Start(W::__start_event(input)),
         ));
-        Ok(Handler::new(shared, task))
+        Ok(Handler::new(shared, task, self.handler_deadline()))
     }
 
     /// Resumes the journaled run `key` from its last checkpoint: after a crash, a restart, or
@@ -639,6 +671,14 @@ impl<W: Workflow> Runner<W> {
             .store
             .clone()
             .ok_or_else(|| durable("the runner has no store: call `Runner::store` first".into()))
+    }
+
+    /// The time limit a handler keeps for its run (see `Handler`'s poll): the run's, unless runs
+    /// may wait for a turn under `max_concurrent_runs` (their clock starts when admitted).
+    fn handler_deadline(&self) -> Option<Duration> {
+        self.config
+            .timeout
+            .filter(|_| self.config.run_limit.is_none())
     }
 
     fn journal(&self, store: Arc<dyn Store>, key: &str, lease: Lease) -> Journal {
