@@ -279,11 +279,11 @@ where
             "required": ["result"],
         });
         // Hoist the output's definitions so its `$ref`s resolve from the root.
-        if let Some(defs) = schema["properties"]["result"]
-            .as_object_mut()
-            .and_then(|o| o.remove("$defs"))
-        {
-            schema["$defs"] = defs;
+        if let Some(result) = schema["properties"]["result"].as_object_mut() {
+            result.remove("$schema");
+            if let Some(defs) = result.remove("$defs") {
+                schema["$defs"] = defs;
+            }
         }
         schema
     }

@@ -212,6 +212,22 @@ fn start(
         .track(handler_id, name.to_string(), run, permit, traceparent))
 }
 
+/// Python's events keep their free-form fields under `_data` (`StartEvent(topic="x")` dumps
+/// as `{"_data": {"topic": "x"}}`): lift them to the top level.
+fn lift_dict_like(value: Value) -> Value {
+    match value {
+        Value::Object(mut obj) if obj.get("_data").is_some_and(Value::is_object) => {
+            if let Some(Value::Object(data)) = obj.remove("_data") {
+                for (k, v) in data {
+                    obj.entry(k).or_insert(v);
+                }
+            }
+            Value::Object(obj)
+        }
+        other => other,
+    }
+}
+
 /// The start event's payload: a plain object (`{"topic": "..."}`), or an envelope
 /// (`{"type": "StartEvent", "value": {...}}`, what the Python client sends), or a JSON string
 /// of either.
@@ -230,10 +246,10 @@ fn start_payload(raw: Option<Value>) -> Result<Value, String> {
                     ));
                 }
             }
-            return Ok(value.clone());
+            return Ok(lift_dict_like(value.clone()));
         }
     }
-    Ok(raw)
+    Ok(lift_dict_like(raw))
 }
 
 pub(crate) async fn run(
@@ -407,11 +423,12 @@ pub(crate) async fn post_event(
                 "Invalid client data. Must have a type or a qualified name",
             )
         })?;
-    let value = obj
-        .get("value")
-        .or_else(|| obj.get("data"))
-        .cloned()
-        .unwrap_or_else(|| json!({}));
+    let value = lift_dict_like(
+        obj.get("value")
+            .or_else(|| obj.get("data"))
+            .cloned()
+            .unwrap_or_else(|| json!({})),
+    );
     entry
         .control()
         .send_json(kind, value, step)

@@ -181,7 +181,7 @@ impl Handlers {
         let entry = Arc::new(Entry {
             handler_id: handler_id.clone(),
             workflow_name,
-            run_id: run.run_id.to_string(),
+            run_id: crate::time::handler_id(),
             started_at: now.clone(),
             state: Mutex::new(State {
                 status: Status::Running,
