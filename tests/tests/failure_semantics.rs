@@ -354,3 +354,123 @@ impl Wide {
 async fn the_loop_guard_does_not_count_steps_on_no_loop() {
     assert_eq!(Wide.run(20_000).await.unwrap(), 20_000);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Nothing hangs or loses the caller's data (issue 17, item 6).
+
+#[derive(Debug, Clone, Event, serde::Serialize, serde::Deserialize)]
+struct Wait(u32);
+
+/// Parks its run on a gate, so that a second run waits for admission behind it.
+struct Gate {
+    gate: std::sync::Arc<tokio::sync::Notify>,
+}
+
+#[workflow(durable)]
+impl Gate {
+    #[step]
+    async fn begin(&self, ev: StartEvent<u32>) -> Wait {
+        Wait(ev.0)
+    }
+
+    #[step]
+    async fn wait(&self, ev: Wait) -> StopEvent<u32> {
+        self.gate.notified().await;
+        StopEvent(ev.0)
+    }
+}
+
+async fn a_snapshot_of_a_run_waiting_for_admission_is_answered_at_once() {
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let runner = Gate { gate: gate.clone() }.runner().max_concurrent_runs(1);
+    let first = runner.start(1);
+    let queued = runner.start(2);
+    let snapshot = tokio::time::timeout(std::time::Duration::from_secs(5), queued.snapshot())
+        .await
+        .expect("answered while the run waits for its turn")
+        .unwrap();
+    assert_eq!(snapshot.completed, 0);
+    assert_eq!(
+        snapshot.queued.len(),
+        1,
+        "the start event, not yet delivered"
+    );
+    // The snapshot resumes elsewhere like the run would have started.
+    let resumed = Gate { gate: gate.clone() }
+        .runner()
+        .resume(&snapshot)
+        .unwrap();
+    gate.notify_waiters();
+    for _ in 0..3 {
+        gate.notify_one();
+    }
+    let _ = first.await;
+    queued.cancel();
+    let _ = queued.await;
+    gate.notify_one();
+    assert_eq!(resumed.await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_snapshot_of_a_run_waiting_for_admission_is_answered_at_once_current_thread() {
+    a_snapshot_of_a_run_waiting_for_admission_is_answered_at_once().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_a_run_waiting_for_admission_is_answered_at_once_multi_thread() {
+    a_snapshot_of_a_run_waiting_for_admission_is_answered_at_once().await;
+}
+
+#[derive(Default)]
+struct Ledger {
+    entries: Vec<String>,
+}
+
+#[derive(Debug, Clone, Event)]
+struct Posted;
+
+/// Writes one entry, then hangs in the next step.
+struct Book;
+
+#[workflow(state = Ledger)]
+impl Book {
+    #[step]
+    async fn post(&self, ctx: &Context<Self>, ev: StartEvent<String>) -> Posted {
+        ctx.update_state(|l| l.entries.push(ev.0));
+        Posted
+    }
+
+    #[step]
+    async fn hang(&self, _ev: Posted) -> StopEvent<()> {
+        std::future::pending::<()>().await;
+        StopEvent(())
+    }
+}
+
+async fn run_with_dropped_half_way_keeps_the_callers_state() {
+    let runner = Book.runner();
+    let mut ledger = Ledger {
+        entries: vec!["opening balance".into()],
+    };
+    let cut = tokio::time::timeout(
+        std::time::Duration::from_millis(50),
+        runner.run_with("coffee".into(), &mut ledger),
+    )
+    .await;
+    assert!(cut.is_err(), "the outer timeout cut the run off");
+    assert_eq!(
+        ledger.entries,
+        ["opening balance", "coffee"],
+        "the state as the run left it, not wiped"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn run_with_dropped_half_way_keeps_the_callers_state_current_thread() {
+    run_with_dropped_half_way_keeps_the_callers_state().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_dropped_half_way_keeps_the_callers_state_multi_thread() {
+    run_with_dropped_half_way_keeps_the_callers_state().await;
+}

@@ -15,6 +15,7 @@ use tracing::{Event as TracingEvent, Metadata, Subscriber};
 #[derive(Debug, Clone)]
 struct SpanRecord {
     name: &'static str,
+    meta: &'static Metadata<'static>,
     fields: HashMap<String, String>,
     parent: Option<u64>,
 }
@@ -61,11 +62,26 @@ impl Subscriber for Recorder {
             id,
             SpanRecord {
                 name: attrs.metadata().name(),
+                meta: attrs.metadata(),
                 fields,
                 parent,
             },
         );
         Id::from_u64(id)
+    }
+
+    fn current_span(&self) -> tracing_core::span::Current {
+        let stacks = self.stacks.lock().unwrap();
+        let current = stacks
+            .get(&std::thread::current().id())
+            .and_then(|s| s.last().copied());
+        match current {
+            Some(id) => {
+                let meta = self.spans.lock().unwrap()[&id].meta;
+                tracing_core::span::Current::new(Id::from_u64(id), meta)
+            }
+            None => tracing_core::span::Current::none(),
+        }
     }
 
     fn record(&self, _: &Id, _: &Record<'_>) {}
@@ -166,5 +182,35 @@ fn each_step_invocation_has_a_span_under_its_run_span() {
         spans.values().filter(|s| s.name == "workflow.step").count(),
         6,
         "every step span has a run parent"
+    );
+}
+
+#[test]
+fn a_run_started_inside_a_callers_span_is_its_child() {
+    let recorder = Recorder::default();
+    let spans = recorder.spans.clone();
+    tracing::subscriber::with_default(recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let request = tracing::info_span!("http.request");
+            // Started inside the caller's span; first polled in its own task, outside it.
+            let handler = request.in_scope(|| Traced.start(10));
+            assert_eq!(handler.await.unwrap(), 5);
+        });
+    });
+    let spans = spans.lock().unwrap();
+    let request = spans
+        .iter()
+        .find(|(_, s)| s.name == "http.request")
+        .map(|(id, _)| *id)
+        .unwrap();
+    let run = spans.values().find(|s| s.name == "workflow.run").unwrap();
+    assert_eq!(
+        run.parent,
+        Some(request),
+        "the run's span is under the caller's"
     );
 }

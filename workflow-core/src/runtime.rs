@@ -258,6 +258,9 @@ pub(crate) fn execute<W: Workflow>(
     Run {
         executor: Executor::new(W::__invoke, runner, shared, init),
         span: None,
+        // The caller's span where the run is made (`start`, `run`): the parent of the run's
+        // span, whichever task polls it first.
+        parent: tracing::Span::current(),
     }
 }
 
@@ -269,6 +272,8 @@ struct Run<W: Workflow, F> {
     executor: Executor<W, F>,
     /// `workflow.run`, made at the first poll (as an `async fn` would).
     span: Option<tracing::Span>,
+    /// The span current where the run was made: the parent of `workflow.run`.
+    parent: tracing::Span,
 }
 
 // Nothing in a run is pinned in place: the invocation futures are pinned in their own boxes,
@@ -284,11 +289,13 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let span = this.span.get_or_insert_with(|| {
-            tracing::info_span!(
-                "workflow.run",
-                workflow = W::GRAPH.workflow,
-                run_id = this.executor.shared.run_id
-            )
+            let (workflow, run_id) = (W::GRAPH.workflow, this.executor.shared.run_id);
+            if this.parent.is_none() {
+                // Made outside any span: the span current where it is first polled.
+                tracing::info_span!("workflow.run", workflow, run_id)
+            } else {
+                tracing::info_span!(parent: &this.parent, "workflow.run", workflow, run_id)
+            }
         });
         let _entered = span.enter();
         this.executor.poll(cx)
@@ -360,7 +367,7 @@ where
     fn poll(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<W::Output>> {
         if !self.begun {
             // Wait for a turn under `max_concurrent_runs` (the run's timeout starts after).
-            if let Some(admission) = &mut self.admission {
+            if self.admission.is_some() {
                 // A run cancelled while it waits for its turn ends now, never admitted (it
                 // used to wait for a permit first, forever if none came back). `cancel`
                 // wakes this waker: registered before the flag is read, so no cancel is
@@ -369,6 +376,9 @@ where
                 if self.shared.cancelled.load(Ordering::Acquire) {
                     return self.end(Err(WorkflowError::Cancelled));
                 }
+                // A snapshot of a run still waiting for its turn: the run as it will begin.
+                self.answer_snapshots_before_begin();
+                let admission = self.admission.as_mut().expect("checked above");
                 let permit = std::task::ready!(admission.as_mut().poll(cx));
                 self._permit = Some(permit.expect("the semaphore is never closed"));
                 self.admission = None;
@@ -389,6 +399,26 @@ where
         }
         let result = std::task::ready!(self.poll_run(cx));
         self.end(result)
+    }
+
+    /// Answers the snapshot requests of a run that has not begun (it waits for admission):
+    /// a run that was to start holds its start event; one that was to resume, what it restored.
+    fn answer_snapshots_before_begin(&self) {
+        let requests = lock(&self.shared.snapshot_requests)
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        if requests.is_empty() {
+            return;
+        }
+        let start = match &self.init {
+            Some(Init::Start(event)) => Some(event.clone()),
+            _ => None,
+        };
+        let snapshot = self.capture_with(start.as_ref());
+        for reply in requests {
+            let _ = reply.send(snapshot.clone());
+        }
     }
 
     fn begin(&mut self, init: Init) -> Result<()> {

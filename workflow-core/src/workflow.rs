@@ -410,7 +410,9 @@ impl<W: Workflow> Runner<W> {
     }
 
     /// Runs the workflow starting from `*state`, and leaves the run's final state in `*state`
-    /// whatever the outcome: the way to carry state from one run into the next.
+    /// whatever the outcome: the way to carry state from one run into the next. If the future
+    /// is dropped before the run ends (an outer timeout), `*state` is the state as the run left
+    /// it: every `update_state` made until then, including those of steps cut off half-way.
     ///
     /// ```
     /// use tidewater::prelude::*;
@@ -440,18 +442,27 @@ impl<W: Workflow> Runner<W> {
     /// # Errors
     /// See [`Runner::run`].
     pub async fn run_with(&self, input: W::Input, state: &mut W::State) -> Result<W::Output> {
+        /// Gives the run's state back to the caller however the run ends, also when this
+        /// future is dropped half-way (an outer timeout): the caller never finds its state
+        /// wiped.
+        struct GiveBack<'a, W: Workflow> {
+            state: &'a mut W::State,
+            shared: Arc<RunShared<W>>,
+        }
+        impl<W: Workflow> Drop for GiveBack<'_, W> {
+            fn drop(&mut self) {
+                *self.state = std::mem::take(&mut *lock(&self.shared.state));
+            }
+        }
         let shared = Arc::new(RunShared::new(
             std::mem::take(state),
             self.config.stream_capacity,
         ));
-        let result = execute(
-            self.clone(),
-            shared.clone(),
-            Init::Start(W::__start_event(input)),
-        )
-        .await;
-        *state = std::mem::take(&mut *lock(&shared.state));
-        result
+        let _give_back = GiveBack {
+            state,
+            shared: shared.clone(),
+        };
+        execute(self.clone(), shared, Init::Start(W::__start_event(input))).await
     }
 
     /// Starts a run on `input` in a new tokio task and returns its handler, to stream its
