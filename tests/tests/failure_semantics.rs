@@ -474,3 +474,83 @@ async fn run_with_dropped_half_way_keeps_the_callers_state_current_thread() {
 async fn run_with_dropped_half_way_keeps_the_callers_state_multi_thread() {
     run_with_dropped_half_way_keeps_the_callers_state().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// A join that can never complete is named in the stuck diagnostic (issue 17 item 5, 10 item 4).
+
+/// Fans out `n` jobs but tells the join to wait for `n + 2`.
+struct ShortFan;
+
+#[workflow]
+impl ShortFan {
+    #[step]
+    async fn fan(&self, ev: StartEvent<u32>) -> Vec<Job> {
+        (0..ev.0).map(Job).collect()
+    }
+
+    #[step]
+    async fn join(&self, ctx: &Context<Self>, ev: Job) -> Option<StopEvent<usize>> {
+        let all = ctx.collect(ev, 5)?;
+        Some(StopEvent(all.len()))
+    }
+}
+
+/// Waits for one `Hit` and one `Miss`; only `Hit`s come.
+struct HalfPair;
+
+#[workflow]
+impl HalfPair {
+    #[step(emits = [Hit, Miss])]
+    async fn fan(&self, ctx: &Context<Self>, _ev: StartEvent<()>) {
+        ctx.send_event(Hit(1));
+        ctx.send_event(Hit(2));
+    }
+
+    #[step]
+    async fn join(&self, ctx: &Context<Self>, ev: Either<Hit, Miss>) -> Option<StopEvent<u32>> {
+        let (hit, miss) = ctx.collect_each::<(Hit, Miss)>(ev)?;
+        Some(StopEvent(hit.0 + miss.0))
+    }
+}
+
+async fn a_join_that_cannot_complete_is_named_with_its_counts() {
+    let error = ShortFan.run(3).await.unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains(
+            "step `join` waits in `collect` for 5 `failure_semantics::Job` event(s) and has 3"
+        ),
+        "{text}"
+    );
+    let error = HalfPair.run(()).await.unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains(
+            "step `join` waits in `collect_each` for one of each of (`failure_semantics::Hit`, \
+             `failure_semantics::Miss`) and has `failure_semantics::Hit` 1/1, \
+             `failure_semantics::Miss` 0/1 (missing: `failure_semantics::Miss`)"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_join_that_cannot_complete_is_named_with_its_counts_current_thread() {
+    a_join_that_cannot_complete_is_named_with_its_counts().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_that_cannot_complete_is_named_with_its_counts_multi_thread() {
+    a_join_that_cannot_complete_is_named_with_its_counts().await;
+}
+
+#[tokio::test]
+async fn a_fan_out_of_zero_items_is_named_as_such() {
+    let error = ShortFan.run(0).await.unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains("step `fan` emitted an empty batch (a fan-out of 0 items)"),
+        "{text}"
+    );
+    assert!(text.contains("must handle 0 itself"), "{text}");
+}

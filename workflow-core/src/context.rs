@@ -155,6 +155,9 @@ impl CollectBuffer {
 #[derive(Default)]
 pub(crate) struct CollectBuffers {
     entries: Vec<((usize, u64), CollectBuffer)>,
+    /// What each collect waits for, by buffer: the types' names (one per position) and how
+    /// many make a set at each position. For the stuck diagnostic; recorded at the collect.
+    wanted: Vec<((usize, u64), &'static [&'static str], usize)>,
 }
 
 impl CollectBuffers {
@@ -172,6 +175,62 @@ impl CollectBuffers {
             }
         };
         &mut self.entries[i].1
+    }
+
+    /// Records what the collect of `key` waits for (see `wanted`).
+    fn want(&mut self, key: (usize, u64), names: &'static [&'static str], per_set: usize) {
+        match self.wanted.iter_mut().find(|(k, _, _)| *k == key) {
+            Some(entry) => entry.2 = per_set,
+            None => self.wanted.push((key, names, per_set)),
+        }
+    }
+
+    /// The collects that hold some events but not a whole set, in words:
+    /// ``step `join` waits in `collect` for 5 `Hit` event(s) and has 3``.
+    pub(crate) fn incomplete(&self, step_name: impl Fn(usize) -> &'static str) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (key, buffer) in &self.entries {
+            let slots = buffer.erased_slots();
+            if slots.iter().all(VecDeque::is_empty) {
+                continue;
+            }
+            let step = step_name(key.0);
+            let Some((_, names, per_set)) = self.wanted.iter().find(|(k, _, _)| k == key) else {
+                let held: usize = slots.iter().map(VecDeque::len).sum();
+                lines.push(format!("step `{step}` holds {held} collected event(s)"));
+                continue;
+            };
+            if let [name] = names {
+                lines.push(format!(
+                    "step `{step}` waits in `collect` for {per_set} `{name}` event(s) and has {}",
+                    slots.first().map_or(0, VecDeque::len)
+                ));
+            } else {
+                let have: Vec<String> = names
+                    .iter()
+                    .zip(slots.iter())
+                    .map(|(name, slot)| format!("`{name}` {}/1", slot.len().min(1)))
+                    .collect();
+                let missing: Vec<String> = names
+                    .iter()
+                    .zip(slots.iter())
+                    .filter(|(_, slot)| slot.is_empty())
+                    .map(|(name, _)| format!("`{name}`"))
+                    .collect();
+                lines.push(format!(
+                    "step `{step}` waits in `collect_each` for one of each of ({}) and has {} \
+                     (missing: {})",
+                    names
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    have.join(", "),
+                    missing.join(", ")
+                ));
+            }
+        }
+        lines
     }
 
     pub(crate) fn insert(&mut self, key: (usize, u64), buffer: CollectBuffer) {
@@ -492,6 +551,7 @@ impl<W: Workflow> Context<W> {
             E::NAME
         );
         let mut buffers = lock(&self.shared.collect);
+        buffers.want((self.step, E::ID.raw()), std::slice::from_ref(&E::NAME), n);
         let buffer = buffers
             .entry((self.step, E::ID.raw()), || {
                 CollectBuffer::Typed(Box::new(VecDeque::<E>::new()))
@@ -547,6 +607,7 @@ impl<W: Workflow> Context<W> {
             return None;
         }
         let mut buffers = lock(&self.shared.collect);
+        buffers.want((self.step, T::KEY), T::NAMES, 1);
         let slots = buffers
             .entry((self.step, T::KEY), || {
                 CollectBuffer::Erased(vec![VecDeque::new(); T::LEN])
@@ -694,6 +755,9 @@ pub trait CollectSet: Sized + 'static {
     /// The buffer's key: a mix of the types' ids, stable across processes.
     #[doc(hidden)]
     const KEY: u64;
+    /// The types' stable names, in the tuple's order.
+    #[doc(hidden)]
+    const NAMES: &'static [&'static str];
     /// The positions of the tuple that `event`'s type stands at, as a bit mask (0: none).
     #[doc(hidden)]
     fn slots_of(event: &DynEvent) -> u32;
@@ -711,6 +775,7 @@ macro_rules! collect_set {
                 $(key = (key ^ $ty::ID.raw()).rotate_left(17).wrapping_mul(0x0100_0000_01b3);)+
                 key
             };
+            const NAMES: &'static [&'static str] = &[$($ty::NAME),+];
             fn slots_of(event: &DynEvent) -> u32 {
                 let mut mask = 0;
                 $(if event.is::<$ty>() { mask |= 1 << $index; })+

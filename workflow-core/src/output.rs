@@ -73,6 +73,11 @@ impl<T: StepOutput> StepOutput for Option<T> {
 
 impl<T: StepOutput> StepOutput for Vec<T> {
     fn into_emitted(self, out: &mut Emitted) -> Result<(), BoxError> {
+        if self.is_empty() && matches!(out, Emitted::Nothing) {
+            // An empty batch (no allocation): emits nothing, but the stuck diagnostic can tell
+            // a fan-out of zero items from a step that emits nothing.
+            *out = Emitted::Many(Vec::new());
+        }
         for value in self {
             value.into_emitted(out)?;
         }

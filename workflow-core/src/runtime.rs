@@ -879,7 +879,16 @@ where
                 self.route(event, None)?;
             }
             Ok(Emitted::Many(events)) => {
-                self.last = Some((name, events.len()));
+                // An empty batch is told apart from "nothing" (usize::MAX) for the stuck
+                // diagnostic: it is a fan-out of zero items.
+                self.last = Some((
+                    name,
+                    if events.is_empty() {
+                        usize::MAX
+                    } else {
+                        events.len()
+                    },
+                ));
                 for event in events {
                     self.route(event, None)?;
                     if self.output.is_some() {
@@ -1056,11 +1065,24 @@ where
                 "step `{step}` finished without emitting an event, and no step is running, no \
                  event is queued and nothing waits for outside input"
             ),
+            Some((step, usize::MAX)) => format!(
+                "step `{step}` emitted an empty batch (a fan-out of 0 items), and no step is \
+                 running, no event is queued and nothing waits for outside input: a step that \
+                 fans out a count known only at run time must handle 0 itself (emit what the \
+                 join would, e.g. through an `Either`)"
+            ),
             Some((step, n)) => format!(
                 "step `{step}` emitted {n} event(s) but no step is running, no event is queued \
                  and nothing waits for outside input"
             ),
             None => "no step ever ran".to_string(),
+        };
+        // A fan-in that can never complete is usually the real cause: say what it waits for.
+        let joins = lock(&self.shared.collect).incomplete(|step| W::GRAPH.steps[step].name);
+        let diagnostic = if joins.is_empty() {
+            diagnostic
+        } else {
+            format!("{}; {diagnostic}", joins.join("; "))
         };
         WorkflowError::Stuck { diagnostic }
     }
