@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use crate::context::{EventOf, RunId, RunShared};
 use crate::error::{Result, WorkflowError};
 use crate::event::DynEvent;
-use crate::stream::EventStream;
+use crate::stream::{EventStream, Since};
 use crate::workflow::{Workflow, post_external};
 
 /// A run started with `start`: await it for the output, read its stream, send it events,
@@ -89,15 +89,61 @@ impl<W: Workflow> Handler<W> {
         self.shared.run_id
     }
 
-    /// The run's stream from its very start. The first call takes it; later calls return a
-    /// fresh subscription from the current point on, like [`Handler::subscribe`].
+    /// The run's stream from its very start (replayed from the history when taken late). The
+    /// first call takes it; later calls return a fresh subscription from the current point
+    /// on, like [`Handler::subscribe`].
     pub fn events(&mut self) -> EventStream {
         self.shared.stream.take_reserved()
     }
 
     /// A new subscription to the run's stream, from now on. Any number may exist at once.
+    /// After the run's end it holds the terminal item alone.
     pub fn subscribe(&self) -> EventStream {
         self.shared.stream.subscribe()
+    }
+
+    /// A subscription that first replays the run's history, from its start
+    /// ([`Since::Start`]) or after an item number seen before ([`Since::After`], from
+    /// [`EventStream::last_sequence`]), then goes on live; it always ends with the terminal
+    /// item, even when the run ended long ago. The history holds the runner's
+    /// `stream_capacity` last items; older ones are counted in [`EventStream::lagged`].
+    ///
+    /// ```
+    /// use futures_util::StreamExt;
+    /// use tidewater::prelude::*;
+    /// use tidewater::Since;
+    ///
+    /// #[derive(Debug, Clone, Event)]
+    /// struct Tick(u32);
+    ///
+    /// struct Count;
+    ///
+    /// #[workflow]
+    /// impl Count {
+    ///     #[step]
+    ///     async fn count(&self, ctx: &Context<Self>, ev: StartEvent<u32>) -> StopEvent<u32> {
+    ///         for n in 0..ev.0 {
+    ///             ctx.write_event_to_stream(Tick(n));
+    ///         }
+    ///         StopEvent(ev.0)
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let handler = Count.start(3);
+    /// while !handler.is_finished() {
+    ///     tokio::task::yield_now().await;
+    /// }
+    /// // Subscribed after the end: items 1 and 2 (the ticks after item 0), then the end.
+    /// let late: Vec<StreamItem> = handler.subscribe_from(Since::After(0)).collect().await;
+    /// assert_eq!(late.len(), 3);
+    /// assert_eq!(late[0].event::<Tick>().map(|t| t.0), Some(1));
+    /// assert!(late[2].is_terminal());
+    /// # }
+    /// ```
+    pub fn subscribe_from(&self, since: Since) -> EventStream {
+        self.shared.stream.subscribe_from(since)
     }
 
     /// Sends an event into the run from outside, to every step that accepts it.

@@ -63,7 +63,7 @@ pub use graph::{Graph, GraphError, StepSpec};
 pub use handler::Handler;
 pub use retry::RetryPolicy;
 pub use step_ref::{Accepts, StepRef};
-pub use stream::{DEFAULT_STREAM_CAPACITY, EventStream, Outcome, StreamItem};
+pub use stream::{DEFAULT_STREAM_CAPACITY, EventStream, Outcome, Since, StreamItem};
 pub use workflow::{DEFAULT_MAX_LOOP_INVOCATIONS, Runner, Workflow};
 
 #[doc(hidden)]

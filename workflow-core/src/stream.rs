@@ -6,6 +6,10 @@
 //! oldest item is dropped and the subscriber's [`EventStream::lagged`] count grows; the run
 //! never waits for a consumer. The terminal item is never dropped, and a subscriber that goes
 //! away is simply forgotten: it never stops the run.
+//!
+//! History: the run also keeps its last items (as many as one subscriber's buffer) and its
+//! terminal item, each numbered from 0, so a subscriber that comes late can ask for everything
+//! still held, or for what came after a number it saw, and always gets the end.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -82,9 +86,25 @@ pub enum Outcome {
     Suspended,
 }
 
+/// Where a late subscription starts (see `Handler::subscribe_from`).
+///
+/// ```
+/// use tidewater::Since;
+/// assert_ne!(Since::Start, Since::After(3));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// Everything the run's history still holds, from its first item.
+    Start,
+    /// The items after the one numbered `n` (items are numbered from 0 in publishing order).
+    After(u64),
+    /// Only what comes from now on.
+    Now,
+}
+
 #[derive(Debug)]
 struct Buffer {
-    items: VecDeque<StreamItem>,
+    items: VecDeque<(u64, StreamItem)>,
     lagged: u64,
     ended: bool,
     waker: Option<Waker>,
@@ -100,7 +120,8 @@ struct Subscriber {
 #[derive(Debug)]
 pub(crate) struct Publisher {
     subscribers: Mutex<Subscribers>,
-    any: AtomicBool,
+    /// Can anyone read what is published? A handler exists, or a subscription does.
+    open: AtomicBool,
     ended: AtomicBool,
     capacity: usize,
 }
@@ -110,36 +131,50 @@ struct Subscribers {
     list: Vec<Weak<Subscriber>>,
     /// The handler's own stream, which sees the run from its very start.
     reserved: Reserved,
+    /// The last `capacity` items published (the terminal one is kept apart, in `end`), for
+    /// late subscribers.
+    history: VecDeque<(u64, StreamItem)>,
+    /// The number the next item gets.
+    next: u64,
+    /// The terminal item's number and outcome, once published: never dropped.
+    end: Option<(u64, Outcome)>,
+    /// The run's handler exists (so someone may subscribe later).
+    handler: bool,
 }
 
 /// The handler's stream is made lazily: a run nobody reads (a parked run, most runs awaited
-/// for their output) never pays for a subscriber, yet `Handler::events` still misses nothing.
+/// for their output) never pays for a subscriber, yet `Handler::events` still misses nothing
+/// (it starts from the history).
 #[derive(Debug, Default)]
 enum Reserved {
     /// No reservation, or the handler took its stream.
     #[default]
     None,
-    /// Reserved, nothing published yet: made at the first item or when the handler asks.
+    /// Reserved and not taken yet: taking it replays the history from the start.
     Pending,
-    /// Made at the first item; held here until the handler takes it.
-    Made(Arc<Subscriber>),
-    /// The run ended with nothing else published: the stream is this one terminal item.
-    Ended(Outcome),
 }
 
 impl Publisher {
     pub(crate) fn new(capacity: usize) -> Publisher {
         Publisher {
             subscribers: Mutex::new(Subscribers::default()),
-            any: AtomicBool::new(false),
+            open: AtomicBool::new(false),
             ended: AtomicBool::new(false),
             capacity: capacity.max(1),
         }
     }
 
-    /// Does anyone listen? A cheap check the run makes before building an item.
+    /// Can anyone read an item? The run checks it before building one. While a handler
+    /// exists every item goes to the history, subscribed or not; a run without a handler
+    /// (`Runner::run`) builds none.
     pub(crate) fn has_subscribers(&self) -> bool {
-        self.any.load(Ordering::Acquire)
+        self.open.load(Ordering::Acquire)
+    }
+
+    fn update_open(&self, subscribers: &Subscribers) {
+        let open =
+            subscribers.end.is_none() && (subscribers.handler || !subscribers.list.is_empty());
+        self.open.store(open, Ordering::Release);
     }
 
     fn new_subscriber(&self) -> Arc<Subscriber> {
@@ -154,45 +189,73 @@ impl Publisher {
         })
     }
 
+    /// A subscription from now on; after the end, the terminal item alone.
     pub(crate) fn subscribe(&self) -> EventStream {
-        let mut subscribers = lock(&self.subscribers);
-        self.subscribe_locked(&mut subscribers)
+        self.subscribe_from(Since::Now)
     }
 
-    fn subscribe_locked(&self, subscribers: &mut Subscribers) -> EventStream {
+    /// A subscription replaying the history from `since`, then live. Items older than the
+    /// history holds are counted in [`EventStream::lagged`]; the terminal item always comes.
+    pub(crate) fn subscribe_from(&self, since: Since) -> EventStream {
+        let mut subscribers = lock(&self.subscribers);
+        self.subscribe_locked(&mut subscribers, since)
+    }
+
+    fn subscribe_locked(&self, subscribers: &mut Subscribers, since: Since) -> EventStream {
         let subscriber = self.new_subscriber();
-        if self.ended.load(Ordering::Acquire) {
-            // Subscribed after the end: the stream is over at once (and says why it is empty).
-            lock(&subscriber.buffer).ended = true;
-        } else {
-            subscribers.list.push(Arc::downgrade(&subscriber));
-            self.any.store(true, Ordering::Release);
+        let first = match since {
+            Since::Start => 0,
+            Since::After(n) => n.saturating_add(1),
+            Since::Now => subscribers.next,
+        };
+        {
+            let mut buffer = lock(&subscriber.buffer);
+            let oldest = subscribers
+                .history
+                .front()
+                .map_or(subscribers.next, |(seq, _)| *seq);
+            let end_seq = subscribers.end.as_ref().map(|(seq, _)| *seq);
+            let published = end_seq.unwrap_or(subscribers.next);
+            buffer.lagged = oldest.min(published).saturating_sub(first);
+            buffer.items.extend(
+                subscribers
+                    .history
+                    .iter()
+                    .filter(|(seq, _)| *seq >= first)
+                    .cloned(),
+            );
+            if let Some((seq, outcome)) = &subscribers.end {
+                buffer
+                    .items
+                    .push_back((*seq, StreamItem::End(outcome.clone())));
+                buffer.ended = true;
+            }
         }
-        EventStream { subscriber }
+        if subscribers.end.is_none() {
+            subscribers.list.push(Arc::downgrade(&subscriber));
+        }
+        self.update_open(subscribers);
+        EventStream {
+            subscriber,
+            last: None,
+        }
     }
 
     /// Reserves the handler's stream from the run's start (see [`Reserved`]); before the run
     /// publishes anything.
     pub(crate) fn reserve(&self) {
-        lock(&self.subscribers).reserved = Reserved::Pending;
-        self.any.store(true, Ordering::Release);
+        let mut subscribers = lock(&self.subscribers);
+        subscribers.reserved = Reserved::Pending;
+        subscribers.handler = true;
+        self.update_open(&subscribers);
     }
 
     /// The reserved stream, from the run's start; a fresh subscription once it was taken.
     pub(crate) fn take_reserved(&self) -> EventStream {
         let mut subscribers = lock(&self.subscribers);
         match std::mem::take(&mut subscribers.reserved) {
-            Reserved::Made(subscriber) => EventStream { subscriber },
-            Reserved::Ended(outcome) => {
-                let subscriber = self.new_subscriber();
-                let mut buffer = lock(&subscriber.buffer);
-                buffer.items.push_back(StreamItem::End(outcome));
-                buffer.ended = true;
-                drop(buffer);
-                EventStream { subscriber }
-            }
-            // Nothing was published yet: a subscription from now on is one from the start.
-            Reserved::Pending | Reserved::None => self.subscribe_locked(&mut subscribers),
+            Reserved::Pending => self.subscribe_locked(&mut subscribers, Since::Start),
+            Reserved::None => self.subscribe_locked(&mut subscribers, Since::Now),
         }
     }
 
@@ -200,13 +263,13 @@ impl Publisher {
     pub(crate) fn release_reserved(&self) {
         let mut subscribers = lock(&self.subscribers);
         subscribers.reserved = Reserved::None;
-        if subscribers.list.is_empty() {
-            self.any.store(false, Ordering::Release);
-        }
+        subscribers.handler = false;
+        subscribers.list.retain(|weak| weak.strong_count() > 0);
+        self.update_open(&subscribers);
     }
 
     pub(crate) fn publish(&self, item: StreamItem) {
-        if !self.has_subscribers() {
+        if self.ended.load(Ordering::Acquire) {
             return;
         }
         let terminal = item.is_terminal();
@@ -215,23 +278,18 @@ impl Publisher {
             return;
         }
         let subscribers = &mut *guard;
-        if let Reserved::Pending = subscribers.reserved {
-            match item {
-                StreamItem::End(outcome) if subscribers.list.is_empty() => {
-                    subscribers.reserved = Reserved::Ended(outcome);
-                    self.ended.store(true, Ordering::Release);
-                    self.any.store(false, Ordering::Release);
-                    return;
+        let seq = subscribers.next;
+        subscribers.next += 1;
+        match &item {
+            StreamItem::End(outcome) => subscribers.end = Some((seq, outcome.clone())),
+            _ => {
+                if subscribers.history.len() >= self.capacity {
+                    subscribers.history.pop_front();
                 }
-                _ => {
-                    let subscriber = self.new_subscriber();
-                    subscribers.list.push(Arc::downgrade(&subscriber));
-                    subscribers.reserved = Reserved::Made(subscriber);
-                }
+                subscribers.history.push_back((seq, item.clone()));
             }
         }
-        let subscribers = &mut subscribers.list;
-        subscribers.retain(|weak| {
+        subscribers.list.retain(|weak| {
             let Some(subscriber) = weak.upgrade() else {
                 return false;
             };
@@ -240,55 +298,59 @@ impl Publisher {
                 buffer.items.pop_front();
                 buffer.lagged += 1;
             }
-            buffer.items.push_back(item.clone());
+            buffer.items.push_back((seq, item.clone()));
             buffer.ended |= terminal;
             if let Some(waker) = buffer.waker.take() {
                 waker.wake();
             }
             true
         });
-        if subscribers.is_empty() && matches!(guard.reserved, Reserved::None) {
-            self.any.store(false, Ordering::Release);
-        }
         if terminal {
             self.ended.store(true, Ordering::Release);
-            guard.list.clear();
+            subscribers.list.clear();
         }
+        self.update_open(subscribers);
     }
 
     /// Publishes the terminal item unless one was published already.
     pub(crate) fn end(&self, outcome: Outcome) {
-        if !self.ended.load(Ordering::Acquire) {
-            if self.has_subscribers() {
-                self.publish(StreamItem::End(outcome));
-            }
-            self.ended.store(true, Ordering::Release);
-        }
+        self.publish(StreamItem::End(outcome));
     }
 }
 
 /// A subscription to a run's stream; a [`futures_core::Stream`] of [`StreamItem`]s that ends
 /// after the terminal [`StreamItem::End`].
 ///
-/// Get one from `Handler::events` or `Handler::subscribe`. Dropping it never affects the run.
+/// Get one from `Handler::events`, `Handler::subscribe` or `Handler::subscribe_from`. Dropping
+/// it never affects the run.
 #[derive(Debug)]
 pub struct EventStream {
     subscriber: Arc<Subscriber>,
+    last: Option<u64>,
 }
 
 impl EventStream {
-    /// How many items this subscriber lost because its buffer was full.
+    /// How many items this subscriber lost: dropped because its buffer was full, or older
+    /// than the run's history when it subscribed.
     pub fn lagged(&self) -> u64 {
         lock(&self.subscriber.buffer).lagged
+    }
+
+    /// The number of the last item this stream yielded (items are numbered from 0 in the
+    /// order the run published them), to resume from with `Handler::subscribe_from`.
+    pub fn last_sequence(&self) -> Option<u64> {
+        self.last
     }
 }
 
 impl Stream for EventStream {
     type Item = StreamItem;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<StreamItem>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<StreamItem>> {
         let mut buffer = lock(&self.subscriber.buffer);
-        if let Some(item) = buffer.items.pop_front() {
+        if let Some((seq, item)) = buffer.items.pop_front() {
+            drop(buffer);
+            self.last = Some(seq);
             return Poll::Ready(Some(item));
         }
         if buffer.ended {
@@ -340,8 +402,9 @@ mod tests {
         assert_eq!(items.len(), 2);
         assert_eq!(items[0].event::<Tick>(), Some(&Tick(1)));
         assert!(matches!(items[1], StreamItem::End(Outcome::Stopped)));
-        // Taken once: the next stream starts after the end, empty.
-        assert!(drain(publisher.take_reserved()).is_empty());
+        // Taken once: the next stream starts now, after the end: it holds the end alone.
+        let again = drain(publisher.take_reserved());
+        assert!(matches!(&again[..], [StreamItem::End(Outcome::Stopped)]));
     }
 
     #[test]
@@ -363,5 +426,81 @@ mod tests {
         publisher.publish(StreamItem::Event(DynEvent::new(Tick(2))));
         publisher.end(Outcome::Stopped);
         assert_eq!(drain(late).len(), 2);
+    }
+
+    fn ticks(items: &[StreamItem]) -> Vec<u32> {
+        items
+            .iter()
+            .filter_map(|i| i.event::<Tick>().map(|t| t.0))
+            .collect()
+    }
+
+    #[test]
+    fn a_late_subscriber_replays_the_history_from_a_cursor_and_always_gets_the_end() {
+        let publisher = Publisher::new(4);
+        publisher.reserve();
+        for n in 0..6 {
+            publisher.publish(StreamItem::Event(DynEvent::new(Tick(n))));
+        }
+        // The history holds the last 4 (numbers 2..=5); 0 and 1 are counted as lagged.
+        let mut all = publisher.subscribe_from(Since::Start);
+        assert_eq!(all.lagged(), 2);
+        let mut from = publisher.subscribe_from(Since::After(3));
+        assert_eq!(from.lagged(), 0);
+        let now = publisher.subscribe_from(Since::Now);
+        publisher.publish(StreamItem::Event(DynEvent::new(Tick(6))));
+        publisher.end(Outcome::Cancelled);
+        // After the end: the history and the end, whoever asks.
+        let after_end = publisher.subscribe_from(Since::After(5));
+        let nothing_left = publisher.subscribe();
+
+        let mut first = Vec::new();
+        futures_util::FutureExt::now_or_never(async {
+            while let Some(item) = all.next().await {
+                first.push((all.last_sequence(), item));
+            }
+        })
+        .unwrap();
+        let seqs: Vec<_> = first.iter().map(|(s, _)| s.unwrap()).collect();
+        // Unread, its buffer (4 items) overflowed with the two live items: 2 more dropped.
+        assert_eq!(seqs, vec![4, 5, 6, 7]);
+        assert_eq!(all.lagged(), 4);
+        assert!(matches!(first[3].1, StreamItem::End(Outcome::Cancelled)));
+        let items: Vec<StreamItem> = futures_util::FutureExt::now_or_never(async {
+            let mut v = Vec::new();
+            while let Some(i) = from.next().await {
+                v.push(i);
+            }
+            v
+        })
+        .unwrap();
+        assert_eq!(ticks(&items), vec![4, 5, 6]);
+        assert_eq!(from.last_sequence(), Some(7));
+        let now = drain(now);
+        assert_eq!(ticks(&now), vec![6]);
+        assert_eq!(now.len(), 2);
+        let after_end = drain(after_end);
+        assert_eq!(ticks(&after_end), vec![6]);
+        assert!(matches!(
+            after_end.last(),
+            Some(StreamItem::End(Outcome::Cancelled))
+        ));
+        assert!(matches!(
+            &drain(nothing_left)[..],
+            [StreamItem::End(Outcome::Cancelled)]
+        ));
+    }
+
+    #[test]
+    fn a_run_without_a_handler_builds_no_items() {
+        let publisher = Publisher::new(4);
+        assert!(!publisher.has_subscribers());
+        publisher.reserve();
+        assert!(publisher.has_subscribers());
+        publisher.end(Outcome::Stopped);
+        assert!(
+            !publisher.has_subscribers(),
+            "nothing is published after the end"
+        );
     }
 }
