@@ -554,3 +554,69 @@ async fn a_fan_out_of_zero_items_is_named_as_such() {
     );
     assert!(text.contains("must handle 0 itself"), "{text}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A retried join sees the same fan-in (issue 17, item 3).
+
+/// `join` retries; it fails once right after `collect` hands it the full set, and once after
+/// buffering job 1 (before the set is complete).
+struct RetriedJoin {
+    failed_on_set: std::sync::atomic::AtomicBool,
+    failed_on_one: std::sync::atomic::AtomicBool,
+    sets: Mutex<Vec<Vec<u32>>>,
+}
+
+#[workflow]
+impl RetriedJoin {
+    #[step]
+    async fn fan(&self, ev: StartEvent<u32>) -> Vec<Job> {
+        (0..ev.0).map(Job).collect()
+    }
+
+    #[step(retry = RetryPolicy::fixed(3, std::time::Duration::from_millis(1)))]
+    async fn join(&self, ctx: &Context<Self>, ev: Job) -> Result<Option<StopEvent<u32>>, DiskFull> {
+        let id = ev.0;
+        let set = ctx.collect(ev, 4);
+        if id == 1 && set.is_none() && !self.failed_on_one.swap(true, Ordering::SeqCst) {
+            return Err(DiskFull); // job 1 is in the buffer; its retry must not add it again
+        }
+        let Some(set) = set else { return Ok(None) };
+        let ids: Vec<u32> = set.iter().map(|j| j.0).collect();
+        self.sets.lock().unwrap().push(ids.clone());
+        if !self.failed_on_set.swap(true, Ordering::SeqCst) {
+            return Err(DiskFull); // the retry must get this same set
+        }
+        Ok(Some(StopEvent(ids.iter().sum())))
+    }
+}
+
+async fn a_retried_join_sees_the_same_set() {
+    let runner = RetriedJoin {
+        failed_on_set: Default::default(),
+        failed_on_one: Default::default(),
+        sets: Mutex::default(),
+    }
+    .runner()
+    .timeout(std::time::Duration::from_secs(5));
+    assert_eq!(runner.run(4).await.unwrap(), 6, "0 + 1 + 2 + 3, each once");
+    let sets = runner.workflow().sets.lock().unwrap().clone();
+    assert_eq!(
+        sets.len(),
+        2,
+        "the set, then the same set on the retry: {sets:?}"
+    );
+    assert_eq!(sets[0], sets[1]);
+    let mut ids = sets[0].clone();
+    ids.sort_unstable();
+    assert_eq!(ids, [0, 1, 2, 3]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_retried_join_sees_the_same_set_current_thread() {
+    a_retried_join_sees_the_same_set().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_join_sees_the_same_set_multi_thread() {
+    a_retried_join_sees_the_same_set().await;
+}

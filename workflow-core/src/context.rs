@@ -60,6 +60,9 @@ pub(crate) struct RunShared<W: Workflow> {
     pub(crate) unclaimed: Mutex<Vec<DynEvent>>,
     /// How many events steps wrote to the stream (the stream position of snapshots).
     pub(crate) stream_seq: AtomicU64,
+    /// What the collects of invocations of steps with retries did, so that a retry sees the
+    /// same fan-in: keyed by (step, worker) and the buffer's key.
+    pub(crate) held: Mutex<HeldSets>,
     /// Durable runs: stream events written by invocations still running, keyed by
     /// (step, worker); journaled when the invocation ends (see `write_event_to_stream`).
     pub(crate) journal_pending: Mutex<Vec<((usize, u32), crate::snapshot::EventRecord)>>,
@@ -83,6 +86,18 @@ pub(crate) struct Journal {
     /// another owner took the run over.
     pub(crate) lease: Lease,
     pub(crate) evict_when_waiting: bool,
+}
+
+/// What the collects of invocations did, by (step, worker) and buffer key.
+pub(crate) type HeldSets = Vec<((usize, u32), u64, Held)>;
+
+/// What an invocation's collect did, for its retries (steps with a retry policy only).
+#[derive(Clone)]
+pub(crate) enum Held {
+    /// Its event is in the buffer, and no set was complete.
+    Buffered,
+    /// It was handed this set (erased, in order).
+    Set(Vec<DynEvent>),
 }
 
 /// The events a collecting step buffered.
@@ -296,6 +311,7 @@ impl<W: Workflow> RunShared<W> {
             unclaimed: Mutex::new(Vec::new()),
             stream_seq: AtomicU64::new(0),
             journal_pending: Mutex::new(Vec::new()),
+            held: Mutex::new(Vec::new()),
             snapshot_requests: Mutex::new(Some(Vec::new())),
             journal: None,
         }
@@ -433,6 +449,8 @@ pub struct Context<W: Workflow> {
     pub(crate) attempt: u32,
     pub(crate) worker: u32,
     pub(crate) last_error: Option<Arc<dyn Error + Send + Sync>>,
+    /// The step has a retry policy: its collects remember what they did for the retries.
+    pub(crate) retries: bool,
 }
 
 impl<W: Workflow> Context<W> {
@@ -494,6 +512,27 @@ impl<W: Workflow> Context<W> {
         });
     }
 
+    /// What an earlier attempt of this invocation did with the collect buffer `key` (only for
+    /// steps with retries, and only on a retry).
+    fn held(&self, key: u64) -> Option<Held> {
+        if !self.retries || self.attempt <= 1 {
+            return None;
+        }
+        lock(&self.shared.held)
+            .iter()
+            .find(|(at, k, _)| *at == (self.step, self.worker) && *k == key)
+            .map(|(_, _, held)| held.clone())
+    }
+
+    fn hold(&self, key: u64, held: Held) {
+        let mut all = lock(&self.shared.held);
+        let at = (self.step, self.worker);
+        match all.iter_mut().find(|(a, k, _)| *a == at && *k == key) {
+            Some(entry) => entry.2 = held,
+            None => all.push((at, key, held)),
+        }
+    }
+
     /// Sends an event to the step named `step` only.
     ///
     /// # Errors
@@ -550,17 +589,40 @@ impl<W: Workflow> Context<W> {
              (the count must be at least 1)",
             E::NAME
         );
+        let key = E::ID.raw();
         let mut buffers = lock(&self.shared.collect);
-        buffers.want((self.step, E::ID.raw()), std::slice::from_ref(&E::NAME), n);
+        buffers.want((self.step, key), std::slice::from_ref(&E::NAME), n);
+        let held = self.held(key);
+        if let Some(Held::Set(set)) = held {
+            // A retry of the invocation that was handed this set: the same set again.
+            return Some(
+                set.into_iter()
+                    .map(|e| e.downcast::<E>().expect("a set holds one type"))
+                    .collect(),
+            );
+        }
         let buffer = buffers
-            .entry((self.step, E::ID.raw()), || {
+            .entry((self.step, key), || {
                 CollectBuffer::Typed(Box::new(VecDeque::<E>::new()))
             })
             .typed::<E>();
-        buffer.push_back(event);
+        // A retry whose earlier attempt buffered this same event does not buffer it twice.
+        if held.is_none() {
+            buffer.push_back(event);
+        }
         if buffer.len() >= n {
-            Some(buffer.drain(..n).collect())
+            let set: Vec<E> = buffer.drain(..n).collect();
+            if self.retries {
+                self.hold(
+                    key,
+                    Held::Set(set.iter().cloned().map(DynEvent::new).collect()),
+                );
+            }
+            Some(set)
         } else {
+            if self.retries {
+                self.hold(key, Held::Buffered);
+            }
             None
         }
     }
@@ -608,23 +670,36 @@ impl<W: Workflow> Context<W> {
         }
         let mut buffers = lock(&self.shared.collect);
         buffers.want((self.step, T::KEY), T::NAMES, 1);
+        let held = self.held(T::KEY);
+        if let Some(Held::Set(set)) = held {
+            return Some(T::from_events(&mut set.into_iter()));
+        }
         let slots = buffers
             .entry((self.step, T::KEY), || {
                 CollectBuffer::Erased(vec![VecDeque::new(); T::LEN])
             })
             .erased();
-        // A type that stands at several positions fills them in turn: the emptiest first.
-        let slot = (0..T::LEN)
-            .filter(|i| positions & (1 << i) != 0)
-            .min_by_key(|i| slots[*i].len())
-            .expect("at least one position");
-        slots[slot].push_back(event);
+        if held.is_none() {
+            // A type that stands at several positions fills them in turn: the emptiest first.
+            let slot = (0..T::LEN)
+                .filter(|i| positions & (1 << i) != 0)
+                .min_by_key(|i| slots[*i].len())
+                .expect("at least one position");
+            slots[slot].push_back(event);
+        }
         if slots.iter().all(|s| !s.is_empty()) {
-            let mut taken = slots
+            let taken: Vec<DynEvent> = slots
                 .iter_mut()
-                .map(|s| s.pop_front().expect("checked non-empty"));
-            Some(T::from_events(&mut taken))
+                .map(|s| s.pop_front().expect("checked non-empty"))
+                .collect();
+            if self.retries {
+                self.hold(T::KEY, Held::Set(taken.clone()));
+            }
+            Some(T::from_events(&mut taken.into_iter()))
         } else {
+            if self.retries {
+                self.hold(T::KEY, Held::Buffered);
+            }
             None
         }
     }

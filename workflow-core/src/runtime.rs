@@ -517,8 +517,10 @@ where
                     continue;
                 }
             } else if !self.ready.is_empty() {
-                // Out of budget with work left: come back after the runtime's other tasks.
-                cx.waker().wake_by_ref();
+                // Out of budget with work left: come back after the runtime's other tasks,
+                // deferred as `tokio::task::yield_now` does (a plain self-wake would put the run
+                // back in front of tasks that yielded to it, and starve them).
+                let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
                 return self.check_deadline(cx);
             }
             // Nothing to poll: sleep until a step, the inbox or the clock wakes us.
@@ -737,6 +739,11 @@ where
         // A timer still armed stays for the call's next invocation, which re-arms it if its
         // step has a time limit; if it fires first, it only polls an idle call for nothing.
         self.free_calls.push(index as u32);
+        if self.runner.config.steps[call.step].retry.is_some() {
+            // The invocation is over: its retries no longer need what its collects did.
+            let at = (call.step, call.worker);
+            crate::stream::lock(&self.shared.held).retain(|(a, _, _)| *a != at);
+        }
         Done {
             step: call.step,
             worker: call.worker,
@@ -756,6 +763,7 @@ where
             attempt,
             worker,
             last_error: call.last_error.clone(),
+            retries: self.runner.config.steps[step].retry.is_some(),
         };
         call.span = tracing::debug_span!(
             "workflow.step",
