@@ -46,6 +46,8 @@ use crate::context::RunId;
 use crate::error::WorkflowError;
 use crate::event::{DynEvent, EventKind, EventMeta};
 use crate::graph::Graph;
+use crate::handler::Handler;
+use crate::store::Store;
 use crate::stream::EventStream;
 use crate::workflow::{Runner, Workflow, post_external};
 
@@ -101,6 +103,39 @@ pub trait ServedWorkflow: Send + Sync + 'static {
     /// # Errors
     /// [`InvalidEvent`] naming the bad field.
     fn start(&self, input: Value) -> Result<ServedRun, InvalidEvent>;
+    /// Is the workflow `#[workflow(durable)]` (can its runs live in a store)?
+    fn durable(&self) -> bool;
+    /// [`start`](ServedWorkflow::start) as a durable run under `key` in `store` (checkpointed
+    /// at every step, resumable after a crash with
+    /// [`resume_stored`](ServedWorkflow::resume_stored)); a plain run when the workflow is not
+    /// durable.
+    ///
+    /// # Errors
+    /// [`StartError::Invalid`] for a bad payload (nothing runs), [`StartError::Failed`] when the
+    /// store refuses.
+    fn start_stored(
+        &self,
+        key: &str,
+        input: Value,
+        store: Arc<dyn Store>,
+    ) -> Result<ServedRun, StartError>;
+    /// Resumes the durable run `key` from `store`, where its last checkpoint left it.
+    ///
+    /// # Errors
+    /// The store has no such run, it has ended, or its record is corrupt.
+    fn resume_stored(&self, key: &str, store: Arc<dyn Store>) -> Result<ServedRun, WorkflowError>;
+}
+
+/// Why [`ServedWorkflow::start_stored`] started nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The payload does not fit the start event.
+    #[error(transparent)]
+    Invalid(#[from] InvalidEvent),
+    /// The store refused the run.
+    #[error(transparent)]
+    Failed(#[from] WorkflowError),
 }
 
 /// A started run of a [`ServedWorkflow`].
@@ -304,16 +339,55 @@ where
     }
 
     fn start(&self, input: Value) -> Result<ServedRun, InvalidEvent> {
-        let input: W::Input = serde_path_to_error::deserialize(input).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if path == "." {
-                InvalidEvent::new(inner.to_string())
-            } else {
-                InvalidEvent::new(format!("{path}: {inner}"))
-            }
-        })?;
-        let mut handler = self.runner.start(input);
+        let input = decode_input::<W>(input)?;
+        Ok(self.wrap(self.runner.start(input)))
+    }
+
+    fn durable(&self) -> bool {
+        W::DURABLE
+    }
+
+    fn start_stored(
+        &self,
+        key: &str,
+        input: Value,
+        store: Arc<dyn Store>,
+    ) -> Result<ServedRun, StartError> {
+        let input = decode_input::<W>(input)?;
+        if !W::DURABLE {
+            return Ok(self.wrap(self.runner.start(input)));
+        }
+        let handler = self.runner.clone().store(store).start_durable(key, input)?;
+        Ok(self.wrap(handler))
+    }
+
+    fn resume_stored(&self, key: &str, store: Arc<dyn Store>) -> Result<ServedRun, WorkflowError> {
+        let handler = self.runner.clone().store(store).resume_stored(key)?;
+        Ok(self.wrap(handler))
+    }
+}
+
+fn decode_input<W: Workflow>(input: Value) -> Result<W::Input, InvalidEvent>
+where
+    W::Input: DeserializeOwned,
+{
+    serde_path_to_error::deserialize(input).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            InvalidEvent::new(inner.to_string())
+        } else {
+            InvalidEvent::new(format!("{path}: {inner}"))
+        }
+    })
+}
+
+impl<W> Served<W>
+where
+    W: Workflow,
+    W::Output: Serialize,
+{
+    fn wrap(&self, mut handler: Handler<W>) -> ServedRun {
         let events = handler.events();
         let run_id = handler.run_id();
         let shared = handler.shared_arc();
@@ -328,12 +402,12 @@ where
                 reason: format!("the output cannot be serialized: {e}"),
             })
         });
-        Ok(ServedRun {
+        ServedRun {
             run_id,
             events,
             control,
             outcome,
-        })
+        }
     }
 }
 

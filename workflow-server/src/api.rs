@@ -23,6 +23,7 @@ pub(crate) struct Shared {
     pub(crate) handlers: Handlers,
     pub(crate) run_limit: Option<Arc<Semaphore>>,
     pub(crate) heartbeat: Option<Duration>,
+    pub(crate) persist: Option<Arc<crate::persist::Persist>>,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -197,19 +198,37 @@ fn start(
         })?),
         None => None,
     };
-    let run = wf.start(input).map_err(|e| {
+    let invalid = |e: tidewater::serve::InvalidEvent| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("Validation error for 'start_event': {e}"),
         )
-    })?;
+    };
+    let run = match &state.persist {
+        Some(p) => wf
+            .start_stored(&handler_id, input, p.store.clone())
+            .map_err(|e| match e {
+                tidewater::serve::StartError::Invalid(e) => invalid(e),
+                e => ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("Initial persistence failed: {e}"),
+                ),
+            })?,
+        None => wf.start(input).map_err(invalid)?,
+    };
     let traceparent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    Ok(state
-        .handlers
-        .track(handler_id, name.to_string(), run, permit, traceparent))
+    Ok(state.handlers.track(
+        handler_id,
+        name.to_string(),
+        run,
+        permit,
+        traceparent,
+        state.persist.clone(),
+        None,
+    ))
 }
 
 /// Python's events keep their free-form fields under `_data` (`StartEvent(topic="x")` dumps
@@ -352,7 +371,9 @@ pub(crate) async fn cancel(
         return Err(not_found_handler());
     }
     if !terminal {
-        entry.control().cancel();
+        if let Some(control) = entry.control() {
+            control.cancel();
+        }
         // The run ends at its next await point; a step that never yields is not waited for.
         let _ = tokio::time::timeout(Duration::from_secs(5), entry.ended()).await;
     }
@@ -429,8 +450,13 @@ pub(crate) async fn post_event(
             .cloned()
             .unwrap_or_else(|| json!({})),
     );
-    entry
-        .control()
+    let Some(control) = entry.control() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "Workflow already completed",
+        ));
+    };
+    control
         .send_json(kind, value, step)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.message))?;
     tracing::info!(handler_id = %id, event = kind, "event sent");

@@ -12,6 +12,8 @@ use tidewater::serve::{RunControl, ServedRun, envelope};
 use tidewater::{StreamItem, WorkflowError};
 use tokio::sync::watch;
 
+use crate::persist::{Persist, Row};
+
 /// A handler's status, as on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Status {
@@ -57,7 +59,9 @@ pub(crate) struct Entry {
     state: Mutex<State>,
     /// Bumped at every append and at the end: readers wait on it.
     changed: watch::Sender<u64>,
-    control: RunControl,
+    /// `None` for a handler read back from the file after its run ended.
+    control: Option<RunControl>,
+    persist: Option<Arc<Persist>>,
 }
 
 impl Entry {
@@ -65,8 +69,8 @@ impl Entry {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn control(&self) -> &RunControl {
-        &self.control
+    pub(crate) fn control(&self) -> Option<&RunControl> {
+        self.control.as_ref()
     }
 
     pub(crate) fn watch(&self) -> watch::Receiver<u64> {
@@ -75,6 +79,9 @@ impl Entry {
 
     fn push(&self, event: Value) {
         let mut state = self.lock();
+        if let Some(p) = &self.persist {
+            p.append_event(&self.handler_id, state.events.len(), &event);
+        }
         state.events.push(event);
         state.updated_at = Some(crate::time::now());
         drop(state);
@@ -87,6 +94,17 @@ impl Entry {
         state.status = status;
         state.error = error;
         state.result = result;
+        if let Some(p) = &self.persist {
+            p.finish(
+                &self.handler_id,
+                status.as_str(),
+                state.error.as_deref(),
+                state.result.as_ref(),
+                &now,
+                state.events.len(),
+                &last,
+            );
+        }
         state.updated_at = Some(now.clone());
         state.completed_at = Some(now);
         state.events.push(last);
@@ -146,6 +164,9 @@ impl Handlers {
     }
 
     pub(crate) fn remove(&self, id: &str) -> bool {
+        if let Some(p) = self.get(id).and_then(|e| e.persist.clone()) {
+            p.delete(id);
+        }
         let removed = self
             .map
             .lock()
@@ -167,8 +188,89 @@ impl Handlers {
         order.iter().filter_map(|id| map.get(id).cloned()).collect()
     }
 
+    fn insert(&self, entry: Arc<Entry>) {
+        let id = entry.handler_id.clone();
+        let old = self
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), entry);
+        if old.is_none() {
+            self.order
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(id);
+        }
+    }
+
+    /// A handler read back from the file whose run is not running here (it ended, or it
+    /// cannot be resumed: then it is marked failed with `failure`).
+    pub(crate) fn restore_ended(
+        &self,
+        row: Row,
+        failure: Option<String>,
+        persist: Option<Arc<Persist>>,
+    ) {
+        let status = match row.status.as_str() {
+            "completed" => Status::Completed,
+            "cancelled" => Status::Cancelled,
+            _ => Status::Failed,
+        };
+        let (status, error, result, events) = match (failure, row.result, row.events) {
+            (None, Ok(result), Ok(events)) => (status, row.error, result, events),
+            (failure, result, events) => {
+                let reason = failure
+                    .or_else(|| result.as_ref().err().cloned())
+                    .or_else(|| events.as_ref().err().cloned())
+                    .unwrap_or_default();
+                let mut events = events.unwrap_or_default();
+                let last = terminal(
+                    "WorkflowFailedEvent",
+                    json!({ "step_name": null, "exception": { "type": "ServerRestart", "message": reason }, "attempts": 0 }),
+                );
+                let now = crate::time::now();
+                if let Some(p) = &persist {
+                    p.finish(
+                        &row.handler_id,
+                        "failed",
+                        Some(&reason),
+                        None,
+                        &now,
+                        events.len(),
+                        &last,
+                    );
+                }
+                events.push(last);
+                tracing::error!(handler_id = %row.handler_id, %reason, "handler marked failed");
+                (Status::Failed, Some(reason), None, events)
+            }
+        };
+        let completed_at = row.completed_at.or_else(|| Some(crate::time::now()));
+        self.insert(Arc::new(Entry {
+            handler_id: row.handler_id,
+            workflow_name: row.workflow_name,
+            run_id: row.run_id,
+            started_at: row.started_at,
+            state: Mutex::new(State {
+                status,
+                updated_at: row.updated_at.or_else(|| completed_at.clone()),
+                completed_at,
+                error,
+                result,
+                events,
+            }),
+            changed: watch::channel(0).0,
+            control: None,
+            persist,
+        }));
+    }
+
     /// Records a started run and spawns the task that logs its stream and its outcome.
     /// `permit` (the concurrent-run cap) is held until the run ends.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site per origin (a new run, a resumed one); a struct would only rename them"
+    )]
     pub(crate) fn track(
         &self,
         handler_id: String,
@@ -176,32 +278,38 @@ impl Handlers {
         run: ServedRun,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
         traceparent: Option<String>,
+        persist: Option<Arc<Persist>>,
+        resumed: Option<Row>,
     ) -> Arc<Entry> {
         let now = crate::time::now();
+        let (run_id, started_at, events) = match resumed {
+            Some(row) => (row.run_id, row.started_at, row.events.unwrap_or_default()),
+            None => {
+                let run_id = crate::time::handler_id();
+                if let Some(p) = &persist {
+                    p.insert_handler(&handler_id, &workflow_name, &run_id, &now);
+                }
+                (run_id, now.clone(), Vec::new())
+            }
+        };
         let entry = Arc::new(Entry {
             handler_id: handler_id.clone(),
             workflow_name,
-            run_id: crate::time::handler_id(),
-            started_at: now.clone(),
+            run_id,
+            started_at,
             state: Mutex::new(State {
                 status: Status::Running,
                 updated_at: Some(now),
                 completed_at: None,
                 error: None,
                 result: None,
-                events: Vec::new(),
+                events,
             }),
             changed: watch::channel(0).0,
-            control: run.control.clone(),
+            control: Some(run.control.clone()),
+            persist,
         });
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(handler_id.clone(), entry.clone());
-        self.order
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(handler_id);
+        self.insert(entry.clone());
         let span = tracing::info_span!(
             "handler",
             handler_id = %entry.handler_id,

@@ -33,6 +33,7 @@ mod api;
 mod graph;
 mod handlers;
 mod openapi;
+mod persist;
 mod time;
 
 use std::collections::BTreeMap;
@@ -68,6 +69,7 @@ pub struct Server {
     max_runs: Option<usize>,
     heartbeat: Option<Duration>,
     page: Option<Router>,
+    sqlite: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Server {
@@ -112,6 +114,7 @@ impl Server {
             max_runs: None,
             heartbeat: Some(Duration::from_secs(25)),
             page: None,
+            sqlite: None,
         }
     }
 
@@ -178,6 +181,17 @@ impl Server {
         self
     }
 
+    /// Keeps handlers, their event logs and the runs' checkpoints in the SQLite file at
+    /// `path` (made if missing). A restarted server reads them back: finished handlers stay
+    /// readable, runs of `#[workflow(durable)]` workflows that were running resume from their
+    /// last checkpoint, and a run that cannot be resumed (its workflow is not durable or no
+    /// longer served, its record is corrupt) is marked failed with the reason. Without it the
+    /// server keeps everything in memory.
+    pub fn sqlite(mut self, path: impl Into<std::path::PathBuf>) -> Server {
+        self.sqlite = Some(path.into());
+        self
+    }
+
     /// Mounts a web page (the debugger, say) as the fallback of the API: every path that is
     /// not a route of the API (`/`, `/assets/app.js`, ...) goes to `page`. The page is not
     /// behind the bearer token (its API calls are).
@@ -187,13 +201,35 @@ impl Server {
     }
 
     /// The server as an axum [`Router`], to serve or to nest into an app.
+    ///
+    /// # Panics
+    /// When the SQLite file set by [`sqlite`](Server::sqlite) cannot be opened (use
+    /// [`try_router`](Server::try_router) to get the error), or when called outside a tokio
+    /// runtime while it has runs to resume.
     pub fn router(self) -> Router {
+        self.try_router()
+            .unwrap_or_else(|e| panic!("tidewater-server: {e}"))
+    }
+
+    /// [`router`](Server::router), with the error of opening the SQLite file.
+    ///
+    /// # Errors
+    /// The file cannot be opened or read.
+    pub fn try_router(self) -> std::io::Result<Router> {
+        let persist = match &self.sqlite {
+            Some(path) => Some(Arc::new(persist::Persist::open(path)?)),
+            None => None,
+        };
         let state = Arc::new(api::Shared {
             workflows: self.workflows,
             handlers: handlers::Handlers::default(),
             run_limit: self.max_runs.map(|n| Arc::new(Semaphore::new(n))),
             heartbeat: self.heartbeat,
+            persist,
         });
+        if let Some(p) = &state.persist {
+            restore(&state, p)?;
+        }
         let mut api = Router::new()
             .route("/workflows", get(api::list_workflows))
             .route("/workflows/{name}/run", post(api::run))
@@ -242,7 +278,7 @@ impl Server {
                     ]),
             );
         }
-        router
+        Ok(router)
     }
 
     /// Serves on `addr` until Ctrl-C (or SIGTERM), then stops taking requests and lets the
@@ -268,10 +304,50 @@ impl Server {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, workflows = ?self.workflow_names(), "serving");
         }
-        axum::serve(listener, self.router())
+        axum::serve(listener, self.try_router()?)
             .with_graceful_shutdown(shutdown)
             .await
     }
+}
+
+/// Reads every stored handler back; resumes the running ones that can be.
+fn restore(state: &api::Shared, p: &Arc<persist::Persist>) -> std::io::Result<()> {
+    let mut resumed = 0;
+    let mut ended = 0;
+    for row in p.load()? {
+        if row.status != "running" {
+            ended += 1;
+            state.handlers.restore_ended(row, None, Some(p.clone()));
+            continue;
+        }
+        let failure = match state.workflows.get(&row.workflow_name) {
+            None => Some(format!(
+                "the server restarted and no longer serves workflow `{}`",
+                row.workflow_name
+            )),
+            Some(wf) if !wf.durable() => Some(format!(
+                "the server restarted while the run was in flight, and workflow `{}` is not \
+                 `#[workflow(durable)]`, so it cannot resume",
+                row.workflow_name
+            )),
+            Some(_) if row.events.is_err() => row.events.as_ref().err().cloned(),
+            Some(wf) => match wf.resume_stored(&row.handler_id, p.store.clone()) {
+                Ok(run) => {
+                    resumed += 1;
+                    let id = row.handler_id.clone();
+                    let name = row.workflow_name.clone();
+                    state
+                        .handlers
+                        .track(id, name, run, None, None, Some(p.clone()), Some(row));
+                    continue;
+                }
+                Err(e) => Some(format!("the run cannot resume: {e}")),
+            },
+        };
+        state.handlers.restore_ended(row, failure, Some(p.clone()));
+    }
+    tracing::info!(resumed, ended, "handlers read back from the SQLite file");
+    Ok(())
 }
 
 async fn require_token(State(expected): State<Arc<str>>, request: Request, next: Next) -> Response {
