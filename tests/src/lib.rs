@@ -1,6 +1,7 @@
 //! Integration tests live in `tests/`; this library holds what they share with the helper
 //! binaries in `src/bin/`.
 
+pub mod checkout;
 pub mod durable;
 
 use std::sync::Arc;

@@ -242,3 +242,75 @@ async fn an_in_flight_steps_stream_events_are_journaled_once_across_a_resume() {
         .collect();
     assert_eq!(notes, [1], "one `slow started` note, journaled once");
 }
+
+/// Two event types with the same last name in different modules: both are journaled under
+/// their full names and decode back to their own types (the codec used to know one of them
+/// only, and the run failed at its first checkpoint).
+mod same_last_name {
+    use super::*;
+
+    mod a {
+        #[derive(Debug, Clone, tidewater::Event, serde::Serialize, serde::Deserialize)]
+        pub struct Ping(pub u32);
+    }
+    mod b {
+        #[derive(Debug, Clone, tidewater::Event, serde::Serialize, serde::Deserialize)]
+        pub struct Ping(pub String);
+    }
+
+    pub struct TwoPings;
+
+    #[workflow(durable)]
+    impl TwoPings {
+        #[step]
+        async fn first(&self, ev: StartEvent<u32>) -> a::Ping {
+            a::Ping(ev.0)
+        }
+        #[step]
+        async fn second(&self, ev: a::Ping) -> b::Ping {
+            b::Ping(format!("n={}", ev.0))
+        }
+        #[step]
+        async fn third(&self, ev: b::Ping) -> StopEvent<String> {
+            StopEvent(ev.0)
+        }
+    }
+
+    async fn run() {
+        let store = Arc::new(tidewater::store::MemoryStore::new());
+        let runner = TwoPings.runner().store(store.clone());
+        let output = runner.start_durable("p", 4).unwrap().await.unwrap();
+        assert_eq!(output, "n=4");
+        let names: Vec<String> = store
+            .history("p")
+            .iter()
+            .flat_map(|s| {
+                let queued = s.queued.iter().map(|q| q.event.event.clone());
+                queued.chain(s.in_flight.iter().map(|c| c.event.event.clone()))
+            })
+            .filter(|n| n.ends_with("::Ping"))
+            .collect();
+        assert!(names.iter().any(|n| n.ends_with("::a::Ping")), "{names:?}");
+        assert!(names.iter().any(|n| n.ends_with("::b::Ping")), "{names:?}");
+        // Each checkpoint with work left resumes to the same output.
+        let history = store.history("p");
+        let open = history
+            .iter()
+            .filter(|s| !s.queued.is_empty() || !s.in_flight.is_empty());
+        assert_eq!(open.clone().count(), 3);
+        for snapshot in open {
+            let output = TwoPings.runner().resume(snapshot).unwrap().await.unwrap();
+            assert_eq!(output, "n=4");
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn journaled_and_resumed_current_thread() {
+        run().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn journaled_and_resumed_multi_thread() {
+        run().await;
+    }
+}

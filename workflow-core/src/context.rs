@@ -10,7 +10,7 @@ use futures_util::task::AtomicWaker;
 
 use crate::error::{Result, WorkflowError};
 use crate::event::{DynEvent, Event, IntoDynEvent};
-use crate::snapshot::{Snapshot, SnapshotError};
+use crate::snapshot::{MemoRecord, Snapshot, SnapshotError};
 use crate::store::{Lease, Store};
 use crate::stream::{Publisher, StreamItem, lock};
 use crate::workflow::Workflow;
@@ -66,6 +66,11 @@ pub(crate) struct RunShared<W: Workflow> {
     /// Durable runs: stream events written by invocations still running, keyed by
     /// (step, worker); journaled when the invocation ends (see `write_event_to_stream`).
     pub(crate) journal_pending: Mutex<Vec<((usize, u32), crate::snapshot::EventRecord)>>,
+    /// What running invocations recorded (`Context::once`, answers of `wait_for`), by
+    /// invocation number; kept in snapshots so that a re-run gets them back.
+    pub(crate) memos: Mutex<Vec<(u64, Vec<MemoRecord>)>>,
+    /// Steps waiting for the loop to checkpoint what they recorded (durable runs).
+    pub(crate) flush_requests: Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
     /// `Handler::snapshot` calls waiting for the loop; `None` once the run is over, so that a
     /// later request fails at once instead of waiting for a loop that is gone.
     pub(crate) snapshot_requests: Mutex<Option<Vec<SnapshotReply>>>,
@@ -312,6 +317,8 @@ impl<W: Workflow> RunShared<W> {
             stream_seq: AtomicU64::new(0),
             journal_pending: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
+            memos: Mutex::new(Vec::new()),
+            flush_requests: Mutex::new(Vec::new()),
             snapshot_requests: Mutex::new(Some(Vec::new())),
             journal: None,
         }
@@ -398,6 +405,54 @@ impl<W: Workflow> RunShared<W> {
         }
     }
 
+    /// The `nth` value recorded under `label` by `invocation`, if any.
+    fn recall(&self, invocation: u64, label: &str, nth: u32) -> Option<serde_json::Value> {
+        let memos = lock(&self.memos);
+        let (_, records) = memos.iter().find(|(i, _)| *i == invocation)?;
+        records
+            .iter()
+            .filter(|r| r.label == label)
+            .nth(nth as usize)
+            .map(|r| r.value.clone())
+    }
+
+    fn record(&self, invocation: u64, label: &str, value: serde_json::Value) {
+        let mut memos = lock(&self.memos);
+        let record = MemoRecord {
+            label: label.to_string(),
+            value,
+        };
+        match memos.iter_mut().find(|(i, _)| *i == invocation) {
+            Some((_, records)) => records.push(record),
+            None => memos.push((invocation, vec![record])),
+        }
+    }
+
+    /// What `invocation` recorded, for a snapshot.
+    pub(crate) fn memo_of(&self, invocation: u64) -> Vec<MemoRecord> {
+        let memos = lock(&self.memos);
+        memos
+            .iter()
+            .find(|(i, _)| *i == invocation)
+            .map(|(_, records)| records.clone())
+            .unwrap_or_default()
+    }
+
+    /// The invocation ended: what it recorded is no longer needed.
+    pub(crate) fn forget(&self, invocation: u64) {
+        let mut memos = lock(&self.memos);
+        if !memos.is_empty() {
+            memos.retain(|(i, _)| *i != invocation);
+        }
+    }
+
+    /// A resumed invocation's records, from its snapshot.
+    pub(crate) fn restore_memo(&self, invocation: u64, records: Vec<MemoRecord>) {
+        if !records.is_empty() {
+            lock(&self.memos).push((invocation, records));
+        }
+    }
+
     fn remove_waiter(&self, id: u64) {
         lock(&self.waiters).retain(|w| w.id != id);
     }
@@ -451,6 +506,11 @@ pub struct Context<W: Workflow> {
     pub(crate) last_error: Option<Arc<dyn Error + Send + Sync>>,
     /// The step has a retry policy: its collects remember what they did for the retries.
     pub(crate) retries: bool,
+    /// The invocation's number in its run (stable across resumes of a durable run).
+    pub(crate) invocation: u64,
+    /// How many times this attempt asked for each label (`once`, `wait_for`): the n-th ask
+    /// gets the n-th recorded value.
+    pub(crate) asked: Mutex<Vec<(String, u32)>>,
 }
 
 impl<W: Workflow> Context<W> {
@@ -478,6 +538,138 @@ impl<W: Workflow> Context<W> {
     /// The error of the previous attempt, when this invocation is a retry.
     pub fn last_error(&self) -> Option<&(dyn Error + Send + Sync + 'static)> {
         self.last_error.as_deref()
+    }
+
+    /// A key naming this step invocation, the same on every attempt and, in a durable run,
+    /// after any resume in any process: `"<run key>/<step>/<n>"` (`"run-<id>/<step>/<n>"`
+    /// for a run that is not durable). Give it to a service that deduplicates requests (a
+    /// payment API's idempotency key, an upsert's primary key) so that an effect done again
+    /// after a crash is applied once.
+    ///
+    /// ```
+    /// use tidewater::prelude::*;
+    ///
+    /// struct Keyed;
+    ///
+    /// #[workflow]
+    /// impl Keyed {
+    ///     #[step]
+    ///     async fn only(&self, ctx: &Context<Self>, _ev: StartEvent<()>) -> StopEvent<String> {
+    ///         StopEvent(ctx.invocation_key())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let key = Keyed.run(()).await.unwrap();
+    /// assert!(key.starts_with("run-") && key.ends_with("/only/1"), "{key}");
+    /// # }
+    /// ```
+    pub fn invocation_key(&self) -> String {
+        let step = self.step_name();
+        match &self.shared.journal {
+            Some(journal) => format!("{}/{step}/{}", journal.key, self.invocation),
+            None => format!("run-{}/{step}/{}", self.shared.run_id, self.invocation),
+        }
+    }
+
+    /// Runs `effect` once per invocation: its value is recorded, and, in a durable run, saved
+    /// in the store before `once` returns. When the invocation runs again (a retry, a resume
+    /// after a crash or from a snapshot), `once` with the same label returns the recorded
+    /// value without running `effect`. Within one invocation the n-th `once` of a label gets
+    /// the n-th recorded value, so a loop may use one label.
+    ///
+    /// This is how a step does work and then waits (`wait_for`) without doing the work again
+    /// when the wait is resumed: put the work in `once`. What is not in a `once` runs again.
+    /// A crash *during* `effect` (before its value is saved) runs it again: give the effect
+    /// [`invocation_key`](Context::invocation_key) as its idempotency key to make that
+    /// exact too. A failure the effect returns is a value like any other: return a `Result`
+    /// and it comes back on resume; fail the step before `once` records it instead if the
+    /// effect should be tried again.
+    ///
+    /// # Errors
+    /// [`WorkflowError::Snapshot`] when the value does not serialize, or the recorded value
+    /// does not deserialize as `T`; [`WorkflowError::Cancelled`] when the run ended (its store
+    /// failed, typically) before the value was saved.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use tidewater::prelude::*;
+    ///
+    /// static EMAILS: AtomicU32 = AtomicU32::new(0);
+    ///
+    /// struct Notify;
+    ///
+    /// #[workflow]
+    /// impl Notify {
+    ///     #[step]
+    ///     async fn send(&self, ctx: &Context<Self>, ev: StartEvent<String>) -> Result<StopEvent<u32>, WorkflowError> {
+    ///         let key = ctx.invocation_key();
+    ///         let id = ctx
+    ///             .once("email", || async move {
+    ///                 // send_email(&ev.0, idempotency_key = key)...
+    ///                 let _ = (ev.0, key);
+    ///                 EMAILS.fetch_add(1, Ordering::SeqCst) + 1
+    ///             })
+    ///             .await?;
+    ///         Ok(StopEvent(id))
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// assert_eq!(Notify.run("ada@example.com".into()).await.unwrap(), 1);
+    /// # }
+    /// ```
+    pub async fn once<T, Fut>(&self, label: &str, effect: impl FnOnce() -> Fut) -> Result<T>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+        Fut: std::future::Future<Output = T>,
+    {
+        let nth = self.ask(label);
+        if let Some(value) = self.shared.recall(self.invocation, label, nth) {
+            return serde_json::from_value(value).map_err(|e| {
+                SnapshotError::new(
+                    format!("in_flight.memo `{label}`"),
+                    format!("the recorded value does not read back: {e}"),
+                )
+                .into()
+            });
+        }
+        let value = effect().await;
+        let data = serde_json::to_value(&value).map_err(|e| {
+            WorkflowError::from(SnapshotError::new(
+                format!("in_flight.memo `{label}`"),
+                e.to_string(),
+            ))
+        })?;
+        self.shared.record(self.invocation, label, data);
+        self.flush().await?;
+        Ok(value)
+    }
+
+    /// The number of the next ask of `label` in this attempt (0 for the first).
+    fn ask(&self, label: &str) -> u32 {
+        let mut asked = lock(&self.asked);
+        match asked.iter_mut().find(|(l, _)| l == label) {
+            Some((_, n)) => {
+                *n += 1;
+                *n - 1
+            }
+            None => {
+                asked.push((label.to_string(), 1));
+                0
+            }
+        }
+    }
+
+    /// Durable runs: returns once the loop has checkpointed what this invocation recorded.
+    async fn flush(&self) -> Result<()> {
+        if self.shared.journal.is_none() {
+            return Ok(());
+        }
+        let (done, saved) = tokio::sync::oneshot::channel();
+        lock(&self.shared.flush_requests).push(done);
+        self.shared.notify();
+        saved.await.map_err(|_| WorkflowError::Cancelled)
     }
 
     /// Which of the step's workers runs this invocation (`0..num_workers`).
@@ -710,8 +902,13 @@ impl<W: Workflow> Context<W> {
     ///
     /// The event that satisfies a waiter goes to that waiter only: no step receives it too.
     /// Several waiters each get their own answer (the first registered matching waiter wins).
-    /// On resume from a snapshot the step runs again, so what it did before the wait happens
-    /// again: put side effects that must happen once in a step before a graph-level request.
+    ///
+    /// In a durable workflow the answer is recorded when it arrives (and, in a durable run,
+    /// saved in the store before the step sees it): if the invocation runs again (a resume
+    /// after a crash or from a snapshot, a retry), the n-th `wait_for::<R>` of the step
+    /// returns the n-th answer it received, at once and without publishing its request again.
+    /// The step's code before the wait does run again: put its side effects in
+    /// [`Context::once`].
     ///
     /// ```
     /// use std::time::Duration;
@@ -913,7 +1110,20 @@ impl<'a, W: Workflow, R: Event> std::future::IntoFuture for WaitFor<'a, W, R> {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
-            let shared = &self.ctx.shared;
+            let ctx = self.ctx;
+            let shared = &ctx.shared;
+            // Durable workflows: the n-th wait for an `R` of this invocation is answered by the
+            // n-th `R` it received, recorded when it came.
+            let recorded = if W::DURABLE {
+                let label = format!("wait_for:{}", R::NAME);
+                let nth = ctx.ask(&label);
+                if let Some(value) = shared.recall(ctx.invocation, &label, nth) {
+                    return replay::<W, R>(&label, value);
+                }
+                Some(label)
+            } else {
+                None
+            };
             let id = shared.next_waiter.fetch_add(1, Ordering::Relaxed);
             let (answer, receive) = tokio::sync::oneshot::channel();
             let waiter = Waiter {
@@ -922,22 +1132,25 @@ impl<'a, W: Workflow, R: Event> std::future::IntoFuture for WaitFor<'a, W, R> {
                 predicate: self.matches.map(|p| Box::new(p) as Box<dyn Any + Send>),
                 answer,
             };
-            {
+            let early = {
                 let mut waiters = lock(&shared.waiters);
                 // An answer that came before anyone waited is taken at once.
                 let mut unclaimed = lock(&shared.unclaimed);
                 if let Some(i) = unclaimed.iter().position(|e| waiter.matches(e)) {
-                    let event = unclaimed.remove(i);
-                    return Ok(event
-                        .downcast::<R>()
-                        .unwrap_or_else(|_| unreachable!("the matcher checked the type")));
+                    Some(unclaimed.remove(i))
+                } else {
+                    // Grown from one: most runs have one waiter, and a parked run pays for the
+                    // rest.
+                    if waiters.len() == waiters.capacity() {
+                        let more = waiters.len().max(1);
+                        waiters.reserve_exact(more);
+                    }
+                    waiters.push(waiter);
+                    None
                 }
-                // Grown from one: most runs have one waiter, and a parked run pays for the rest.
-                if waiters.len() == waiters.capacity() {
-                    let more = waiters.len().max(1);
-                    waiters.reserve_exact(more);
-                }
-                waiters.push(waiter);
+            };
+            if let Some(event) = early {
+                return ctx.received::<R>(recorded, event).await;
             }
             // Deregisters on every exit: answered, timed out, or the step dropped.
             struct Deregister<'s, W: Workflow>(&'s RunShared<W>, u64);
@@ -963,9 +1176,38 @@ impl<'a, W: Workflow, R: Event> std::future::IntoFuture for WaitFor<'a, W, R> {
             let event = received.map_err(|_| WorkflowError::Cancelled)?;
             // The predicate panicked in the run loop: the panic is this step's.
             let event = event.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            Ok(event
-                .downcast::<R>()
-                .unwrap_or_else(|_| unreachable!("the matcher checked the type")))
+            ctx.received::<R>(recorded, event).await
         })
     }
+}
+
+impl<W: Workflow> Context<W> {
+    /// A wait got `event`: recorded under `label` (durable workflows) and saved (durable
+    /// runs) before the step sees it. An answer of a type outside the graph cannot be
+    /// serialized: it is handed over unrecorded, and a re-run waits for it again.
+    async fn received<R: Event>(&self, label: Option<String>, event: DynEvent) -> Result<R> {
+        if let Some(label) = label {
+            if let Ok(record) = crate::snapshot::encode_event::<W>(&event) {
+                let value = serde_json::to_value(record).expect("an event record is JSON");
+                self.shared.record(self.invocation, &label, value);
+                self.flush().await?;
+            }
+        }
+        Ok(event
+            .downcast::<R>()
+            .unwrap_or_else(|_| unreachable!("the matcher checked the type")))
+    }
+}
+
+/// The answer a wait received before, read back from its record.
+fn replay<W: Workflow, R: Event>(label: &str, value: serde_json::Value) -> Result<R> {
+    let bad = |reason: String| -> WorkflowError {
+        SnapshotError::new(format!("in_flight.memo `{label}`"), reason).into()
+    };
+    let record: crate::snapshot::EventRecord =
+        serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+    let event = crate::snapshot::decode_event::<W>(&record).map_err(|(_, reason)| bad(reason))?;
+    event
+        .downcast::<R>()
+        .map_err(|e| bad(format!("recorded a `{}`, not a `{}`", e.name(), R::NAME)))
 }

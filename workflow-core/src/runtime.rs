@@ -142,7 +142,8 @@ struct Call<W: Workflow, F> {
     step: usize,
     worker: u32,
     attempt: u32,
-    /// Durable runs: start order, so that a resumed run starts them again in the same order.
+    /// The invocation's number in its run: its start order (a resumed run starts them again
+    /// in the same order), its `Context::invocation_key` and the key of what it recorded.
     order: u64,
     /// The input, when the step's `keep_input` says so: a snapshot re-runs it, a retry gets a
     /// copy, a catch-error step receives it.
@@ -205,7 +206,7 @@ struct Executor<W: Workflow, F> {
     recoveries: u32,
     /// How many invocations completed.
     completed: u64,
-    /// How many invocations started (durable runs).
+    /// How many invocations started: the number of the last one.
     started: u64,
     /// How the run begins; taken by the first poll.
     init: Option<Init>,
@@ -242,11 +243,23 @@ pub(crate) enum Init {
 
 /// A snapshot, decoded and checked against the workflow.
 pub(crate) struct Restored {
-    pub(crate) in_flight: Vec<(usize, DynEvent, u32)>,
+    pub(crate) in_flight: Vec<RestoredCall>,
+    /// How many invocations the run had started.
+    pub(crate) invocations: u64,
     pub(crate) queued: Vec<(usize, DynEvent)>,
     pub(crate) pending_requests: Vec<DynEvent>,
     pub(crate) recoveries: u32,
     pub(crate) completed: u64,
+}
+
+/// An invocation that was running when the snapshot was taken.
+pub(crate) struct RestoredCall {
+    pub(crate) step: usize,
+    pub(crate) event: DynEvent,
+    pub(crate) attempt: u32,
+    /// Its number (0: none recorded, a new one is given).
+    pub(crate) invocation: u64,
+    pub(crate) memo: Vec<crate::snapshot::MemoRecord>,
 }
 
 /// Runs one workflow run to its end.
@@ -431,13 +444,23 @@ where
                 let restored = *restored;
                 self.recoveries = restored.recoveries;
                 self.completed = restored.completed;
-                // The steps that were running run again, first, with their attempt counters.
-                for (step, event, attempt) in restored.in_flight {
-                    let state = &mut self.steps[step];
+                self.started = restored
+                    .in_flight
+                    .iter()
+                    .map(|c| c.invocation)
+                    .fold(restored.invocations, u64::max);
+                // The steps that were running run again, first, with their attempt counters,
+                // their numbers and what they recorded.
+                for call in restored.in_flight {
+                    let state = &mut self.steps[call.step];
                     if state.busy < state.limit {
-                        self.start(step, event, attempt);
+                        let invocation = (call.invocation > 0).then_some(call.invocation);
+                        if let Some(invocation) = invocation {
+                            self.shared.restore_memo(invocation, call.memo);
+                        }
+                        self.start(call.step, call.event, call.attempt, invocation);
                     } else {
-                        state.queue.push_back(event);
+                        state.queue.push_back(call.event);
                         self.queued += 1;
                     }
                 }
@@ -450,6 +473,18 @@ where
                         .stream
                         .publish(StreamItem::Event(request.clone()));
                     self.pending_requests.push(request);
+                }
+                // The re-run steps go first, up to their first pause: a step that waits inline
+                // registers its waiter again before any answer in the inbox is routed, so that
+                // the answer reaches it rather than another step taking its type.
+                let first: Vec<u32> = self.ready.drain(..).collect();
+                for index in first {
+                    if let Some(done) = self.poll_call(index as usize) {
+                        self.complete(done)?;
+                        if self.output.is_some() {
+                            break;
+                        }
+                    }
                 }
                 Ok(())
             }
@@ -468,7 +503,7 @@ where
         let mut budget = POLL_BUDGET;
         loop {
             if self.shared.mail.load(Ordering::Acquire) {
-                if let Err(error) = self.drain_mail() {
+                if let Err(error) = self.drain_mail().and_then(|()| self.flush()) {
                     return Poll::Ready(Err(error));
                 }
             }
@@ -605,6 +640,22 @@ where
         Ok(())
     }
 
+    /// Durable runs: checkpoints what steps recorded (`Context::once`, the answers of their
+    /// waits), then lets them go on.
+    fn flush(&mut self) -> Result<()> {
+        let mut waiting = std::mem::take(&mut *lock(&self.shared.flush_requests));
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        self.checkpoint()?;
+        // The checkpoint may have drained more requests: they are saved too.
+        waiting.append(&mut lock(&self.shared.flush_requests));
+        for done in waiting {
+            let _ = done.send(());
+        }
+        Ok(())
+    }
+
     fn route_mail(&mut self, mail: &mut Vec<crate::context::Envelope>) -> Result<()> {
         if mail.is_empty() {
             return Ok(());
@@ -735,6 +786,9 @@ where
         call.span = tracing::Span::none();
         call.phase = Phase::Idle;
         call.input = None;
+        if W::DURABLE {
+            self.shared.forget(call.order);
+        }
         call.last_error = None;
         // A timer still armed stays for the call's next invocation, which re-arms it if its
         // step has a time limit; if it fires first, it only polls an idle call for nothing.
@@ -764,6 +818,8 @@ where
             worker,
             last_error: call.last_error.clone(),
             retries: self.runner.config.steps[step].retry.is_some(),
+            invocation: call.order,
+            asked: std::sync::Mutex::new(Vec::new()),
         };
         call.span = tracing::debug_span!(
             "workflow.step",
@@ -819,7 +875,9 @@ where
         index
     }
 
-    fn start(&mut self, step: usize, event: DynEvent, attempt: u32) {
+    /// Starts an invocation of `step` on `event`: a new one, or the one numbered
+    /// `invocation` again (a resumed run).
+    fn start(&mut self, step: usize, event: DynEvent, attempt: u32, invocation: Option<u64>) {
         if self.runner.config.on_loop[step] {
             self.loop_invocations += 1;
             if self
@@ -848,15 +906,16 @@ where
                 worker,
             });
         }
-        if W::DURABLE {
+        let invocation = invocation.unwrap_or_else(|| {
             self.started += 1;
-        }
+            self.started
+        });
         let index = self.free_call();
         let call = &mut self.calls[index];
         call.step = step;
         call.worker = worker;
         call.attempt = attempt.max(1);
-        call.order = self.started;
+        call.order = invocation;
         if keep_input {
             call.input = Some(event.clone());
         }
@@ -912,7 +971,7 @@ where
         if self.output.is_none() {
             if let Some(event) = self.steps[done.step].queue.pop_front() {
                 self.queued -= 1;
-                self.start(done.step, event, 1);
+                self.start(done.step, event, 1, None);
             }
             // Durable runs: the completion and what it emitted are now in the store, so this
             // step never runs again on this input, whatever happens to the process.
@@ -1050,7 +1109,7 @@ where
     fn deliver(&mut self, step: usize, event: DynEvent) {
         let state = &mut self.steps[step];
         if state.busy < state.limit && state.queue.is_empty() {
-            self.start(step, event, 1);
+            self.start(step, event, 1, None);
         } else {
             state.queue.push_back(event);
             self.queued += 1;
@@ -1131,6 +1190,8 @@ where
                 step: W::GRAPH.steps[call.step].name.to_string(),
                 attempt: call.attempt,
                 event: encode(format!("in_flight[{}].event", in_flight.len()), input)?,
+                invocation: call.order,
+                memo: self.shared.memo_of(call.order),
             });
         }
         let mut queued = Vec::new();
@@ -1195,6 +1256,7 @@ where
             unclaimed,
             recoveries: self.recoveries,
             stream_seq: self.shared.stream_seq.load(Ordering::Relaxed),
+            invocations: self.started,
         })
     }
 
@@ -1496,7 +1558,13 @@ pub(crate) fn restore<W: Workflow>(
         let step = step_of(format!("in_flight[{i}].step"), &record.step)?;
         let event = event_of(format!("in_flight[{i}].event"), &record.event)?;
         let event = accepted(format!("in_flight[{i}].event"), step, event)?;
-        in_flight.push((step, event, record.attempt.max(1)));
+        in_flight.push(RestoredCall {
+            step,
+            event,
+            attempt: record.attempt.max(1),
+            invocation: record.invocation,
+            memo: record.memo.clone(),
+        });
     }
     let mut queued = Vec::new();
     for (i, record) in snapshot.queued.iter().enumerate() {
@@ -1512,6 +1580,7 @@ pub(crate) fn restore<W: Workflow>(
         state,
         Box::new(Restored {
             in_flight,
+            invocations: snapshot.invocations,
             queued,
             pending_requests,
             recoveries: snapshot.recoveries,

@@ -58,6 +58,11 @@ pub struct Snapshot {
     pub recoveries: u32,
     /// How many events the run had written to its stream.
     pub stream_seq: u64,
+    /// How many step invocations the run had started: the next invocation's number
+    /// ([`Context::invocation_key`](crate::Context::invocation_key)). 0 in snapshots written
+    /// before it was kept.
+    #[serde(default)]
+    pub invocations: u64,
 }
 
 /// One serialized event: its stable name and its data.
@@ -80,6 +85,28 @@ pub struct InFlightRecord {
     pub attempt: u32,
     /// The step's input.
     pub event: EventRecord,
+    /// The invocation's number in its run, stable across resumes (its
+    /// [`Context::invocation_key`](crate::Context::invocation_key)); 0 in snapshots written
+    /// before it was kept (a new number is given then).
+    #[serde(default)]
+    pub invocation: u64,
+    /// What the invocation recorded before it was captured, in order: the values of
+    /// [`Context::once`](crate::Context::once) and the answers its `wait_for`s received. The
+    /// re-run gets them back instead of doing that work again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memo: Vec<MemoRecord>,
+}
+
+/// One value an invocation recorded: what [`Context::once`](crate::Context::once) returned
+/// (label as given), or the answer a `wait_for` received (label `wait_for:` and the event's
+/// name, its data an [`EventRecord`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoRecord {
+    /// The label the step gave it.
+    pub label: String,
+    /// The value, serialized.
+    pub value: Value,
 }
 
 /// An event waiting in a step's queue.

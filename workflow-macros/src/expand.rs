@@ -350,7 +350,9 @@ fn durable_codec(private: &TokenStream, model: &Model) -> TokenStream {
         .iter()
         .flat_map(|s| s.accepts.iter().chain(&s.emits))
         .filter(|ty| !last_segment_is(ty, "StepFailure"))
-        .filter(|ty| seen.insert(last_name(ty)))
+        // By the type as written, not its last name: `a::Ping` and `b::Ping` are two events,
+        // each with its own codec (one spelled twice only costs a branch never taken).
+        .filter(|ty| seen.insert(type_name(ty)))
         .collect();
     let encode = events.iter().map(|ty| {
         quote_spanned! {type_span(ty)=>

@@ -46,6 +46,7 @@ pub fn record(status: RunStatus, completed: u64, stream_seq: u64) -> RunRecord {
             unclaimed: Vec::new(),
             recoveries: 0,
             stream_seq,
+            invocations: completed,
         },
         output: (status == RunStatus::Finished).then(|| serde_json::json!("done")),
         error: (status == RunStatus::Failed).then(|| "it broke".to_string()),
