@@ -150,7 +150,7 @@ fn rule_based_policy(request: &ChatRequest) -> ChatResponse {
     }
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
+async fn run() -> Result<(), Report> {
     let question = std::env::args().nth(1).unwrap_or_else(|| {
         "Is it warmer in Oslo or in Lisbon right now? Give the warmer one in Fahrenheit.".into()
     });
@@ -204,5 +204,5 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// Runs the example; an error is printed with its causes and fails the process.
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    examples::exit_with(run().await)
+    Report::exit(run().await)
 }

@@ -71,7 +71,7 @@ fn stand_in() -> MockLlm {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Report> {
     let llm = model_from_env_or(stand_in)?;
     println!("{}", JokeFlow::graph());
     let output = JokeFlow { llm }.run("chicken".to_string()).await?;

@@ -149,7 +149,7 @@ fn quote_best_sentences(request: &ChatRequest) -> ChatResponse {
     }
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
+async fn run() -> Result<(), Report> {
     let mut args = std::env::args().skip(1);
     let question = args.next().unwrap_or_else(|| {
         "How long does it take to charge the battery, and what does a blinking red light mean?"
@@ -200,5 +200,5 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// Runs the example; an error is printed with its causes and fails the process.
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    examples::exit_with(run().await)
+    Report::exit(run().await)
 }

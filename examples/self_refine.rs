@@ -203,7 +203,7 @@ fn scripted_extractor(request: &ChatRequest) -> ChatResponse {
 const EMAIL: &str = "Hi! This is Maria Lopez. I'd like two of the oak desks at €349 each and one desk \
 lamp (€39.90). Could you deliver them on 14 March 2025? Thanks, Maria";
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
+async fn run() -> Result<(), Report> {
     let text = std::env::args().nth(1).unwrap_or_else(|| EMAIL.to_string());
     let llm = tidewater_llm::model_from_env_or(|| {
         MockLlm::named("offline-scripted-extractor").responder(scripted_extractor)
@@ -233,5 +233,5 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// Runs the example; an error is printed with its causes and fails the process.
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    examples::exit_with(run().await)
+    Report::exit(run().await)
 }

@@ -123,7 +123,11 @@ async fn an_evicted_run_answered_on_a_multi_threaded_runtime_takes_its_answer() 
 }
 
 fn output_of(i: u32) -> &'static str {
-    if i % 2 == 0 { "published" } else { "dropped" }
+    if i.is_multiple_of(2) {
+        "published"
+    } else {
+        "dropped"
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -143,7 +143,7 @@ struct Looping;
 impl Looping {
     #[step]
     async fn begin(&self, ev: StartEvent<u32>) -> Either<Count, Odd> {
-        if ev.0 % 2 == 0 {
+        if ev.0.is_multiple_of(2) {
             Either::Left(Count(ev.0))
         } else {
             Either::Right(Odd(ev.0))

@@ -679,6 +679,8 @@ impl<W: Workflow> Context<W> {
 
     /// Reads or changes the run's state atomically: no other step sees it half-changed.
     ///
+    /// Returns what the closure returns, so one call can change the state and read what the
+    /// step needs from it: `let round = ctx.update_state(|s| { s.round += 1; s.round });`.
     /// The closure runs under the state's lock, so it cannot await; keep it short.
     ///
     /// # Panics

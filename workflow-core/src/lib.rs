@@ -33,6 +33,30 @@
 //! # }
 //! ```
 //!
+//! # The concepts, in the order you meet them
+//!
+//! 1. **Event**: a plain type with [`#[derive(Event)]`](macro@Event). [`StartEvent<I>`](StartEvent)
+//!    carries the run's input, [`StopEvent<O>`](StopEvent) its output; every other event is yours.
+//! 2. **Step**: an async method marked [`#[step]`](macro@step) taking one event (or
+//!    [`Either`] of several) and returning what it emits: an event, `Option`, `Vec`, `Either`,
+//!    `()` or a `Result` of those.
+//! 3. **Workflow**: the `impl` block marked [`#[workflow]`](macro@workflow); it implements
+//!    [`Workflow`], and its [`Graph`] is checked while compiling (see `docs/compile-time-checks.md`).
+//! 4. **Context**: a step that takes `ctx: &`[`Context<Self>`](Context) can send more events,
+//!    fan in with [`Context::collect`], share typed state with [`Context::update_state`], write to
+//!    the stream, and wait for a human with [`Context::wait_for`].
+//! 5. **Runner**: [`Workflow::runner`] (or `Flow.run(input)` for the defaults) sets time limits,
+//!    verbosity, a store; [`Runner::run`] awaits the output, [`Runner::start`] hands you a
+//!    [`Handler`].
+//! 6. **Handler**: the running run: await it for the output, [`Handler::send_event`] answers a
+//!    request, [`Handler::cancel`], [`Handler::snapshot`].
+//! 7. **Stream**: [`Handler::events`] is an [`EventStream`] of [`StreamItem`]s ending in an
+//!    [`Outcome`]; the prelude brings `next()` for it.
+//! 8. **Store**: with `#[workflow(durable)]` and a [`store::Store`], runs are checkpointed, outlive
+//!    their process and are answered later ([`Runner::start_durable`], [`Runner::answer`]).
+//!
+//! A failed run is a [`WorkflowError`]; return [`Report`] from `main` to print it as sentences.
+//!
 //! The guide chapters live in `docs/` of the repository: fundamentals, the compile-time
 //! checks, the runtime (state, fan-in, streaming, retries, time limits), durability
 //! (human-in-the-loop, snapshots, durable runs), and reading the expansion with `cargo expand`.
@@ -46,6 +70,7 @@ mod event;
 pub mod graph;
 mod handler;
 mod output;
+mod report;
 mod retry;
 mod runtime;
 #[cfg(feature = "serve")]
@@ -61,6 +86,7 @@ pub use error::{BoxError, Result, WorkflowError};
 pub use event::{DynEvent, Either, Event, EventId, Request, StartEvent, StepFailure, StopEvent};
 pub use graph::{Graph, GraphError, StepSpec};
 pub use handler::Handler;
+pub use report::Report;
 pub use retry::RetryPolicy;
 pub use step_ref::{Accepts, StepRef};
 pub use stream::{DEFAULT_STREAM_CAPACITY, EventStream, Outcome, Since, StreamItem};
@@ -98,11 +124,14 @@ pub use tidewater_macros::Event;
 /// Everything a workflow author needs: `use tidewater::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Context, DynEvent, Either, Event, Handler, RetryPolicy, Runner, StartEvent, StepFailure,
-        StopEvent, StreamItem, Workflow, WorkflowError,
+        Context, DynEvent, Either, Event, Handler, Outcome, Report, RetryPolicy, Runner,
+        StartEvent, StepFailure, StopEvent, StreamItem, Workflow, WorkflowError,
     };
     #[cfg(feature = "macros")]
     pub use crate::{step, workflow};
+    /// `next()` on an [`EventStream`](crate::EventStream) (`while let Some(item) =
+    /// stream.next().await`) and the other stream adapters, without a `futures` dependency.
+    pub use futures_util::StreamExt as _;
 }
 
 /// Support for the generated code. Not public API: anything here may change in any release.

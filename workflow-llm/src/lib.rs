@@ -56,6 +56,27 @@ pub use types::{
 pub use serde_json;
 pub use tidewater;
 
+/// What a workflow that talks to a model needs, free of clashes with
+/// [`tidewater::prelude`]: both glob imports together compile, and `Result` and `RetryPolicy`
+/// keep meaning the standard `Result` and tidewater's step retry policy (the HTTP client's
+/// [`RetryPolicy`](crate::RetryPolicy) and this crate's [`Result`](crate::Result) are left out).
+///
+/// ```
+/// use tidewater::prelude::*;
+/// use tidewater_llm::prelude::*;
+///
+/// let retry: RetryPolicy = RetryPolicy::exponential(3); // tidewater's, for `#[step(retry = ..)]`
+/// let parsed: Result<u8, std::num::ParseIntError> = "7".parse(); // std's
+/// let model = MockLlm::new();
+/// # let _ = (retry, parsed, model);
+/// ```
+pub mod prelude {
+    pub use crate::{
+        ChatRequest, ChatResponse, Llm, LlmError, LlmExt, Message, MockLlm, OpenAiClient, Role,
+        StreamEvent, model_from_env_or,
+    };
+}
+
 use std::sync::Arc;
 
 /// Does the environment name a real model? True when `OPENAI_API_KEY` or `OPENAI_BASE_URL`
