@@ -136,7 +136,18 @@ fn parse_step(sig: &syn::Signature, mut options: StepOptions, errors: &mut Error
             }
             FnArg::Typed(typed) => {
                 let ty = &*typed.ty;
-                if is_context(ty) {
+                if last_segment_is(ty, "Context") {
+                    // Rejects `ctx: Context<Self>` (the habit from Python): the run keeps the
+                    // context, a step borrows it. Still the context parameter, so the event
+                    // parameter is not blamed.
+                    errors.add(
+                        type_span(ty),
+                        "a step takes the context by reference\n\
+                         help: write `ctx: &Context<Self>`",
+                    );
+                    ok = false;
+                    ctx_position = Some(position);
+                } else if is_context(ty) {
                     if ctx_position.is_some() {
                         errors.add(type_span(ty), "a step takes at most one context parameter");
                         ok = false;

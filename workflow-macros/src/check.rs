@@ -56,14 +56,16 @@ pub(crate) fn check<'a>(item: &ItemImpl, model: &'a Model, errors: &mut Errors) 
     if whole && starts.is_empty() {
         errors.add(
             type_span(&item.self_ty),
-            "no step takes a `StartEvent`: a workflow needs one step whose event is `StartEvent<Input>`",
+            "no step takes a `StartEvent`: a workflow needs one step whose event is `StartEvent<Input>`\n\
+             help: let the first step take `ev: StartEvent<Input>`, where `Input` is what `run` is given",
         );
     }
     // Rejects a workflow where no step returns `StopEvent<_>`: no run could ever finish.
     if whole && stops.is_empty() {
         errors.add(
             type_span(&item.self_ty),
-            "no step returns a `StopEvent`: a workflow needs one step that can emit `StopEvent<Output>`",
+            "no step returns a `StopEvent`: a workflow needs one step that can emit `StopEvent<Output>`\n\
+             help: let the last step return `StopEvent<Output>` (or `Either<Next, StopEvent<Output>>`), where `Output` is what `run` returns",
         );
     }
     // Rejects `async fn after(&self, ev: StopEvent<u8>)`: the stop event ends the run.
@@ -73,7 +75,8 @@ pub(crate) fn check<'a>(item: &ItemImpl, model: &'a Model, errors: &mut Errors) 
                 errors.add(
                     type_span(ty),
                     format!(
-                        "step `{}` accepts the `StopEvent`: the stop event ends the run and no step can take it",
+                        "step `{}` accepts the `StopEvent`: the stop event ends the run and no step can take it\n\
+                         help: return an event of your own for this step to take, and the `StopEvent` from the step that finishes",
                         step.ident
                     ),
                 );

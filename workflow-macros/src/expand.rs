@@ -489,7 +489,9 @@ fn graph_checks(
                 continue;
             }
             let message = format!(
-                "event `{}` is consumed by step `{step_name}` but no step produces it",
+                "event `{0}` is consumed by step `{step_name}` but no step produces it\n\
+                 help: return `{0}` from a step, or send it with `ctx.send_event` from a step \
+                 marked `#[step(emits = [{0}])]`",
                 type_name(ty)
             );
             checks.push(quote_spanned! {type_span(ty)=>
@@ -504,7 +506,9 @@ fn graph_checks(
                 continue;
             }
             let message = format!(
-                "event `{}` is produced by step `{step_name}` but no step consumes it",
+                "event `{0}` is produced by step `{step_name}` but no step consumes it\n\
+                 help: add a step taking `ev: {0}`, or stop emitting it (progress for the caller \
+                 goes to `ctx.write_event_to_stream`, not to the graph)",
                 type_name(ty)
             );
             checks.push(quote_spanned! {type_span(ty)=>
@@ -515,7 +519,8 @@ fn graph_checks(
             // Rejects a step returning `Ask` (`#[event(request = Answer)]`) when no step takes
             // `Answer`: the outside's answer would have nowhere to go.
             let unanswered = format!(
-                "request `{}` is emitted by step `{step_name}` but no step accepts its response",
+                "request `{}` is emitted by step `{step_name}` but no step accepts its response\n\
+                 help: add a step taking the response named by its `#[event(request = ..)]`",
                 type_name(ty)
             );
             checks.push(quote_spanned! {type_span(ty)=>
@@ -530,7 +535,10 @@ fn graph_checks(
         for (index, step) in model.steps.iter().enumerate() {
             let span = step.ident.span();
             let unreachable = format!(
-                "step `{}` can never run: no path from the `StartEvent` reaches it",
+                "step `{0}` can never run: no path from the `StartEvent` reaches it\n\
+                 help: the events `{0}` takes come only from steps that cannot run either; if a \
+                 step sends one with `ctx.send_event`, list it in that step's \
+                 `#[step(emits = [..])]`, or let a step that runs return it",
                 step.ident
             );
             // Rejects `a: A -> B` and `b: B -> A` when neither is fed from the start event.
@@ -540,11 +548,16 @@ fn graph_checks(
                 };
             });
             let dead_end = format!(
-                "step `{}` is a dead end: no event it emits can lead to a `StopEvent`",
+                "step `{0}` is a dead end: no event it emits can lead to a `StopEvent`\n\
+                 help: return an event that leads on, e.g. `Either<Next, StopEvent<_>>`; if \
+                 `{0}` only has side effects (I/O, `ctx.write_event_to_stream`) and the run stops \
+                 through another event, mark it `#[step(skip_graph_checks)]`: a run that reaches \
+                 only this step would otherwise end as stuck, which is what this rule prevents",
                 step.ident
             );
             let endless = format!(
-                "step `{}` is part of a loop with no exit: no event on the loop can lead to a `StopEvent`",
+                "step `{}` is part of a loop with no exit: no event on the loop can lead to a `StopEvent`\n\
+                 help: let one step on the loop return the way out, e.g. `Either<Again, StopEvent<_>>`",
                 step.ident
             );
             // Rejects `a: Start -> B`, `b: B -> ()` (dead end) and `b: B -> C`, `c: C -> B`
