@@ -215,7 +215,7 @@ impl Reviewer {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), WorkflowError> {
+async fn main() -> Result<(), Report> {
     let mut topic = "tidewater 0.1".to_string();
     let mut auto = false;
     let mut interactive = false;
@@ -263,8 +263,8 @@ async fn main() -> Result<(), WorkflowError> {
         Ok(PostOutcome::Abandoned { rounds }) => {
             println!("\nabandoned after {rounds} rejected drafts");
         }
-        Err(WorkflowError::Cancelled) => println!("cancelled"),
-        Err(error) => return Err(error),
+        // Nobody approved anything: say so with the exit status too.
+        Err(error) => return Err(error.into()),
     }
     Ok(())
 }

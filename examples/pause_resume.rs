@@ -6,6 +6,7 @@
 //! cargo run --example pause_resume -- start runs.db              # process 1: start, park, exit
 //! cargo run --example pause_resume -- answer runs.db approve     # process 2: answer, finish
 //! cargo run --example pause_resume -- answer runs.db reject
+//! cargo run --example pause_resume -- resume runs.db             # after a crash: go on
 //! ```
 //!
 //! With no arguments the example runs both halves as two child processes of itself, on a
@@ -133,8 +134,20 @@ fn runner(db: &Path) -> Result<Runner<Expenses>, WorkflowError> {
 }
 
 /// Process 1: starts the run, which parks waiting for the approval and leaves memory.
-async fn start(db: &Path) -> Result<(), WorkflowError> {
+async fn start(db: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let runner = runner(db)?;
+    // A key names one run: starting over a run that already ended would only be refused by the
+    // store, so say what happened and what to do instead.
+    if let Some(record) = SqliteStore::open(db)?.load(KEY)? {
+        if record.status == RunStatus::Finished {
+            return Err(format!(
+                "run `{KEY}` already finished (output {:?}): not starting it again; \
+                 use a new database to start a new run",
+                runner.stored_output(KEY)?
+            )
+            .into());
+        }
+    }
     let expense = Expense {
         who: "Ada".into(),
         what: "a conference trip".into(),
@@ -199,6 +212,20 @@ async fn answer(db: &Path, approved: bool) -> Result<(), WorkflowError> {
     Ok(())
 }
 
+/// After a crash of process 1 or 2: the run goes on from its last checkpoint (steps that were
+/// running are re-run; a run waiting for an answer parks again).
+async fn resume(db: &Path) -> Result<(), WorkflowError> {
+    let runner = runner(db)?;
+    match runner.resume_stored(KEY)?.await {
+        Ok(result) => say(&format!("result: {result}")),
+        Err(WorkflowError::Suspended { key }) => say(&format!(
+            "run `{key}` is waiting for an answer: run `answer`"
+        )),
+        Err(error) => return Err(error),
+    }
+    Ok(())
+}
+
 /// No arguments: both halves, each in a process of its own, on a fresh database.
 fn demo() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("workflow-pause-resume-{}", std::process::id()));
@@ -233,7 +260,7 @@ fn demo() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: pause_resume [start <db> | answer <db> <approve|reject>]");
+    eprintln!("usage: pause_resume [start <db> | answer <db> <approve|reject> | resume <db>]");
     ExitCode::from(2)
 }
 
@@ -243,7 +270,8 @@ async fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result: Result<(), Box<dyn std::error::Error>> = match args.as_slice() {
         [] => demo(),
-        ["start", db] => start(&PathBuf::from(db)).await.map_err(Into::into),
+        ["start", db] => start(&PathBuf::from(db)).await,
+        ["resume", db] => resume(&PathBuf::from(db)).await.map_err(Into::into),
         ["answer", db, verdict @ ("approve" | "reject")] => {
             answer(&PathBuf::from(db), *verdict == "approve")
                 .await
