@@ -161,7 +161,8 @@ async fn run() -> Result<(), Report> {
     })?;
     let agent = Agent::new(llm, tools())
         .system_prompt("You answer questions about the weather with the tools. Be brief.")
-        .max_iterations(5);
+        .max_iterations(5)
+        .max_tokens(256);
 
     println!("Q: {question}\n");
     let mut run = agent.start(question);
@@ -184,12 +185,17 @@ async fn run() -> Result<(), Report> {
     match run.await {
         Ok(answer) => {
             println!(
-                "\n\n({} model calls, {} tool calls, {} tokens in, {} out)",
+                "\n\n({} model calls, {} tool calls, {})",
                 answer.model_calls,
                 answer.tool_calls.len(),
-                answer.usage.input_tokens,
-                answer.usage.output_tokens
+                answer.usage_line()
             );
+            if answer.used_no_tool() {
+                println!(
+                    "note: the model answered without using any tool; the answer is its own \
+                     guess, not the tools' data"
+                );
+            }
             Ok(())
         }
         Err(error) => {

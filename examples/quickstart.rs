@@ -7,7 +7,10 @@
 use std::sync::Arc;
 
 use tidewater::prelude::*;
-use tidewater_llm::{ChatResponse, Llm, LlmError, LlmExt, MockLlm, Role, model_from_env_or};
+use tidewater_llm::{ChatRequest, ChatResponse, Llm, LlmError, MockLlm, Role, model_from_env_or};
+
+/// Enough for a short joke or one sentence, and a bound on a chatty model.
+const MAX_TOKENS: u32 = 120;
 
 /// The event between the two steps: a joke waiting for its critique.
 #[derive(Debug, Clone, Event)]
@@ -26,20 +29,18 @@ impl JokeFlow {
     #[step]
     async fn write_joke(&self, ev: StartEvent<String>) -> Result<Joke, LlmError> {
         let topic = ev.into_inner();
-        let text = self
-            .llm
-            .complete(format!("Write a short joke about {topic}."))
-            .await?;
+        let request =
+            ChatRequest::user(format!("Write a short joke about {topic}.")).max_tokens(MAX_TOKENS);
+        let text = self.llm.chat(request).await?.message.content;
         Ok(Joke { text })
     }
 
     /// Asks the model to critique the joke, and ends the run with joke and critique.
     #[step]
     async fn critique(&self, ev: Joke) -> Result<StopEvent<String>, LlmError> {
-        let critique = self
-            .llm
-            .complete(format!("Critique this joke in one sentence: {}", ev.text))
-            .await?;
+        let request = ChatRequest::user(format!("Critique this joke in one sentence: {}", ev.text))
+            .max_tokens(MAX_TOKENS);
+        let critique = self.llm.chat(request).await?.message.content;
         Ok(StopEvent(format!(
             "Joke: {}\nCritique: {critique}",
             ev.text

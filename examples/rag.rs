@@ -42,7 +42,14 @@ struct Token(String);
 struct Answer {
     text: String,
     sources: Vec<Hit>,
+    /// Whether the answer stopped at `MAX_ANSWER_TOKENS`.
+    cut: bool,
+    /// Tokens used, when the server said.
+    usage: Option<tidewater_llm::Usage>,
 }
+
+/// The longest answer: a small local model otherwise copies its sources for minutes.
+const MAX_ANSWER_TOKENS: u32 = 200;
 
 /// The RAG workflow: its fields are the steps' resources.
 struct Rag {
@@ -99,17 +106,18 @@ impl Rag {
             "Answer the question using only the numbered context passages. Cite them like [1]. \
              If the context does not contain the answer, say so.",
         )
-        .temperature(0.0);
-        let mut answer = self.llm.chat_stream(request).await?;
-        let mut text = String::new();
-        while let Some(event) = futures_util::StreamExt::next(&mut answer).await {
-            if let tidewater_llm::StreamEvent::Text(delta) = event? {
-                ctx.write_event_to_stream(Token(delta.clone()));
-                text.push_str(&delta);
-            }
-        }
+        .temperature(0.0)
+        .max_tokens(MAX_ANSWER_TOKENS);
+        let answer = self
+            .llm
+            .chat_stream(request)
+            .await?
+            .for_each_text(|delta| ctx.write_event_to_stream(Token(delta.to_string())))
+            .await?;
         Ok(StopEvent(Answer {
-            text,
+            cut: answer.finish_reason == Some(tidewater_llm::FinishReason::Length),
+            usage: answer.usage,
+            text: answer.message.content,
             sources: ev.passages,
         }))
     }
@@ -181,7 +189,17 @@ async fn run() -> Result<(), Report> {
         }
     }
     let answer = run.await?;
-    println!("\n\nsources:");
+    if answer.cut {
+        print!(" […cut at {MAX_ANSWER_TOKENS} tokens]");
+    }
+    match answer.usage {
+        Some(u) => println!(
+            "\n\n({} tokens in, {} out)",
+            u.input_tokens, u.output_tokens
+        ),
+        None => println!("\n\n(usage not reported by the server)"),
+    }
+    println!("\nsources:");
     for (i, hit) in answer.sources.iter().enumerate() {
         let preview: String = hit.chunk.text.replace('\n', " ").chars().take(70).collect();
         println!(

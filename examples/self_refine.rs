@@ -140,7 +140,8 @@ impl SelfRefine {
         ))
         .system("You extract data as JSON. Answer with the JSON object only.")
         .json_output("Order", Order::json_schema())
-        .temperature(0.0);
+        .temperature(0.0)
+        .max_tokens(400);
         if let Some((previous, errors)) = &ev.feedback {
             request = request
                 .message(Message::assistant(previous.clone()))
@@ -150,6 +151,9 @@ impl SelfRefine {
         }
         println!("attempt {}: asking the model…", ev.attempt);
         let answer = self.llm.chat(request).await?;
+        if let Some(mode) = answer.json_mode {
+            println!("attempt {}: structured output as {mode}", ev.attempt);
+        }
         Ok(Candidate {
             text: ev.text,
             attempt: ev.attempt,

@@ -54,7 +54,7 @@ use tidewater::prelude::*;
 use crate::error::LlmError;
 use crate::llm::Llm;
 use crate::schema::{self, JsonSchema};
-use crate::types::{ChatRequest, Message, ToolCall, ToolSpec, Usage};
+use crate::types::{ChatRequest, Message, ToolCall, ToolChoice, ToolSpec, Usage};
 
 type ToolFn = dyn Fn(Value) -> BoxFuture<'static, Result<String, String>> + Send + Sync;
 
@@ -234,10 +234,35 @@ pub struct AgentAnswer {
     pub model_calls: u32,
     /// Every tool call made, with its result, in order.
     pub tool_calls: Vec<ToolCallResult>,
-    /// Tokens used over all model calls.
-    pub usage: Usage,
+    /// Tokens used over all model calls, when the server reported usage for every one of
+    /// them; `None` when it did not (never made-up zeros).
+    pub usage: Option<Usage>,
     /// The whole conversation.
     pub messages: Vec<Message>,
+}
+
+impl AgentAnswer {
+    /// Did the model answer without calling any tool? Then the answer rests on the model's
+    /// own knowledge only, which an agent built on tools should say plainly.
+    pub fn used_no_tool(&self) -> bool {
+        self.tool_calls.is_empty()
+    }
+
+    /// The usage line: `"N tokens in, M out"`, or `"usage not reported by the server"`.
+    ///
+    /// ```
+    /// # use tidewater_llm::{Usage, agent::AgentAnswer};
+    /// let mut answer = AgentAnswer { text: String::new(), model_calls: 1, tool_calls: vec![], usage: None, messages: vec![] };
+    /// assert_eq!(answer.usage_line(), "usage not reported by the server");
+    /// answer.usage = Some(Usage { input_tokens: 120, output_tokens: 14 });
+    /// assert_eq!(answer.usage_line(), "120 tokens in, 14 out");
+    /// ```
+    pub fn usage_line(&self) -> String {
+        match self.usage {
+            Some(u) => format!("{} tokens in, {} out", u.input_tokens, u.output_tokens),
+            None => "usage not reported by the server".to_string(),
+        }
+    }
 }
 
 /// Asks the model for its next move (internal to the agent's graph).
@@ -276,6 +301,8 @@ pub struct AgentState {
     messages: Vec<Message>,
     model_calls: u32,
     usage: Usage,
+    /// Model calls whose answer carried no usage.
+    unreported: u32,
     pending: Vec<Option<ToolCallResult>>,
     done: Vec<ToolCallResult>,
 }
@@ -287,6 +314,8 @@ pub struct Agent {
     tools: Vec<Tool>,
     system: Option<String>,
     max_iterations: u32,
+    first_choice: ToolChoice,
+    max_tokens: Option<u32>,
 }
 
 impl Agent {
@@ -300,6 +329,8 @@ impl Agent {
             tools,
             system: None,
             max_iterations: Agent::DEFAULT_MAX_ITERATIONS,
+            first_choice: ToolChoice::Auto,
+            max_tokens: None,
         }
     }
 
@@ -313,6 +344,28 @@ impl Agent {
     /// [`AgentError::MaxIterations`].
     pub fn max_iterations(mut self, limit: u32) -> Agent {
         self.max_iterations = limit.max(1);
+        self
+    }
+
+    /// The `tool_choice` of the first model call: [`ToolChoice::Auto`] (the default: the
+    /// model decides), [`ToolChoice::Required`] (it must call some tool) or
+    /// [`ToolChoice::Tool`] (it must call this one). Later calls send `Auto`, so the model can
+    /// answer once it has the tools' results.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use tidewater_llm::{MockLlm, ToolChoice, agent::Agent};
+    /// let agent = Agent::new(Arc::new(MockLlm::new()), vec![]).tool_choice(ToolChoice::Required);
+    /// # let _ = agent;
+    /// ```
+    pub fn tool_choice(mut self, first_turn: ToolChoice) -> Agent {
+        self.first_choice = first_turn;
+        self
+    }
+
+    /// The most tokens each model call may generate.
+    pub fn max_tokens(mut self, limit: u32) -> Agent {
+        self.max_tokens = Some(limit);
         self
     }
 
@@ -343,21 +396,47 @@ impl Agent {
         ctx: &Context<Self>,
         _ev: ModelTurn,
     ) -> Result<Either<Vec<ToolCallRequest>, StopEvent<AgentAnswer>>, Reported> {
-        let messages = ctx.update_state(|s| {
+        let (messages, first) = ctx.update_state(|s| {
             s.model_calls += 1;
-            s.messages.clone()
+            (s.messages.clone(), s.model_calls == 1)
         });
-        let request = ChatRequest::new(messages).tools(self.tool_specs());
-        let answer = self
+        let specs = self.tool_specs();
+        let choice = if first && !specs.is_empty() {
+            self.first_choice.clone()
+        } else {
+            ToolChoice::Auto
+        };
+        let mut request = ChatRequest::new(messages).tools(specs.clone());
+        if !specs.is_empty() {
+            request = request.tool_choice(choice);
+        }
+        if let Some(limit) = self.max_tokens {
+            request = request.max_tokens(limit);
+        }
+        let mut answer = self
             .llm
             .chat_stream(request)
             .await?
             .for_each_text(|text| ctx.write_event_to_stream(AgentToken(text.to_string())))
             .await?;
+        if answer.calls().is_empty() {
+            // Some servers write the call as JSON text instead of `tool_calls`.
+            let calls = ToolCall::from_text(answer.content(), &specs);
+            if !calls.is_empty() {
+                tracing::info!(
+                    calls = calls.len(),
+                    "the model wrote its tool calls as text; reading them as calls"
+                );
+                answer.message = Message::assistant_tool_calls("", calls);
+            }
+        }
         let calls = answer.calls().to_vec();
         let model_calls = ctx.update_state(|s| {
             s.messages.push(answer.message.clone());
-            s.usage += answer.usage.unwrap_or_default();
+            match answer.usage {
+                Some(usage) => s.usage += usage,
+                None => s.unreported += 1,
+            }
             s.pending = vec![None; calls.len()];
             s.model_calls
         });
@@ -366,9 +445,12 @@ impl Agent {
                 text: answer.message.content,
                 model_calls,
                 tool_calls: std::mem::take(&mut s.done),
-                usage: s.usage,
+                usage: (s.unreported == 0).then_some(s.usage),
                 messages: std::mem::take(&mut s.messages),
             });
+            if answer.used_no_tool() && !self.tools.is_empty() {
+                tracing::warn!("the model answered without using any tool");
+            }
             return Ok(Either::Right(StopEvent(answer)));
         }
         if model_calls >= self.max_iterations {

@@ -10,20 +10,26 @@ pub type Result<T, E = LlmError> = std::result::Result<T, E>;
 /// ```
 /// use tidewater_llm::LlmError;
 /// let err = LlmError::Status {
+///     url: "http://127.0.0.1:8080/v1/chat/completions".into(),
 ///     status: 429,
 ///     message: "Rate limit reached".into(),
 ///     body: String::new(),
 ///     attempts: 3,
 /// };
-/// assert_eq!(err.to_string(), "the server answered 429 after 3 attempt(s): Rate limit reached");
+/// assert_eq!(
+///     err.to_string(),
+///     "http://127.0.0.1:8080/v1/chat/completions answered 429 after 3 attempt(s): Rate limit reached"
+/// );
 /// assert!(err.is_retryable());
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LlmError {
     /// The server answered with an HTTP error status (after the retries, when it was retryable).
-    #[error("the server answered {status} after {attempts} attempt(s): {message}")]
+    #[error("{url} answered {status} after {attempts} attempt(s): {message}")]
     Status {
+        /// Where the request went.
+        url: String,
         /// The HTTP status code.
         status: u16,
         /// The server's own error message (`error.message` of the JSON body), or the start of the body.
@@ -87,13 +93,63 @@ pub enum LlmError {
 
 impl LlmError {
     /// Would sending the same request again plausibly work? (429, 408, 409, 5xx, transport
-    /// failures and timeouts.)
+    /// failures and timeouts; never an answer whose body says the request itself is invalid,
+    /// whatever its status: some servers answer a validation error with a 500.)
+    ///
+    /// ```
+    /// use tidewater_llm::LlmError;
+    /// let err = LlmError::Status {
+    ///     url: "http://127.0.0.1:8080/v1/chat/completions".into(),
+    ///     status: 500,
+    ///     message: "1 validation error: Input should be 'text' or 'json_object'".into(),
+    ///     body: String::new(),
+    ///     attempts: 1,
+    /// };
+    /// assert!(err.is_input_error());
+    /// assert!(!err.is_retryable());
+    /// ```
     pub fn is_retryable(&self) -> bool {
         match self {
-            LlmError::Status { status, .. } => is_retryable_status(*status),
+            LlmError::Status { status, .. } => {
+                is_retryable_status(*status) && !self.is_input_error()
+            }
             LlmError::Timeout { .. } | LlmError::Transport { .. } => true,
             _ => false,
         }
+    }
+
+    /// Does the server say the request itself is wrong (a validation error, an invalid or
+    /// unsupported parameter), whatever the status code? Sending it again cannot help.
+    pub fn is_input_error(&self) -> bool {
+        match self {
+            LlmError::Status {
+                status,
+                message,
+                body,
+                ..
+            } => {
+                matches!(status, 400 | 404 | 405 | 413 | 415 | 422)
+                    || looks_like_input_error(message)
+                    || looks_like_input_error(body)
+            }
+            _ => false,
+        }
+    }
+
+    /// Does the server refuse the requested structured-output format (`response_format:
+    /// json_schema` or `json_object`)? The client then falls back to `json_object` with the
+    /// schema in the prompt, then to JSON asked for in the prompt alone.
+    pub fn rejects_response_format(&self) -> bool {
+        let LlmError::Status { message, body, .. } = self else {
+            return false;
+        };
+        if !self.is_input_error() {
+            return false;
+        }
+        let text = format!("{message}\n{body}").to_lowercase();
+        ["json_schema", "json_object", "response_format"]
+            .iter()
+            .any(|needle| text.contains(needle))
     }
 
     /// The HTTP status, for [`LlmError::Status`].
@@ -117,6 +173,25 @@ impl LlmError {
             LlmError::Mock(_) => "mock",
         }
     }
+}
+
+/// The words servers use for a request they reject as invalid: pydantic (llama-cpp-python,
+/// vLLM, LiteLLM), OpenAI's `invalid_request_error`, Ollama and llama.cpp's own wording.
+fn looks_like_input_error(text: &str) -> bool {
+    let text = text.to_lowercase();
+    [
+        "validation error",
+        "input should be",
+        "invalid_request_error",
+        "invalid request",
+        "invalid parameter",
+        "unrecognized request argument",
+        "extra inputs are not permitted",
+        "not supported",
+        "unsupported",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
 }
 
 pub(crate) fn is_retryable_status(status: u16) -> bool {

@@ -107,12 +107,27 @@ impl Endpoint {
     }
 }
 
-/// Sends one request on a new connection and returns the response head (the body streams).
+/// The connection of one request: dropping it closes the connection at once, so that a
+/// request abandoned on a timeout does not stay open (a server that notices the closed socket
+/// stops computing the answer nobody reads, instead of making the retry queue behind it).
+#[derive(Debug)]
+pub(crate) struct Connection(Option<tokio::task::AbortHandle>);
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// Sends one request on a new connection and returns the response head (the body streams)
+/// with the connection, which must be kept while the body is read.
 pub(crate) async fn send(
     endpoint: &Endpoint,
     request: Request<Full<Bytes>>,
     connect_timeout: Duration,
-) -> Result<Response<Incoming>, BoxError> {
+) -> Result<(Response<Incoming>, Connection), BoxError> {
     let tcp = tokio::time::timeout(
         connect_timeout,
         TcpStream::connect((endpoint.host.as_str(), endpoint.port)),
@@ -132,18 +147,24 @@ pub(crate) async fn send(
     exchange(tcp, request).await
 }
 
-async fn exchange<S>(io: S, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, BoxError>
+async fn exchange<S>(
+    io: S,
+    request: Request<Full<Bytes>>,
+) -> Result<(Response<Incoming>, Connection), BoxError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-    // The connection task ends when the response body is read or dropped.
-    tokio::spawn(async move {
+    // The connection task ends when the response body is read, or when the `Connection` is
+    // dropped (this future included: a timeout that drops it mid-request closes the socket).
+    let task = tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "connection closed with an error");
         }
     });
-    Ok(sender.send_request(request).await?)
+    let connection = Connection(Some(task.abort_handle()));
+    let response = sender.send_request(request).await?;
+    Ok((response, connection))
 }
 
 #[cfg(feature = "tls")]

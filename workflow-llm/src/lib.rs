@@ -49,8 +49,8 @@ pub use llm::{ChatStream, Llm, LlmExt, StreamEvent};
 pub use mock::MockLlm;
 pub use openai::{DEFAULT_BASE_URL, DEFAULT_MODEL, OpenAiClient, OpenAiEmbedder, RetryPolicy};
 pub use types::{
-    ChatRequest, ChatResponse, FinishReason, JsonOutput, Message, Role, ToolCall, ToolChoice,
-    ToolSpec, Usage,
+    ChatRequest, ChatResponse, FinishReason, JsonMode, JsonOutput, Message, Role, ToolCall,
+    ToolChoice, ToolSpec, Usage,
 };
 
 pub use serde_json;

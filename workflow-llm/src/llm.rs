@@ -221,6 +221,7 @@ impl Assembler {
             usage: self.usage,
             finish_reason: self.finish_reason,
             model: self.model,
+            json_mode: None,
         }
     }
 }

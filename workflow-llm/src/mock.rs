@@ -220,6 +220,9 @@ impl MockLlm {
         if answer.model.is_empty() {
             answer.model.clone_from(&self.inner.model);
         }
+        if let Some(output) = &request.json_output {
+            answer.json_mode = Some(output.mode.unwrap_or(crate::types::JsonMode::Schema));
+        }
         if answer.usage.is_none() {
             // A deterministic stand-in for a tokenizer: one token per word.
             let words = |s: &str| s.split_whitespace().count() as u32;

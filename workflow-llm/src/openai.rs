@@ -2,6 +2,8 @@
 //! llama.cpp server, LM Studio, and the many proxies that speak the same wire format.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,7 +21,7 @@ use crate::llm::{Assembler, ChatStream, Llm, StreamEvent};
 use crate::sse::SseParser;
 use crate::telemetry;
 use crate::types::{
-    ChatRequest, ChatResponse, FinishReason, Message, Role, ToolCall, ToolChoice, Usage,
+    ChatRequest, ChatResponse, FinishReason, JsonMode, Message, Role, ToolCall, ToolChoice, Usage,
 };
 
 /// The default base URL when `OPENAI_BASE_URL` is not set.
@@ -32,13 +34,19 @@ pub const DEFAULT_MODEL: &str = "gpt-4o-mini";
 /// Retried: 408, 409, 429 and 5xx answers, connection failures and timeouts. The wait is the
 /// server's `retry-after-ms` or `Retry-After` (in seconds) when it sends one, otherwise
 /// `initial_backoff` doubled on each retry up to `max_backoff`. A server that asks for a
-/// longer wait than `max_retry_after` gets its error returned at once instead.
+/// longer wait than `max_retry_after` gets its error returned at once instead. A request that
+/// timed out waits at least `after_timeout` before it is sent again: its connection is closed,
+/// but a busy one-slot server may still be finishing the abandoned answer.
+///
+/// Never retried: an answer whose body says the request is invalid, whatever its status
+/// ([`LlmError::is_input_error`]).
 ///
 /// ```
 /// use std::time::Duration;
 /// use tidewater_llm::RetryPolicy;
 /// let p = RetryPolicy::default();
 /// assert_eq!(p.backoff(1), Duration::from_millis(500));
+/// assert_eq!(p.after_timeout, Duration::from_secs(5));
 /// assert_eq!(p.backoff(2), Duration::from_secs(1));
 /// assert_eq!(p.backoff(30), p.max_backoff);
 /// ```
@@ -52,6 +60,8 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// The longest server-requested wait the client accepts.
     pub max_retry_after: Duration,
+    /// The least wait before retrying a request that timed out.
+    pub after_timeout: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -61,6 +71,7 @@ impl Default for RetryPolicy {
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(8),
             max_retry_after: Duration::from_secs(60),
+            after_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -102,6 +113,10 @@ impl RetryPolicy {
 /// ```
 ///
 /// Plain `http://` works out of the box; `https://` needs the crate's `tls` feature.
+///
+/// Structured output starts as `response_format: json_schema` and falls back, when the server
+/// says it does not support that, to `json_object` with the schema in the prompt, then to the
+/// prompt alone ([`JsonMode`]); the client (and its clones) remember the mode that worked.
 #[derive(Debug, Clone)]
 pub struct OpenAiClient {
     endpoint: Endpoint,
@@ -110,6 +125,35 @@ pub struct OpenAiClient {
     timeout: Duration,
     connect_timeout: Duration,
     retry: RetryPolicy,
+    /// The strictest structured-output mode the server has not refused (a `JsonMode` index).
+    json_mode: Arc<AtomicU8>,
+}
+
+/// The default time limit of one attempt: two minutes, five for a server on this machine (a
+/// local model on a CPU is slow).
+fn default_timeout(endpoint: &Endpoint) -> Duration {
+    let local = endpoint.host == "localhost"
+        || endpoint
+            .host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    Duration::from_secs(if local { 300 } else { 120 })
+}
+
+fn mode_index(mode: JsonMode) -> u8 {
+    match mode {
+        JsonMode::Schema => 0,
+        JsonMode::Object => 1,
+        JsonMode::Prompt => 2,
+    }
+}
+
+fn mode_of(index: u8) -> JsonMode {
+    match index {
+        0 => JsonMode::Schema,
+        1 => JsonMode::Object,
+        _ => JsonMode::Prompt,
+    }
 }
 
 impl OpenAiClient {
@@ -119,19 +163,22 @@ impl OpenAiClient {
     /// [`LlmError::Config`] when the URL is not `http(s)://host[:port][/path]`, or is https
     /// without the `tls` feature.
     pub fn new(base_url: &str, model: impl Into<String>) -> Result<OpenAiClient> {
+        let endpoint = Endpoint::parse(base_url)?;
         Ok(OpenAiClient {
-            endpoint: Endpoint::parse(base_url)?,
+            timeout: default_timeout(&endpoint),
+            endpoint,
             api_key: None,
             model: model.into(),
-            timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
+            json_mode: Arc::new(AtomicU8::new(0)),
         })
     }
 
     /// A client configured by the environment: `OPENAI_BASE_URL` (default
     /// [`DEFAULT_BASE_URL`]), `OPENAI_API_KEY` (optional: local servers need none),
-    /// `OPENAI_MODEL` (default [`DEFAULT_MODEL`]), `OPENAI_TIMEOUT_SECS` (default 120).
+    /// `OPENAI_MODEL` (default [`DEFAULT_MODEL`]), `OPENAI_TIMEOUT_SECS` (default 120, or 300
+    /// for a server on this machine).
     ///
     /// # Errors
     /// See [`OpenAiClient::new`]; also a timeout that is not a number.
@@ -157,7 +204,10 @@ impl OpenAiClient {
     }
 
     /// The time limit of one attempt: for `chat`, the whole answer; for `chat_stream`, the
-    /// response head and then each gap between two pieces of the stream.
+    /// response head and then each gap between two pieces of the stream. A client talks to
+    /// one endpoint and one default model, so this is the limit for that endpoint; a request
+    /// can set its own ([`ChatRequest::timeout`]). A timed-out attempt's connection is
+    /// closed.
     pub fn timeout(mut self, limit: Duration) -> OpenAiClient {
         self.timeout = limit;
         self
@@ -175,6 +225,12 @@ impl OpenAiClient {
         self
     }
 
+    /// The structured-output mode the next request asking for JSON starts with: the
+    /// strictest the server has not refused so far.
+    pub fn json_mode(&self) -> JsonMode {
+        mode_of(self.json_mode.load(Ordering::Relaxed))
+    }
+
     /// The chat completions URL this client posts to.
     pub fn url(&self) -> String {
         self.endpoint.url("/chat/completions")
@@ -190,11 +246,18 @@ impl OpenAiClient {
 
     /// Sends the request, retrying per the policy; returns the successful response (its body
     /// already read when `stream` is false).
-    async fn send(&self, path: &str, body: Bytes, stream: bool) -> Result<Success> {
+    async fn send(
+        &self,
+        path: &str,
+        body: Bytes,
+        stream: bool,
+        timeout: Duration,
+    ) -> Result<Success> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (error, retry_after) = match self.attempt(path, body.clone(), stream).await {
+            let (error, retry_after) = match self.attempt(path, body.clone(), stream, timeout).await
+            {
                 Ok(success) => return Ok(success),
                 Err(failure) => failure,
             };
@@ -202,7 +265,10 @@ impl OpenAiClient {
             if !error.is_retryable() || attempt > self.retry.max_retries {
                 return Err(error);
             }
-            let wait = retry_after.unwrap_or_else(|| self.retry.backoff(attempt));
+            let mut wait = retry_after.unwrap_or_else(|| self.retry.backoff(attempt));
+            if matches!(error, LlmError::Timeout { .. }) {
+                wait = wait.max(self.retry.after_timeout);
+            }
             if wait > self.retry.max_retry_after {
                 return Err(error);
             }
@@ -216,6 +282,7 @@ impl OpenAiClient {
         path: &str,
         body: Bytes,
         stream: bool,
+        limit: Duration,
     ) -> std::result::Result<Success, (LlmError, Option<Duration>)> {
         let url = self.endpoint.url(path);
         let accept = if stream {
@@ -229,11 +296,11 @@ impl OpenAiClient {
             .map_err(|e| (e, None))?;
         let timeout = |url: String| LlmError::Timeout {
             url,
-            timeout: self.timeout,
+            timeout: limit,
             attempts: 1,
         };
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let response = match tokio::time::timeout_at(
+        let deadline = tokio::time::Instant::now() + limit;
+        let (response, connection) = match tokio::time::timeout_at(
             deadline,
             http::send(&self.endpoint, request, self.connect_timeout),
         )
@@ -255,7 +322,7 @@ impl OpenAiClient {
         let status = response.status();
         let retry_after = retry_after(response.headers());
         if status.is_success() && stream {
-            return Ok(Success::Stream(response.into_body()));
+            return Ok(Success::Stream(response.into_body(), connection));
         }
         let body = match tokio::time::timeout_at(deadline, response.into_body().collect()).await {
             Err(_) => return Err((timeout(url), None)),
@@ -271,20 +338,30 @@ impl OpenAiClient {
             }
             Ok(Ok(collected)) => collected.to_bytes(),
         };
+        drop(connection);
         if status.is_success() {
             return Ok(Success::Full(body));
         }
         let text = String::from_utf8_lossy(&body);
+        let mut message = error_message(&text).unwrap_or_else(|| {
+            let reason = status.canonical_reason().unwrap_or("error");
+            if text.trim().is_empty() {
+                format!("{reason} (empty body)")
+            } else {
+                format!("{reason}: {}", excerpt(text.trim(), 500))
+            }
+        });
+        if status.as_u16() == 404 && !self.endpoint.base_path.ends_with("/v1") {
+            message.push_str(&format!(
+                " (is `/v1` missing from the base URL? OpenAI-compatible servers answer under \
+                 `{}`)",
+                self.endpoint.url("/v1")
+            ));
+        }
         let error = LlmError::Status {
+            url,
             status: status.as_u16(),
-            message: error_message(&text).unwrap_or_else(|| {
-                let reason = status.canonical_reason().unwrap_or("error");
-                if text.trim().is_empty() {
-                    format!("{reason} (empty body)")
-                } else {
-                    format!("{reason}: {}", excerpt(text.trim(), 500))
-                }
-            }),
+            message,
             body: excerpt(&text, 4096),
             attempts: 1,
         };
@@ -339,7 +416,7 @@ impl crate::retrieval::Embedder for OpenAiEmbedder {
             let body = json!({"model": self.model, "input": texts}).to_string();
             let Success::Full(bytes) = self
                 .client
-                .send("/embeddings", Bytes::from(body), false)
+                .send("/embeddings", Bytes::from(body), false, self.client.timeout)
                 .await?
             else {
                 unreachable!("a non-streaming request reads its body")
@@ -371,7 +448,7 @@ impl crate::retrieval::Embedder for OpenAiEmbedder {
 
 enum Success {
     Full(Bytes),
-    Stream(Incoming),
+    Stream(Incoming, http::Connection),
 }
 
 fn with_attempts(mut error: LlmError, n: u32) -> LlmError {
@@ -415,9 +492,29 @@ fn error_message(body: &str) -> Option<String> {
         .or_else(|| value.get("detail").and_then(text))
 }
 
-/// The request body in OpenAI's wire format.
-pub(crate) fn wire_request(request: &ChatRequest, default_model: &str, stream: bool) -> Value {
-    let messages: Vec<Value> = request.messages.iter().map(wire_message).collect();
+/// The request body in OpenAI's wire format, asking for structured output (when the request
+/// does) in `mode`.
+pub(crate) fn wire_request(
+    request: &ChatRequest,
+    default_model: &str,
+    stream: bool,
+    mode: JsonMode,
+) -> Value {
+    let mut messages: Vec<Value> = request.messages.iter().map(wire_message).collect();
+    if let Some(output) = request
+        .json_output
+        .as_ref()
+        .filter(|_| mode != JsonMode::Schema)
+    {
+        let instructions = output.instructions();
+        match messages.first_mut() {
+            Some(first) if first["role"] == "system" => {
+                let text = first["content"].as_str().unwrap_or_default();
+                first["content"] = json!(format!("{text}\n\n{instructions}"));
+            }
+            _ => messages.insert(0, json!({"role": "system", "content": instructions})),
+        }
+    }
     let mut body = json!({
         "model": request.model.as_deref().unwrap_or(default_model),
         "messages": messages,
@@ -435,7 +532,13 @@ pub(crate) fn wire_request(request: &ChatRequest, default_model: &str, stream: b
             .collect();
         map.insert("tools".into(), tools.into());
     }
-    if let Some(choice) = &request.tool_choice {
+    // Many servers (llama.cpp, llama-cpp-python) return `tool_calls` only when `tool_choice`
+    // is sent, so "auto" goes with every request that offers tools unless it says otherwise.
+    let choice = request
+        .tool_choice
+        .clone()
+        .or_else(|| (!request.tools.is_empty()).then_some(ToolChoice::Auto));
+    if let Some(choice) = &choice {
         let choice = match choice {
             ToolChoice::Auto => json!("auto"),
             ToolChoice::None => json!("none"),
@@ -445,12 +548,20 @@ pub(crate) fn wire_request(request: &ChatRequest, default_model: &str, stream: b
         map.insert("tool_choice".into(), choice);
     }
     if let Some(output) = &request.json_output {
-        map.insert(
-            "response_format".into(),
-            json!({"type": "json_schema", "json_schema": {
-                "name": output.name, "schema": output.schema, "strict": output.strict,
-            }}),
-        );
+        match mode {
+            JsonMode::Schema => {
+                map.insert(
+                    "response_format".into(),
+                    json!({"type": "json_schema", "json_schema": {
+                        "name": output.name, "schema": output.schema, "strict": output.strict,
+                    }}),
+                );
+            }
+            JsonMode::Object => {
+                map.insert("response_format".into(), json!({"type": "json_object"}));
+            }
+            JsonMode::Prompt => {}
+        }
     }
     if let Some(t) = request.temperature {
         map.insert("temperature".into(), json!(t));
@@ -498,6 +609,10 @@ struct WireResponse {
     choices: Vec<WireChoice>,
     #[serde(default)]
     usage: Option<WireUsage>,
+    #[serde(default)]
+    timings: Option<WireUsage>,
+    #[serde(default)]
+    x_groq: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -532,21 +647,44 @@ struct WireFunction {
     arguments: Option<Value>,
 }
 
-#[derive(Deserialize, Clone, Copy)]
+/// Token counts in the shapes servers send them: OpenAI's `prompt_tokens`/`completion_tokens`,
+/// the `input_tokens`/`output_tokens` of newer APIs, llama.cpp's `timings`.
+#[derive(Deserialize, Clone, Copy, Default)]
 struct WireUsage {
-    #[serde(default)]
-    prompt_tokens: u32,
-    #[serde(default)]
-    completion_tokens: u32,
+    #[serde(default, alias = "input_tokens", alias = "prompt_n")]
+    prompt_tokens: Option<u32>,
+    #[serde(default, alias = "output_tokens", alias = "predicted_n")]
+    completion_tokens: Option<u32>,
 }
 
-impl From<WireUsage> for Usage {
-    fn from(u: WireUsage) -> Usage {
-        Usage {
-            input_tokens: u.prompt_tokens,
-            output_tokens: u.completion_tokens,
-        }
+impl WireUsage {
+    /// The usage, or `None` when the server gave no counts (all zero counts mean the same: no
+    /// real call reads zero prompt tokens).
+    fn usage(self) -> Option<Usage> {
+        let input = self.prompt_tokens.unwrap_or(0);
+        let output = self.completion_tokens.unwrap_or(0);
+        (input > 0 || output > 0).then_some(Usage {
+            input_tokens: input,
+            output_tokens: output,
+        })
     }
+}
+
+/// The usage wherever a body carries it: `usage`, `timings` (llama.cpp), `x_groq.usage`.
+fn usage_of(
+    usage: Option<WireUsage>,
+    timings: Option<WireUsage>,
+    extra: Option<&Value>,
+) -> Option<Usage> {
+    usage
+        .and_then(WireUsage::usage)
+        .or_else(|| timings.and_then(WireUsage::usage))
+        .or_else(|| {
+            let nested = extra?.get("usage")?;
+            serde_json::from_value::<WireUsage>(nested.clone())
+                .ok()?
+                .usage()
+        })
 }
 
 fn arguments_text(arguments: Option<Value>) -> String {
@@ -591,9 +729,10 @@ pub(crate) fn parse_response(body: &[u8]) -> Result<ChatResponse> {
         .unwrap_or_default();
     Ok(ChatResponse {
         message: Message::assistant_tool_calls(content, calls),
-        usage: wire.usage.map(Usage::from),
+        usage: usage_of(wire.usage, wire.timings, wire.x_groq.as_ref()),
         finish_reason: choice.finish_reason.as_deref().map(FinishReason::parse),
         model: wire.model.unwrap_or_default(),
+        json_mode: None,
     })
 }
 
@@ -606,6 +745,10 @@ struct WireChunk {
     #[serde(default)]
     usage: Option<WireUsage>,
     #[serde(default)]
+    timings: Option<WireUsage>,
+    #[serde(default)]
+    x_groq: Option<Value>,
+    #[serde(default)]
     error: Option<Value>,
 }
 
@@ -613,6 +756,9 @@ struct WireChunk {
 struct WireDeltaChoice {
     #[serde(default)]
     delta: Option<WireDelta>,
+    /// Some servers put the usage in the last choice.
+    #[serde(default)]
+    usage: Option<WireUsage>,
     #[serde(default)]
     finish_reason: Option<String>,
 }
@@ -646,6 +792,9 @@ struct WireFunctionDelta {
 /// Reads an SSE chat completion stream into [`StreamEvent`]s.
 struct StreamState {
     body: Incoming,
+    /// Closed when the stream is dropped, ends or times out.
+    connection: Option<http::Connection>,
+    json_mode: Option<JsonMode>,
     parser: SseParser,
     assembler: Assembler,
     pending: VecDeque<StreamEvent>,
@@ -678,10 +827,13 @@ impl StreamState {
         if let Some(model) = chunk.model.filter(|m| !m.is_empty()) {
             self.assembler.model = model;
         }
-        if let Some(usage) = chunk.usage {
-            self.assembler.usage = Some(usage.into());
+        if let Some(usage) = usage_of(chunk.usage, chunk.timings, chunk.x_groq.as_ref()) {
+            self.assembler.usage = Some(usage);
         }
         for choice in chunk.choices.unwrap_or_default() {
+            if let Some(usage) = choice.usage.and_then(WireUsage::usage) {
+                self.assembler.usage = Some(usage);
+            }
             if let Some(reason) = choice.finish_reason {
                 self.assembler.finish_reason = Some(FinishReason::parse(&reason));
             }
@@ -716,7 +868,9 @@ impl StreamState {
             return;
         }
         self.done = true;
-        let answer = std::mem::take(&mut self.assembler).finish();
+        self.connection = None;
+        let mut answer = std::mem::take(&mut self.assembler).finish();
+        answer.json_mode = self.json_mode;
         telemetry::record_response(&self.span, &answer);
         self.pending.push_back(StreamEvent::Done(answer));
     }
@@ -732,6 +886,7 @@ impl StreamState {
             }
             let frame = match tokio::time::timeout(self.idle, self.body.frame()).await {
                 Err(_) => {
+                    self.connection = None;
                     return Some(Err(LlmError::Timeout {
                         url: self.url.clone(),
                         timeout: self.idle,
@@ -793,13 +948,15 @@ impl Llm for OpenAiClient {
 
     fn chat(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatResponse>> {
         let span = self.span(&request, false);
-        let body = Bytes::from(wire_request(&request, &self.model, false).to_string());
         let traced = span.clone();
         Box::pin(
             async move {
-                let result = match self.send("/chat/completions", body, false).await {
-                    Ok(Success::Full(bytes)) => parse_response(&bytes),
-                    Ok(Success::Stream(_)) => {
+                let result = match self.open(&request, false).await {
+                    Ok((Success::Full(bytes), mode)) => parse_response(&bytes).map(|mut a| {
+                        a.json_mode = mode;
+                        a
+                    }),
+                    Ok((Success::Stream(..), _)) => {
                         unreachable!("a non-streaming request reads its body")
                     }
                     Err(e) => Err(e),
@@ -816,13 +973,12 @@ impl Llm for OpenAiClient {
 
     fn chat_stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream>> {
         let span = self.span(&request, true);
-        let body = Bytes::from(wire_request(&request, &self.model, true).to_string());
         let traced = span.clone();
         Box::pin(
             async move {
-                let body = match self.send("/chat/completions", body, true).await {
-                    Ok(Success::Stream(body)) => body,
-                    Ok(Success::Full(_)) => unreachable!("a streaming request keeps its body"),
+                let (body, connection, json_mode) = match self.open(&request, true).await {
+                    Ok((Success::Stream(body, connection), mode)) => (body, connection, mode),
+                    Ok((Success::Full(_), _)) => unreachable!("a streaming request keeps its body"),
                     Err(error) => {
                         telemetry::record_error(&traced, &error);
                         return Err(error);
@@ -830,10 +986,12 @@ impl Llm for OpenAiClient {
                 };
                 let state = StreamState {
                     body,
+                    connection: Some(connection),
+                    json_mode,
                     parser: SseParser::default(),
                     assembler: Assembler::default(),
                     pending: VecDeque::new(),
-                    idle: self.timeout,
+                    idle: request.timeout.unwrap_or(self.timeout),
                     url: self.url(),
                     done: false,
                     span: traced,
@@ -844,6 +1002,7 @@ impl Llm for OpenAiClient {
                     if let Some(Err(error)) = &item {
                         telemetry::record_error(&span, error);
                         state.done = true;
+                        state.connection = None;
                         state.pending.clear();
                     }
                     item.map(|item| (item, state))
@@ -852,6 +1011,43 @@ impl Llm for OpenAiClient {
             }
             .instrument(span),
         )
+    }
+}
+
+impl OpenAiClient {
+    /// Sends a chat request (with retries), falling back to a more portable structured-output
+    /// mode when the server refuses the one asked for; returns the mode that was used.
+    async fn open(
+        &self,
+        request: &ChatRequest,
+        stream: bool,
+    ) -> Result<(Success, Option<JsonMode>)> {
+        let pinned = request.json_output.as_ref().and_then(|o| o.mode);
+        let mut mode = pinned.unwrap_or_else(|| self.json_mode());
+        let timeout = request.timeout.unwrap_or(self.timeout);
+        loop {
+            let body = Bytes::from(wire_request(request, &self.model, stream, mode).to_string());
+            match self.send("/chat/completions", body, stream, timeout).await {
+                Ok(success) => return Ok((success, request.json_output.as_ref().map(|_| mode))),
+                Err(error) => {
+                    let next = mode.fallback().filter(|_| {
+                        pinned.is_none()
+                            && request.json_output.is_some()
+                            && error.rejects_response_format()
+                    });
+                    let Some(next) = next else { return Err(error) };
+                    tracing::warn!(
+                        refused = %mode,
+                        next = %next,
+                        error = %error,
+                        "the server refuses this structured-output mode; falling back"
+                    );
+                    self.json_mode
+                        .fetch_max(mode_index(next), Ordering::Relaxed);
+                    mode = next;
+                }
+            }
+        }
     }
 }
 
@@ -877,7 +1073,7 @@ mod tests {
             .tool_choice(ToolChoice::Tool("weather".into()))
             .json_output("answer", json!({"type": "object"}))
             .max_tokens(9);
-        let body = wire_request(&request, "m", true);
+        let body = wire_request(&request, "m", true, JsonMode::Schema);
         assert_eq!(body["model"], "m");
         assert_eq!(
             body["messages"][0],

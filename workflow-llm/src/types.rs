@@ -135,6 +135,70 @@ impl ToolCall {
     }
 }
 
+impl ToolCall {
+    /// Reads tool calls that a server left in the answer's text instead of `tool_calls`: a
+    /// JSON object (bare, or in a ```json fence, or after a `functions.NAME:` prefix) with
+    /// `name` and `arguments` (or `parameters`), or a list of them. Only calls of the
+    /// `offered` tools count; anything else gives no calls, so prose stays prose.
+    ///
+    /// ```
+    /// use tidewater_llm::{ToolCall, ToolSpec};
+    /// let offered = [ToolSpec {
+    ///     name: "get_weather".into(),
+    ///     description: String::new(),
+    ///     parameters: serde_json::json!({"type": "object"}),
+    /// }];
+    /// let text = "```json\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n```";
+    /// let calls = ToolCall::from_text(text, &offered);
+    /// assert_eq!(calls, [ToolCall::new("text_call_0", "get_weather", r#"{"city":"Oslo"}"#)]);
+    /// assert!(ToolCall::from_text("It is sunny in Oslo.", &offered).is_empty());
+    /// assert!(ToolCall::from_text(r#"{"name": "rm_rf", "arguments": {}}"#, &offered).is_empty());
+    /// ```
+    pub fn from_text(text: &str, offered: &[ToolSpec]) -> Vec<ToolCall> {
+        let offered_name = |name: &str| offered.iter().any(|t| t.name == name);
+        let trimmed = text.trim();
+        // `functions.get_weather:\n{"city": "Oslo"}` (a chat template's own call syntax).
+        if let Some(rest) = trimmed.strip_prefix("functions.") {
+            let Some((name, arguments)) = rest.split_once(':') else {
+                return Vec::new();
+            };
+            let name = name.trim();
+            return match serde_json::from_str::<Value>(arguments.trim()) {
+                Ok(value) if value.is_object() && offered_name(name) => {
+                    vec![ToolCall::new("text_call_0", name, value.to_string())]
+                }
+                _ => Vec::new(),
+            };
+        }
+        let Some(json) = crate::schema::extract_json(trimmed) else {
+            return Vec::new();
+        };
+        let Ok(value) = serde_json::from_str::<Value>(json) else {
+            return Vec::new();
+        };
+        let items = match value {
+            Value::Array(items) => items,
+            single => vec![single],
+        };
+        let mut calls = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let Some(name) = item.get("name").and_then(Value::as_str) else {
+                return Vec::new();
+            };
+            if !offered_name(name) {
+                return Vec::new();
+            }
+            let arguments = match item.get("arguments").or_else(|| item.get("parameters")) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Null) | None => "{}".to_string(),
+                Some(other) => other.to_string(),
+            };
+            calls.push(ToolCall::new(format!("text_call_{i}"), name, arguments));
+        }
+        calls
+    }
+}
+
 /// A tool the model may call: a name, what it does, and a JSON schema of its arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolSpec {
@@ -159,7 +223,53 @@ pub enum ToolChoice {
     Tool(String),
 }
 
-/// Asks the model for JSON that follows a schema (OpenAI's `response_format: json_schema`).
+/// How structured output is asked of the server, from the strictest to the most portable.
+///
+/// [`OpenAiClient`](crate::OpenAiClient) starts with [`JsonMode::Schema`] and, when the server
+/// answers that it does not support it, falls back to [`JsonMode::Object`], then to
+/// [`JsonMode::Prompt`], remembering per client what worked. The answer says which mode was
+/// used ([`ChatResponse::json_mode`]); in every mode the caller validates the answer against
+/// the schema ([`LlmExt::structured`](crate::LlmExt::structured) does).
+///
+/// ```
+/// use tidewater_llm::JsonMode;
+/// assert_eq!(JsonMode::Object.to_string(), "json_object with the schema in the prompt");
+/// assert_eq!(JsonMode::Schema.fallback(), Some(JsonMode::Object));
+/// assert_eq!(JsonMode::Prompt.fallback(), None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum JsonMode {
+    /// `response_format: {"type": "json_schema", ...}`: the server constrains the output.
+    Schema,
+    /// `response_format: {"type": "json_object"}` with the schema in a system message.
+    Object,
+    /// No `response_format`; the schema and the request for JSON only are in a system message.
+    Prompt,
+}
+
+impl JsonMode {
+    /// The next, more portable mode, if any.
+    pub fn fallback(self) -> Option<JsonMode> {
+        match self {
+            JsonMode::Schema => Some(JsonMode::Object),
+            JsonMode::Object => Some(JsonMode::Prompt),
+            JsonMode::Prompt => None,
+        }
+    }
+}
+
+impl std::fmt::Display for JsonMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JsonMode::Schema => "json_schema",
+            JsonMode::Object => "json_object with the schema in the prompt",
+            JsonMode::Prompt => "JSON asked for in the prompt only",
+        })
+    }
+}
+
+/// Asks the model for JSON that follows a schema (OpenAI's `response_format: json_schema`,
+/// or a fallback: see [`JsonMode`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct JsonOutput {
     /// A short name for the schema (letters, digits, `_`, `-`).
@@ -169,6 +279,21 @@ pub struct JsonOutput {
     /// Ask the server to enforce the schema exactly (OpenAI's strict mode, which restricts
     /// the schema: every property required, no extra properties).
     pub strict: bool,
+    /// How to ask for it; `None` lets the client choose (the strictest mode the server
+    /// supports).
+    pub mode: Option<JsonMode>,
+}
+
+impl JsonOutput {
+    /// The system message that asks for JSON following the schema, for the modes that put the
+    /// schema in the prompt.
+    pub fn instructions(&self) -> String {
+        format!(
+            "Answer with one JSON object only, no prose and no code fence. It must follow this \
+             JSON schema (named `{}`):\n{}",
+            self.name, self.schema
+        )
+    }
 }
 
 /// One chat completion request.
@@ -198,6 +323,8 @@ pub struct ChatRequest {
     pub temperature: Option<f32>,
     /// The most tokens to generate.
     pub max_tokens: Option<u32>,
+    /// The time limit of this request's attempts, instead of the client's.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl ChatRequest {
@@ -255,6 +382,7 @@ impl ChatRequest {
             name: name.into(),
             schema,
             strict: false,
+            mode: None,
         });
         self
     }
@@ -268,6 +396,22 @@ impl ChatRequest {
     /// Sets the most tokens to generate.
     pub fn max_tokens(mut self, max_tokens: u32) -> ChatRequest {
         self.max_tokens = Some(max_tokens);
+        self
+    }
+
+    /// Asks for structured output in this mode only, instead of letting the client choose
+    /// (needs [`ChatRequest::json_output`] first; ignored without it).
+    pub fn json_mode(mut self, mode: JsonMode) -> ChatRequest {
+        if let Some(output) = &mut self.json_output {
+            output.mode = Some(mode);
+        }
+        self
+    }
+
+    /// Sets the time limit of this request's attempts (a slow local model, a long answer),
+    /// instead of the client's.
+    pub fn timeout(mut self, limit: std::time::Duration) -> ChatRequest {
+        self.timeout = Some(limit);
         self
     }
 
@@ -358,6 +502,8 @@ pub struct ChatResponse {
     pub finish_reason: Option<FinishReason>,
     /// The model that answered, as the server named it.
     pub model: String,
+    /// How structured output was asked for, when the request asked for it.
+    pub json_mode: Option<JsonMode>,
 }
 
 impl ChatResponse {
@@ -373,6 +519,7 @@ impl ChatResponse {
             usage: None,
             finish_reason: Some(FinishReason::Stop),
             model: String::new(),
+            json_mode: None,
         }
     }
 
@@ -383,6 +530,7 @@ impl ChatResponse {
             usage: None,
             finish_reason: Some(FinishReason::ToolCalls),
             model: String::new(),
+            json_mode: None,
         }
     }
 

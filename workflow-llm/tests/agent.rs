@@ -9,7 +9,7 @@ use serde::Deserialize;
 use tidewater::prelude::*;
 use tidewater_llm::agent::{Agent, AgentError, AgentToken, Tool, ToolCallRequest, ToolCallResult};
 use tidewater_llm::schema::{JsonSchema, ObjectSchema};
-use tidewater_llm::{ChatResponse, LlmError, MockLlm, Role, ToolCall};
+use tidewater_llm::{ChatResponse, LlmError, MockLlm, Role, ToolCall, ToolChoice};
 use tokio::sync::Barrier;
 
 async fn bounded<T>(f: impl Future<Output = T>) -> T {
@@ -230,6 +230,131 @@ async fn tokens_and_tool_activity_are_streamed() {
             ]
         );
         assert_eq!(run.await.unwrap().text, "The sum is 4.");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_tool_call_written_as_json_text_is_run_as_a_call_current_thread() {
+    a_tool_call_written_as_json_text_is_run_as_a_call().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_call_written_as_json_text_is_run_as_a_call_multi_thread() {
+    a_tool_call_written_as_json_text_is_run_as_a_call().await;
+}
+
+async fn a_tool_call_written_as_json_text_is_run_as_a_call() {
+    bounded(async {
+        let llm = MockLlm::new()
+            .reply("```json\n{\"name\": \"add\", \"arguments\": {\"a\": 2, \"b\": 3}}\n```")
+            .reply("2 + 3 = 5");
+        let mut run = Agent::new(Arc::new(llm.clone()), vec![add_tool()]).start("2 + 3?".into());
+        let mut seen = Vec::new();
+        let mut events = run.events();
+        while let Some(item) = events.next().await {
+            if let Some(ToolCallRequest { call, .. }) = item.event::<ToolCallRequest>() {
+                seen.push(format!("request {}", call.name));
+            } else if let Some(ToolCallResult {
+                content, is_error, ..
+            }) = item.event::<ToolCallResult>()
+            {
+                seen.push(format!("result {content} {is_error}"));
+            }
+        }
+        let answer = run.await.unwrap();
+        assert_eq!(seen, ["request add", "result 5 false"]);
+        assert_eq!(answer.text, "2 + 3 = 5");
+        assert!(!answer.used_no_tool());
+        assert_eq!(answer.tool_calls.len(), 1);
+        // The conversation holds a real call, and its result answers it.
+        let sent = llm.requests();
+        let call_turn = &sent[1].messages[1];
+        assert_eq!(
+            call_turn.tool_calls,
+            [ToolCall::new("text_call_0", "add", r#"{"a":2,"b":3}"#)]
+        );
+        assert_eq!(
+            sent[1].messages[2].tool_call_id.as_deref(),
+            Some("text_call_0")
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn json_text_naming_a_tool_that_was_not_offered_stays_the_answer() {
+    bounded(async {
+        let text = r#"{"name": "delete_everything", "arguments": {}}"#;
+        let llm = MockLlm::new().reply(text);
+        let answer = Agent::new(Arc::new(llm), vec![add_tool()])
+            .run("hi".into())
+            .await
+            .unwrap();
+        assert_eq!(answer.text, text);
+        assert!(answer.used_no_tool());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tool_choice_applies_to_the_first_turn_and_auto_after() {
+    bounded(async {
+        let llm = MockLlm::new()
+            .tool_calls(vec![ToolCall::new("1", "add", r#"{"a": 1, "b": 1}"#)])
+            .reply("2");
+        let answer = Agent::new(Arc::new(llm.clone()), vec![add_tool()])
+            .tool_choice(ToolChoice::Tool("add".into()))
+            .max_tokens(64)
+            .run("1 + 1?".into())
+            .await
+            .unwrap();
+        assert_eq!(answer.text, "2");
+        let sent = llm.requests();
+        assert_eq!(sent[0].tool_choice, Some(ToolChoice::Tool("add".into())));
+        assert_eq!(sent[1].tool_choice, Some(ToolChoice::Auto));
+        assert_eq!(
+            (sent[0].max_tokens, sent[1].max_tokens),
+            (Some(64), Some(64))
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_answer_without_tools_is_flagged_and_unreported_usage_stays_absent() {
+    bounded(async {
+        // Usage reported on one call but not on the other: the sum would be a lie, so none.
+        let mut no_usage = ChatResponse::text("It is sunny.");
+        no_usage.usage = None;
+        struct Unreported(MockLlm);
+        impl tidewater_llm::Llm for Unreported {
+            fn model(&self) -> &str {
+                "unreported"
+            }
+            fn chat(&self, r: tidewater_llm::ChatRequest) -> futures_util::future::BoxFuture<'_, tidewater_llm::Result<ChatResponse>> {
+                self.0.chat(r)
+            }
+            fn chat_stream(&self, r: tidewater_llm::ChatRequest) -> futures_util::future::BoxFuture<'_, tidewater_llm::Result<tidewater_llm::ChatStream>> {
+                Box::pin(async move {
+                    let mut answer = self.0.chat_stream(r).await?.into_response().await?;
+                    answer.usage = None;
+                    let done = tidewater_llm::StreamEvent::Done(answer);
+                    Ok(tidewater_llm::ChatStream::new(futures_util::stream::iter([Ok(done)])))
+                })
+            }
+        }
+        let llm = Unreported(MockLlm::new().reply("It is sunny."));
+        let answer = Agent::new(Arc::new(llm), vec![add_tool()]).run("weather?".into()).await.unwrap();
+        assert!(answer.used_no_tool());
+        assert_eq!(answer.usage, None);
+        assert_eq!(answer.usage_line(), "usage not reported by the server");
+
+        let answer = Agent::new(Arc::new(MockLlm::new().reply("four words long here")), vec![add_tool()])
+            .run("q".into())
+            .await
+            .unwrap();
+        assert_eq!(answer.usage.map(|u| u.output_tokens), Some(4));
     })
     .await;
 }

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tidewater_llm::schema::{JsonSchema, ObjectSchema};
 use tidewater_llm::{
-    ChatRequest, FinishReason, Llm, LlmError, LlmExt, OpenAiClient, RetryPolicy, StreamEvent,
-    ToolCall, ToolSpec, Usage,
+    ChatRequest, FinishReason, JsonMode, Llm, LlmError, LlmExt, OpenAiClient, RetryPolicy,
+    StreamEvent, ToolCall, ToolChoice, ToolSpec, Usage,
 };
 
 /// Every test is bounded in time: a hang is a failure, not a stuck CI job.
@@ -32,6 +32,7 @@ fn client(server: &Server) -> OpenAiClient {
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(50),
             max_retry_after: Duration::from_secs(5),
+            after_timeout: Duration::from_millis(10),
         })
 }
 
@@ -296,7 +297,10 @@ async fn retry_after_ms_wins_and_exhausted_retries_report_the_server_message() {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "the server answered 429 after 3 attempt(s): Rate limit reached"
+            format!(
+                "{}/chat/completions answered 429 after 3 attempt(s): Rate limit reached",
+                server.base_url()
+            )
         );
         assert_eq!(err.status(), Some(429));
         assert_eq!(server.received().len(), 3);
@@ -368,7 +372,7 @@ async fn a_persistent_500_reports_status_and_body() {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "the server answered 500 after 1 attempt(s): Internal Server Error: upstream exploded"
+            format!("{}/chat/completions answered 500 after 1 attempt(s): Internal Server Error: upstream exploded", server.base_url())
         );
         let LlmError::Status { body, .. } = &err else {
             panic!()
@@ -395,7 +399,7 @@ async fn a_400_is_not_retried() {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "the server answered 400 after 1 attempt(s): Invalid schema for response_format"
+            format!("{}/chat/completions answered 400 after 1 attempt(s): Invalid schema for response_format", server.base_url())
         );
         assert!(!err.is_retryable());
         assert_eq!(server.received().len(), 1);
@@ -417,6 +421,7 @@ async fn a_silent_server_times_out() {
             .retry(RetryPolicy {
                 max_retries: 1,
                 initial_backoff: Duration::from_millis(10),
+                after_timeout: Duration::from_millis(10),
                 ..RetryPolicy::default()
             })
             .chat(ChatRequest::user("hi"))
@@ -618,4 +623,299 @@ async fn embeddings_come_back_in_input_order() {
         );
     })
     .await;
+}
+
+/// llama-cpp-python's answer to `response_format: json_schema`: a 500 with a validation error.
+fn json_schema_refused() -> Reply {
+    Reply::json(
+        500,
+        json!({"error": {"message": "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}", "type": "internal_server_error"}}),
+    )
+}
+
+#[tokio::test]
+async fn structured_output_falls_back_to_json_object_when_json_schema_is_refused() {
+    bounded(async {
+        let server = Server::start(vec![
+            json_schema_refused(),
+            Reply::json(200, completion(r#"{"name": "Oslo", "population": 709000}"#)),
+            Reply::json(
+                200,
+                completion(r#"{"name": "Bergen", "population": 291000}"#),
+            ),
+        ])
+        .await;
+        let llm = client(&server);
+        let city: City = llm
+            .structured(ChatRequest::user("Largest city of Norway?").system("Be exact."))
+            .await
+            .unwrap();
+        assert_eq!((city.name.as_str(), city.population), ("Oslo", 709000));
+        assert_eq!(llm.json_mode(), JsonMode::Object);
+        // The refused request was not retried: one refusal, one fallback.
+        let sent = server.received();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0].body["response_format"]["type"], "json_schema");
+        assert_eq!(
+            sent[1].body["response_format"],
+            json!({"type": "json_object"})
+        );
+        let system = sent[1].body["messages"][0]["content"].as_str().unwrap();
+        assert!(
+            system.starts_with("Be exact.\n\nAnswer with one JSON object only"),
+            "{system}"
+        );
+        assert!(
+            system.contains(r#""population""#),
+            "the schema is in the prompt: {system}"
+        );
+        // The client remembers: the next structured call starts with json_object.
+        let answer = llm
+            .chat(ChatRequest::user("Second city?").json_output("City", City::json_schema()))
+            .await
+            .unwrap();
+        assert_eq!(answer.json_mode, Some(JsonMode::Object));
+        let sent = server.received();
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sent[2].body["response_format"]["type"], "json_object");
+        assert_eq!(sent[2].body["messages"][0]["role"], "system");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn structured_output_falls_back_to_the_prompt_alone_and_still_validates() {
+    bounded(async {
+        let server = Server::start(vec![
+            json_schema_refused(),
+            Reply::json(
+                400,
+                json!({"error": {"message": "response_format json_object is not supported"}}),
+            ),
+            Reply::json(200, completion(r#"Sure: {"name": "Oslo", "population": -1}"#)),
+        ])
+        .await;
+        let llm = client(&server);
+        let err = llm
+            .structured::<City>(ChatRequest::user("Largest city of Norway?"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, LlmError::InvalidOutput { reason, .. } if reason.contains("$.population")),
+            "{err:?}"
+        );
+        assert_eq!(llm.json_mode(), JsonMode::Prompt);
+        let sent = server.received();
+        assert_eq!(sent.len(), 3);
+        assert!(sent[2].body.get("response_format").is_none());
+        assert_eq!(sent[2].body["messages"][0]["role"], "system");
+        assert_eq!(sent[2].body["messages"][1]["content"], "Largest city of Norway?");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_pinned_json_mode_does_not_fall_back() {
+    bounded(async {
+        let server = Server::start(vec![json_schema_refused()]).await;
+        let llm = client(&server);
+        let err = llm
+            .chat(
+                ChatRequest::user("hi")
+                    .json_output("City", City::json_schema())
+                    .json_mode(JsonMode::Schema),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.rejects_response_format(), "{err}");
+        assert!(err.is_input_error() && !err.is_retryable());
+        assert_eq!(
+            server.received().len(),
+            1,
+            "a 500 that is an input error is not retried"
+        );
+        assert_eq!(llm.json_mode(), JsonMode::Schema);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_404_names_the_url_and_suggests_a_missing_v1() {
+    bounded(async {
+        let server = Server::start(vec![
+            Reply::json(404, json!({"detail": "Not Found"})),
+            Reply::json(404, json!({"detail": "Not Found"})),
+        ])
+        .await;
+        let bare = format!("http://{}", server.addr);
+        let err = OpenAiClient::new(&bare, "m")
+            .unwrap()
+            .chat(ChatRequest::user("hi"))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with(&format!("http://{}/chat/completions answered 404", server.addr)), "{text}");
+        assert!(text.contains(&format!("is `/v1` missing from the base URL? OpenAI-compatible servers answer under `http://{}/v1`", server.addr)), "{text}");
+        // With /v1 in place, a 404 (a wrong model, say) gets no such hint.
+        let err = client(&server).chat(ChatRequest::user("hi")).await.unwrap_err();
+        assert!(!err.to_string().contains("missing"), "{err}");
+        assert_eq!(server.received().len(), 2, "404s are not retried");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tool_choice_auto_is_sent_whenever_tools_are_offered() {
+    bounded(async {
+        let server = Server::start(vec![
+            Reply::json(200, completion("a")),
+            Reply::json(200, completion("b")),
+            Reply::json(200, completion("c")),
+        ])
+        .await;
+        let llm = client(&server);
+        llm.chat(ChatRequest::user("weather?").tool(weather_tool()))
+            .await
+            .unwrap();
+        llm.chat(
+            ChatRequest::user("weather?")
+                .tool(weather_tool())
+                .tool_choice(ToolChoice::Required),
+        )
+        .await
+        .unwrap();
+        llm.chat(ChatRequest::user("no tools")).await.unwrap();
+        let sent = server.received();
+        assert_eq!(sent[0].body["tool_choice"], "auto");
+        assert_eq!(sent[1].body["tool_choice"], "required");
+        assert!(sent[2].body.get("tool_choice").is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn usage_is_absent_when_the_server_reports_none_or_zeros() {
+    bounded(async {
+        let no_usage = json!({"model": "m", "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]});
+        let zeros = json!({"model": "m", "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}});
+        let timings = json!({"model": "m", "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+            "timings": {"prompt_n": 31, "predicted_n": 2}});
+        let server = Server::start(vec![
+            Reply::json(200, no_usage),
+            Reply::json(200, zeros),
+            Reply::json(200, timings),
+            // A stream without a usage chunk (llama-cpp-python ignores include_usage).
+            Reply::sse(&[text_chunk("hi"), json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})]),
+            // A stream whose usage rides in its last choice.
+            Reply::sse(&[
+                text_chunk("hi"),
+                json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop",
+                    "usage": {"prompt_tokens": 9, "completion_tokens": 1}}]}),
+            ]),
+        ])
+        .await;
+        let llm = client(&server);
+        assert_eq!(llm.chat(ChatRequest::user("a")).await.unwrap().usage, None);
+        assert_eq!(llm.chat(ChatRequest::user("b")).await.unwrap().usage, None);
+        assert_eq!(
+            llm.chat(ChatRequest::user("c")).await.unwrap().usage,
+            Some(Usage { input_tokens: 31, output_tokens: 2 })
+        );
+        let streamed = llm.chat_stream(ChatRequest::user("d")).await.unwrap().into_response().await.unwrap();
+        assert_eq!((streamed.content(), streamed.usage), ("hi", None));
+        let streamed = llm.chat_stream(ChatRequest::user("e")).await.unwrap().into_response().await.unwrap();
+        assert_eq!(streamed.usage, Some(Usage { input_tokens: 9, output_tokens: 1 }));
+        assert_eq!(server.received()[3].body["stream_options"]["include_usage"], true);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_timed_out_request_closes_its_connection() {
+    bounded(async {
+        let (closed, mut closes) = tokio::sync::mpsc::unbounded_channel();
+        let server = Server::start(vec![Reply::UntilClosed(closed)]).await;
+        let err = client(&server)
+            .retry(RetryPolicy::none())
+            .chat(ChatRequest::user("hi").timeout(Duration::from_millis(200)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LlmError::Timeout { timeout, .. } if timeout == Duration::from_millis(200)), "{err:?}");
+        let closed_at = tokio::time::timeout(Duration::from_secs(2), closes.recv())
+            .await
+            .expect("the server saw the connection closed")
+            .unwrap();
+        let sent_at = server.received()[0].at;
+        assert!(closed_at >= sent_at);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_timed_out_stream_closes_its_connection() {
+    bounded(async {
+        let (closed, mut closes) = tokio::sync::mpsc::unbounded_channel();
+        let server = Server::start(vec![Reply::UntilClosed(closed)]).await;
+        let result = client(&server)
+            .retry(RetryPolicy::none())
+            .timeout(Duration::from_millis(200))
+            .chat_stream(ChatRequest::user("hi"))
+            .await;
+        assert!(
+            matches!(result, Err(LlmError::Timeout { .. })),
+            "{result:?}"
+        );
+        tokio::time::timeout(Duration::from_secs(2), closes.recv())
+            .await
+            .expect("the server saw the connection closed")
+            .unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_timed_out_request_is_retried_only_after_the_timeout_backoff() {
+    bounded(async {
+        let server = Server::start(vec![
+            Reply::Silence(Duration::from_secs(30)),
+            Reply::json(200, completion("late but fine")),
+        ])
+        .await;
+        let answer = client(&server)
+            .timeout(Duration::from_millis(100))
+            .retry(RetryPolicy {
+                max_retries: 1,
+                initial_backoff: Duration::from_millis(1),
+                after_timeout: Duration::from_millis(400),
+                ..RetryPolicy::default()
+            })
+            .chat(ChatRequest::user("hi"))
+            .await
+            .unwrap();
+        assert_eq!(answer.content(), "late but fine");
+        let sent = server.received();
+        assert_eq!(sent.len(), 2);
+        let gap = sent[1].at - sent[0].at;
+        assert!(
+            gap >= Duration::from_millis(500),
+            "timeout (100 ms) + backoff (400 ms), got {gap:?}"
+        );
+    })
+    .await;
+}
+
+#[derive(Debug, Deserialize)]
+struct City {
+    name: String,
+    population: u64,
+}
+
+impl JsonSchema for City {
+    fn json_schema() -> serde_json::Value {
+        ObjectSchema::new()
+            .field::<String>("name", "the city")
+            .field::<u64>("population", "inhabitants")
+            .build()
+    }
 }

@@ -31,6 +31,8 @@ pub enum Reply {
     Silence(Duration),
     /// Writes these bytes as the whole response, then closes.
     Raw(String),
+    /// Reads the request, answers nothing, and signals when the client closes the connection.
+    UntilClosed(tokio::sync::mpsc::UnboundedSender<std::time::Instant>),
 }
 
 impl Reply {
@@ -74,6 +76,8 @@ impl Reply {
 /// One request the server received.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// When the request was read.
+    pub at: std::time::Instant,
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
@@ -172,6 +176,7 @@ async fn read_request(socket: &mut TcpStream) -> Option<Received> {
     }
     let body = serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or(Value::Null);
     Some(Received {
+        at: std::time::Instant::now(),
         method,
         path,
         headers,
@@ -223,6 +228,17 @@ async fn serve(mut socket: TcpStream, reply: Option<Reply>, record: Arc<Mutex<Ve
         Reply::Silence(time) => tokio::time::sleep(time).await,
         Reply::Raw(bytes) => {
             let _ = socket.write_all(bytes.as_bytes()).await;
+        }
+        Reply::UntilClosed(closed) => {
+            let mut buf = [0u8; 256];
+            loop {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            let _ = closed.send(std::time::Instant::now());
+            return;
         }
     }
     let _ = socket.shutdown().await;
