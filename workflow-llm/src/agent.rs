@@ -156,6 +156,15 @@ impl Tool {
     }
 }
 
+/// The tool whose call the text only starts (`functions.NAME:` with no parsable arguments),
+/// when it is an offered tool and the text is not a call already.
+fn leaked_call(text: &str, offered: &[ToolSpec]) -> Option<String> {
+    let rest = text.trim().strip_prefix("functions.")?;
+    let name = rest.split(':').next().unwrap_or(rest).trim();
+    let is_offered = offered.iter().any(|t| t.name == name);
+    (is_offered && ToolCall::from_text(text, offered).is_empty()).then(|| name.to_string())
+}
+
 /// Why an agent run failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -415,10 +424,28 @@ impl Agent {
         }
         let mut answer = self
             .llm
-            .chat_stream(request)
+            .chat_stream(request.clone())
             .await?
             .for_each_text(|text| ctx.write_event_to_stream(AgentToken(text.to_string())))
             .await?;
+        if let Some(name) = leaked_call(answer.content(), &specs) {
+            // `functions.get_weather:` and nothing usable after it: the server leaked the
+            // start of a call as text. Ask again, naming the tool, so it must write the call.
+            tracing::warn!(tool = %name, "the model leaked a tool call as text; asking again for it");
+            ctx.update_state(|s| {
+                s.model_calls += 1;
+                match answer.usage {
+                    Some(usage) => s.usage += usage,
+                    None => s.unreported += 1,
+                }
+            });
+            answer = self
+                .llm
+                .chat_stream(request.tool_choice(ToolChoice::Tool(name)))
+                .await?
+                .into_response()
+                .await?;
+        }
         if answer.calls().is_empty() {
             // Some servers write the call as JSON text instead of `tool_calls`.
             let calls = ToolCall::from_text(answer.content(), &specs);

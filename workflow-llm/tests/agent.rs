@@ -358,3 +358,29 @@ async fn an_answer_without_tools_is_flagged_and_unreported_usage_stays_absent() 
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_call_leaked_as_text_is_asked_for_again_by_name() {
+    bounded(async {
+        let llm = MockLlm::new()
+            .reply("functions.add:")
+            .tool_calls(vec![ToolCall::new("c1", "add", r#"{"a": 20, "b": 22}"#)])
+            .reply("42");
+        let answer = Agent::new(Arc::new(llm.clone()), vec![add_tool()])
+            .run("20 + 22?".into())
+            .await
+            .unwrap();
+        assert_eq!(answer.text, "42");
+        assert_eq!(answer.model_calls, 3);
+        assert_eq!(answer.tool_calls[0].content, "42");
+        let sent = llm.requests();
+        assert_eq!(sent[0].tool_choice, Some(ToolChoice::Auto));
+        assert_eq!(sent[1].tool_choice, Some(ToolChoice::Tool("add".into())));
+        assert_eq!(
+            sent[1].messages, sent[0].messages,
+            "the leak is not part of the conversation"
+        );
+        llm.assert_exhausted();
+    })
+    .await;
+}
