@@ -76,7 +76,7 @@ impl Rocket {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), WorkflowError> {
+async fn main() -> Result<(), Report> {
     println!("{}", Rocket::graph());
     let runner = Rocket.runner();
     for input in [3, 4] {

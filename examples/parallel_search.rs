@@ -120,7 +120,7 @@ impl Sources {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), WorkflowError> {
+async fn main() -> Result<(), Report> {
     let started = Instant::now();
     println!("searching with at most 3 workers:");
     let answer = Search

@@ -58,7 +58,7 @@ fn bar(done: u32, total: u32) -> String {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), WorkflowError> {
+async fn main() -> Result<(), Report> {
     let mut run = Download.runner().internal_events(true).start(20);
     let mut events = run.events();
     let mut bar_open = false;

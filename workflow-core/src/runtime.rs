@@ -527,19 +527,21 @@ where
             if budget > 0 {
                 if let Some(index) = self.ready.pop_front() {
                     budget -= 1;
-                    let timed = self.deadline_at.is_some();
-                    if timed {
+                    if let Some(at) = self.deadline_at {
+                        // Past the deadline before this poll (a busy runtime polled the run
+                        // late): no step is to blame, and none is polled any more.
+                        if tokio::time::Instant::now() >= at {
+                            return Poll::Ready(Err(self.timed_out(None)));
+                        }
                         let step = self.calls[index as usize].step as u32 + 1;
                         self.shared.holding.store(step, Ordering::Relaxed);
                     }
                     let done = self.poll_call(index as usize);
-                    if timed {
-                        self.shared.holding.store(0, Ordering::Relaxed);
-                    }
                     // A step that held the thread (blocking I/O, a CPU loop) past the run's
-                    // deadline returns here only after it: the deadline still holds, and what
-                    // the late step produced is discarded.
+                    // deadline returns here only after it: the deadline still holds, it is
+                    // named first, and what the late step produced is discarded.
                     if let Some(at) = self.deadline_at {
+                        self.shared.holding.store(0, Ordering::Relaxed);
                         if tokio::time::Instant::now() >= at {
                             return Poll::Ready(Err(self.timed_out(Some(index as usize))));
                         }
