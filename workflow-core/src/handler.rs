@@ -242,19 +242,22 @@ impl<W: Workflow> Future for Handler<W> {
                     return Poll::Pending;
                 }
                 let limit = *limit;
+                let holding = this
+                    .shared
+                    .holding
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let Some(step) = holding.checked_sub(1) else {
+                    // No step holds the run's thread: the run is only waiting for its turn on
+                    // a busy runtime, and ends itself (timed out) when polled.
+                    this.deadline = None;
+                    return Poll::Pending;
+                };
                 this.deadline = None;
                 this.shared
                     .timed_out
                     .store(true, std::sync::atomic::Ordering::Release);
                 this.task.abort();
-                let holding = this
-                    .shared
-                    .holding
-                    .load(std::sync::atomic::Ordering::Relaxed);
-                let active = match holding.checked_sub(1) {
-                    Some(step) => vec![W::GRAPH.steps[step as usize].name],
-                    None => Vec::new(),
-                };
+                let active = vec![W::GRAPH.steps[step as usize].name];
                 Poll::Ready(Err(WorkflowError::TimedOut {
                     timeout: limit,
                     active,
