@@ -104,6 +104,28 @@ pub use workflow::StepConfig;
 /// Options: `state = Type` (the run's shared state, `()` by default), `durable` (runs can be
 /// snapshotted and journaled), `crate = "path"` (where `tidewater` is, when it is renamed),
 /// `skip_graph_checks` (no reachability checks).
+///
+/// ```
+/// use tidewater::prelude::*;
+///
+/// #[derive(Default)]
+/// struct Tally { words: usize }
+///
+/// struct Count;
+///
+/// #[workflow(state = Tally)]
+/// impl Count {
+///     #[step]
+///     async fn count(&self, ctx: &Context<Self>, ev: StartEvent<String>) -> StopEvent<usize> {
+///         // `update_state` returns what its closure returns.
+///         StopEvent(ctx.update_state(|t| { t.words += ev.0.split_whitespace().count(); t.words }))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// assert_eq!(Count.run("a b c".to_string()).await.unwrap(), 3);
+/// # }
+/// ```
 #[cfg(feature = "macros")]
 pub use tidewater_macros::workflow;
 
@@ -113,11 +135,59 @@ pub use tidewater_macros::workflow;
 /// `emits = [A, B]` (events the step sends with `ctx.send_event` besides its return value),
 /// `retry = RetryPolicy::..`, `timeout = Duration::..`, `skip_graph_checks` (the step is an
 /// island on purpose).
+///
+/// ```
+/// use std::time::Duration;
+/// use tidewater::prelude::*;
+///
+/// #[derive(Debug, Clone, Event)]
+/// struct Page(u32);
+///
+/// struct Crawl;
+///
+/// #[workflow]
+/// impl Crawl {
+///     // Sends more events than it returns: they are listed in `emits`.
+///     #[step(emits = [Page])]
+///     async fn plan(&self, ctx: &Context<Self>, ev: StartEvent<u32>) {
+///         for page in 0..ev.0 { ctx.send_event(Page(page)); }
+///     }
+///
+///     // Up to four pages at once, each tried up to three times, ten seconds each.
+///     #[step(num_workers = 4, retry = RetryPolicy::exponential(3), timeout = Duration::from_secs(10))]
+///     async fn fetch(&self, ctx: &Context<Self>, ev: Page) -> Option<StopEvent<u32>> {
+///         let pages = ctx.collect(ev, 3)?;
+///         Some(StopEvent(pages.len() as u32))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// assert_eq!(Crawl.run(3).await.unwrap(), 3);
+/// # }
+/// ```
 #[cfg(feature = "macros")]
 pub use tidewater_macros::step;
 
 /// `#[derive(Event)]`: makes a type an [`Event`] with a stable name. Options:
 /// `#[event(request = Response)]`, `#[event(response)]`, `#[event(crate = "path")]`.
+///
+/// ```
+/// use tidewater::prelude::*;
+///
+/// #[derive(Debug, Clone, Event)]
+/// struct Draft { text: String }
+///
+/// // A question for a human: the run waits until a `Verdict` is sent to its handler.
+/// #[derive(Debug, Clone, Event)]
+/// #[event(request = Verdict)]
+/// struct AskReviewer { draft: String }
+///
+/// #[derive(Debug, Clone, Event)]
+/// #[event(response)]
+/// struct Verdict { approved: bool }
+///
+/// assert!(<Draft as Event>::NAME.ends_with("Draft"));
+/// ```
 #[cfg(feature = "macros")]
 pub use tidewater_macros::Event;
 

@@ -59,7 +59,7 @@ pub use tidewater;
 /// What a workflow that talks to a model needs, free of clashes with
 /// [`tidewater::prelude`]: both glob imports together compile, and `Result` and `RetryPolicy`
 /// keep meaning the standard `Result` and tidewater's step retry policy (the HTTP client's
-/// [`RetryPolicy`](crate::RetryPolicy) and this crate's [`Result`](crate::Result) are left out).
+/// [`RetryPolicy`] and this crate's [`Result`] are left out).
 ///
 /// ```
 /// use tidewater::prelude::*;
