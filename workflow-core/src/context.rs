@@ -69,6 +69,9 @@ pub(crate) struct RunShared<W: Workflow> {
     /// What running invocations recorded (`Context::once`, answers of `wait_for`), by
     /// invocation number; kept in snapshots so that a re-run gets them back.
     pub(crate) memos: Mutex<Vec<(u64, Vec<MemoRecord>)>>,
+    /// An event came from outside (an answer, `Handler::send_event`): a durable run saves a
+    /// checkpoint once it is routed, before the step taking it completes.
+    pub(crate) accepted: AtomicBool,
     /// Steps waiting for the loop to checkpoint what they recorded (durable runs).
     pub(crate) flush_requests: Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
     /// `Handler::snapshot` calls waiting for the loop; `None` once the run is over, so that a
@@ -274,6 +277,9 @@ struct Waiter {
     matches: fn(&DynEvent, Option<&(dyn Any + Send)>) -> bool,
     predicate: Option<Box<dyn Any + Send>>,
     answer: tokio::sync::oneshot::Sender<WaitAnswer>,
+    /// Durable workflows: the invocation and label the answer is recorded under, by the loop
+    /// when it hands the answer over, so that the checkpoint after routing holds it.
+    record_as: Option<(u64, String)>,
 }
 
 /// What a waiter receives: the event, or the panic of its predicate, which the run loop runs
@@ -318,6 +324,7 @@ impl<W: Workflow> RunShared<W> {
             journal_pending: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
             memos: Mutex::new(Vec::new()),
+            accepted: AtomicBool::new(false),
             flush_requests: Mutex::new(Vec::new()),
             snapshot_requests: Mutex::new(Some(Vec::new())),
             journal: None,
@@ -396,6 +403,14 @@ impl<W: Workflow> RunShared<W> {
             if let Some(panic) = panicked {
                 let _ = waiter.answer.send(Err(panic));
                 continue;
+            }
+            if let Some((invocation, label)) = &waiter.record_as {
+                // Recorded before it is handed over: the checkpoint that follows the routing
+                // of an answer from outside holds it, even before the step runs again.
+                if let Ok(record) = crate::snapshot::encode_event::<W>(&event) {
+                    let value = serde_json::to_value(record).expect("an event record is JSON");
+                    self.record(*invocation, label, value);
+                }
             }
             match waiter.answer.send(Ok(event)) {
                 Ok(()) => return None,
@@ -659,6 +674,14 @@ impl<W: Workflow> Context<W> {
                 0
             }
         }
+    }
+
+    /// How many times this attempt asked for `label` so far.
+    fn asked_count(&self, label: &str) -> u32 {
+        lock(&self.asked)
+            .iter()
+            .find(|(l, _)| l == label)
+            .map_or(0, |(_, n)| *n)
     }
 
     /// Durable runs: returns once the loop has checkpointed what this invocation recorded.
@@ -1133,6 +1156,7 @@ impl<'a, W: Workflow, R: Event> std::future::IntoFuture for WaitFor<'a, W, R> {
                 matches: accepts::<R>,
                 predicate: self.matches.map(|p| Box::new(p) as Box<dyn Any + Send>),
                 answer,
+                record_as: recorded.clone().map(|label| (ctx.invocation, label)),
             };
             let early = {
                 let mut waiters = lock(&shared.waiters);
@@ -1189,7 +1213,11 @@ impl<W: Workflow> Context<W> {
     /// serialized: it is handed over unrecorded, and a re-run waits for it again.
     async fn received<R: Event>(&self, label: Option<String>, event: DynEvent) -> Result<R> {
         if let Some(label) = label {
-            if let Ok(record) = crate::snapshot::encode_event::<W>(&event) {
+            let nth = self.asked_count(&label).saturating_sub(1);
+            if self.shared.recall(self.invocation, &label, nth).is_some() {
+                // Recorded by the loop when it handed the answer over.
+                self.flush().await?;
+            } else if let Ok(record) = crate::snapshot::encode_event::<W>(&event) {
                 let value = serde_json::to_value(record).expect("an event record is JSON");
                 self.shared.record(self.invocation, &label, value);
                 self.flush().await?;

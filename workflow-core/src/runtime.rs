@@ -225,6 +225,8 @@ struct Executor<W: Workflow, F> {
     runaway: Option<usize>,
     /// A durable run saved a status that gave up its claim on the store (ended or parked).
     released: bool,
+    /// An attempt of a durable run failed and will be retried: checkpoint it.
+    attempt_failed: bool,
 }
 
 type Admission = Pin<
@@ -373,6 +375,7 @@ where
             loop_invocations: 0,
             runaway: None,
             released: false,
+            attempt_failed: false,
             runner,
         }
     }
@@ -503,7 +506,11 @@ where
         let mut budget = POLL_BUDGET;
         loop {
             if self.shared.mail.load(Ordering::Acquire) {
-                if let Err(error) = self.drain_mail().and_then(|()| self.flush()) {
+                if let Err(error) = self
+                    .drain_mail()
+                    .and_then(|()| self.flush())
+                    .and_then(|()| self.save_accepted())
+                {
                     return Poll::Ready(Err(error));
                 }
             }
@@ -548,6 +555,11 @@ where
                     }
                     if let Some(done) = done {
                         if let Err(error) = self.complete(done) {
+                            return Poll::Ready(Err(error));
+                        }
+                    }
+                    if std::mem::take(&mut self.attempt_failed) {
+                        if let Err(error) = self.checkpoint() {
                             return Poll::Ready(Err(error));
                         }
                     }
@@ -658,6 +670,18 @@ where
         Ok(())
     }
 
+    /// Durable runs: an event from outside was routed (to a step, a queue, a waiter): saved
+    /// now, so that a crash before the step taking it completes does not lose it.
+    fn save_accepted(&mut self) -> Result<()> {
+        if self.shared.journal.is_some() && self.shared.accepted.swap(false, Ordering::AcqRel) {
+            if self.output.is_some() {
+                return Ok(());
+            }
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
     fn route_mail(&mut self, mail: &mut Vec<crate::context::Envelope>) -> Result<()> {
         if mail.is_empty() {
             return Ok(());
@@ -760,6 +784,9 @@ where
                 call.last_error = Some(Arc::from(error));
                 arm(&mut call.timer, delay);
                 call.phase = Phase::Backoff;
+                // Durable runs save the failed attempt before the delay: a crash during it
+                // resumes with the next attempt, never the one that already failed.
+                self.attempt_failed |= self.shared.journal.is_some();
                 // Polled at once, so that the timer knows whom to wake.
                 continue;
             }
@@ -1188,9 +1215,15 @@ where
         running.sort_by_key(|c| c.order);
         for call in running {
             let input = call.input.as_ref().expect("durable runs keep every input");
+            // Waiting out a retry delay: that attempt failed, the next one is due.
+            let attempt = if call.phase == Phase::Backoff {
+                call.attempt + 1
+            } else {
+                call.attempt
+            };
             in_flight.push(InFlightRecord {
                 step: W::GRAPH.steps[call.step].name.to_string(),
-                attempt: call.attempt,
+                attempt,
                 event: encode(format!("in_flight[{}].event", in_flight.len()), input)?,
                 invocation: call.order,
                 memo: self.shared.memo_of(call.order),
@@ -1239,11 +1272,19 @@ where
             .enumerate()
             .map(|(i, event)| encode(format!("pending_requests[{i}]"), event))
             .collect::<std::result::Result<_, _>>()?;
+        // An answer nobody claimed, of a type outside the graph, cannot be stored: it stays in
+        // memory for a later `wait_for` and is left out of the snapshot (it used to fail the
+        // checkpoint, and with it the run). Only events of the graph survive a resume.
         let unclaimed = lock(&self.shared.unclaimed)
             .iter()
-            .enumerate()
-            .map(|(i, event)| encode(format!("unclaimed[{i}]"), event))
-            .collect::<std::result::Result<_, _>>()?;
+            .filter_map(|event| match encode_event::<W>(event) {
+                Ok(record) => Some(record),
+                Err(reason) => {
+                    tracing::warn!(event = event.name(), %reason, "an unclaimed answer outside the graph is not saved");
+                    None
+                }
+            })
+            .collect();
         Ok(Snapshot {
             format: SNAPSHOT_FORMAT,
             workflow: W::GRAPH.workflow.to_string(),

@@ -636,12 +636,37 @@ impl<W: Workflow> Runner<W> {
     /// inbox, so the run takes it before it could be found idle and evicted again.
     ///
     /// # Errors
-    /// As [`Runner::resume_stored`].
+    /// As [`Runner::resume_stored`]; [`WorkflowError::Undeliverable`], with the run left as
+    /// it was, when the event is not one the run can take: not a response and accepted by no
+    /// step, or of a type outside the graph (which a durable run cannot store).
     ///
     /// # Panics
     /// Outside a tokio runtime.
     pub fn answer<E: Event>(&self, key: &str, response: E) -> Result<Handler<W>> {
-        self.resume_stored_with(key, Some(DynEvent::new(response)))
+        let response = DynEvent::new(response);
+        // Refused before the run is touched: an answer the run cannot take would resume it
+        // only to fail it (or its next checkpoint) for good.
+        let refuse = |reason: String| {
+            Err(WorkflowError::Undeliverable {
+                event: E::NAME,
+                reason,
+            })
+        };
+        if response.kind() != crate::event::EventKind::Response && !W::GRAPH.is_accepted(E::ID) {
+            return refuse(format!(
+                "no step of `{}` accepts it; the run was left as it was",
+                W::GRAPH.workflow
+            ));
+        }
+        if W::DURABLE {
+            if let Err(reason) = crate::snapshot::encode_event::<W>(&response) {
+                return refuse(format!(
+                    "a durable run can only store events of its graph ({reason}); the run was \
+                     left as it was"
+                ));
+            }
+        }
+        self.resume_stored_with(key, Some(response))
     }
 
     /// The output of a finished journaled run, read from the store.
@@ -716,5 +741,10 @@ pub(crate) fn post_external<W: Workflow>(
     event: DynEvent,
     target: Option<usize>,
 ) {
+    if shared.journal.is_some() {
+        shared
+            .accepted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     shared.post(Envelope { event, target });
 }
