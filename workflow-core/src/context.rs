@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::task::AtomicWaker;
 
 use crate::error::{Result, WorkflowError};
-use crate::event::{DynEvent, Event, IntoDynEvent};
+use crate::event::{DynEvent, Either, Event, IntoDynEvent};
 use crate::snapshot::{MemoRecord, Snapshot, SnapshotError};
 use crate::store::{Lease, Store};
 use crate::stream::{Publisher, StreamItem, lock};
@@ -180,7 +180,17 @@ pub(crate) struct CollectBuffers {
     entries: Vec<((usize, u64), CollectBuffer)>,
     /// What each collect waits for, by buffer: the types' names (one per position) and how
     /// many make a set at each position. For the stuck diagnostic; recorded at the collect.
-    wanted: Vec<((usize, u64), &'static [&'static str], usize)>,
+    wanted: Vec<((usize, u64), &'static [&'static str], Per)>,
+}
+
+/// How many events a collect's set holds at each position.
+#[derive(Clone, Copy)]
+enum Per {
+    /// This many (`collect`: one position; `collect_each`: 1 at each).
+    Set(usize),
+    /// As many as the count event at the buffer's first position tells (`collect_counted`):
+    /// the count of the first one, once one has arrived.
+    Told(Option<usize>),
 }
 
 impl CollectBuffers {
@@ -201,7 +211,7 @@ impl CollectBuffers {
     }
 
     /// Records what the collect of `key` waits for (see `wanted`).
-    fn want(&mut self, key: (usize, u64), names: &'static [&'static str], per_set: usize) {
+    fn want(&mut self, key: (usize, u64), names: &'static [&'static str], per_set: Per) {
         match self.wanted.iter_mut().find(|(k, _, _)| *k == key) {
             Some(entry) => entry.2 = per_set,
             None => self.wanted.push((key, names, per_set)),
@@ -223,7 +233,20 @@ impl CollectBuffers {
                 lines.push(format!("step `{step}` holds {held} collected event(s)"));
                 continue;
             };
-            if let [name] = names {
+            if let Per::Told(told_count) = per_set {
+                let (told, item) = (names[0], names[1]);
+                let have = slots.get(1).map_or(0, VecDeque::len);
+                lines.push(match told_count {
+                    Some(n) => format!(
+                        "step `{step}` waits in `collect_counted` for {n} `{item}` event(s) \
+                         (as its `{told}` told) and has {have}"
+                    ),
+                    None => format!(
+                        "step `{step}` waits in `collect_counted` for the `{told}` that tells \
+                         how many `{item}` events make its set, and has {have}"
+                    ),
+                });
+            } else if let (Per::Set(per_set), [name]) = (per_set, names) {
                 lines.push(format!(
                     "step `{step}` waits in `collect` for {per_set} `{name}` event(s) and has {}",
                     slots.first().map_or(0, VecDeque::len)
@@ -808,7 +831,11 @@ impl<W: Workflow> Context<W> {
         );
         let key = E::ID.raw();
         let mut buffers = lock(&self.shared.collect);
-        buffers.want((self.step, key), std::slice::from_ref(&E::NAME), n);
+        buffers.want(
+            (self.step, key),
+            std::slice::from_ref(&E::NAME),
+            Per::Set(n),
+        );
         let held = self.held(key);
         if let Some(Held::Set(set)) = held {
             // A retry of the invocation that was handed this set: the same set again.
@@ -886,7 +913,7 @@ impl<W: Workflow> Context<W> {
             return None;
         }
         let mut buffers = lock(&self.shared.collect);
-        buffers.want((self.step, T::KEY), T::NAMES, 1);
+        buffers.want((self.step, T::KEY), T::NAMES, Per::Set(1));
         let held = self.held(T::KEY);
         if let Some(Held::Set(set)) = held {
             return Some(T::from_events(&mut set.into_iter()));
@@ -919,6 +946,114 @@ impl<W: Workflow> Context<W> {
             }
             None
         }
+    }
+
+    /// Fan-in whose size the producer tells up front, so that a fan-out of any size, 0
+    /// included, completes its join exactly once.
+    ///
+    /// The producer sends a count event `C` of its own (`Planned(n)`) besides the `n` items
+    /// `E`; the join takes `Either<C, E>` and hands each one here with `count`, which reads
+    /// `n` from a `C`. It returns the `n` items (in arrival order) once the count and `n` items
+    /// have arrived, whatever their order: at once, and empty, when `n` is 0; `None` until
+    /// then. Each count event completes exactly one set. Several rounds complete in the order
+    /// their counts arrived, each taking the next items in arrival order.
+    ///
+    /// A run stuck short of a set says so: ``step `join` waits in `collect_counted` for 5
+    /// `app::Job` event(s) (as its `app::Planned` told) and has 3``.
+    ///
+    /// ```
+    /// use tidewater::prelude::*;
+    ///
+    /// #[derive(Debug, Clone, Event)] struct Planned(usize);
+    /// #[derive(Debug, Clone, Event)] struct Job(u64);
+    ///
+    /// struct Jobs;
+    ///
+    /// #[workflow]
+    /// impl Jobs {
+    ///     #[step(emits = [Job])]
+    ///     async fn plan(&self, ctx: &Context<Self>, ev: StartEvent<u64>) -> Planned {
+    ///         for i in 1..=ev.0 { ctx.send_event(Job(i)); }
+    ///         Planned(ev.0 as usize) // may be 0
+    ///     }
+    ///
+    ///     #[step]
+    ///     async fn join(&self, ctx: &Context<Self>, ev: Either<Planned, Job>) -> Option<StopEvent<u64>> {
+    ///         let jobs = ctx.collect_counted(ev, |planned| planned.0)?;
+    ///         Some(StopEvent(jobs.iter().map(|j| j.0).sum()))
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// assert_eq!(Jobs.run(4).await.unwrap(), 10);
+    /// assert_eq!(Jobs.run(0).await.unwrap(), 0);
+    /// # }
+    /// ```
+    pub fn collect_counted<C: Event, E: Event>(
+        &self,
+        event: Either<C, E>,
+        count: impl Fn(&C) -> usize,
+    ) -> Option<Vec<E>> {
+        // Its own key (not `collect_each::<(C, E)>`'s), stable across processes.
+        let key = <(C, E) as CollectSet>::KEY ^ 0x636f_756e_7465_6421;
+        let told = |slot: &VecDeque<DynEvent>| {
+            slot.front()
+                .map(|c| count(c.downcast_ref::<C>().expect("counts hold one type")))
+        };
+        let items = |set: Vec<DynEvent>| -> Vec<E> {
+            set.into_iter()
+                .map(|e| e.downcast::<E>().expect("items hold one type"))
+                .collect()
+        };
+        let mut buffers = lock(&self.shared.collect);
+        let held = self.held(key);
+        if let Some(Held::Set(set)) = held {
+            // A retry of the invocation that was handed this set: the same set again.
+            return Some(items(set));
+        }
+        let slots = buffers
+            .entry((self.step, key), || {
+                CollectBuffer::Erased(vec![VecDeque::new(), VecDeque::new()])
+            })
+            .erased();
+        // A retry whose earlier attempt buffered this same event does not buffer it twice.
+        if held.is_none() {
+            match event {
+                Either::Left(c) => slots[0].push_back(DynEvent::new(c)),
+                Either::Right(e) => slots[1].push_back(DynEvent::new(e)),
+            }
+        }
+        let mut set = None;
+        let mut again = None;
+        if let Some(n) = told(&slots[0]).filter(|n| *n <= slots[1].len()) {
+            slots[0].pop_front();
+            let taken: Vec<DynEvent> = slots[1].drain(..n).collect();
+            if self.retries {
+                self.hold(key, Held::Set(taken.clone()));
+            }
+            set = Some(items(taken));
+            // The next round may be complete already (a count of 0, or items that came
+            // early): its count goes back to this step, so that an invocation returns it.
+            if told(&slots[0]).is_some_and(|n| n <= slots[1].len()) {
+                again = slots[0].pop_front();
+            }
+        } else if self.retries {
+            self.hold(key, Held::Buffered);
+        }
+        let next = told(&slots[0]);
+        buffers.want(
+            (self.step, key),
+            <(C, E) as CollectSet>::NAMES,
+            Per::Told(next),
+        );
+        drop(buffers);
+        if let Some(c) = again {
+            self.shared.post(Envelope {
+                event: c,
+                target: Some(self.step),
+            });
+        }
+        set
     }
 
     /// Waits inside the step for an event of type `R` sent to the run (typically a response

@@ -1164,8 +1164,8 @@ where
             Some((step, usize::MAX)) => format!(
                 "step `{step}` emitted an empty batch (a fan-out of 0 items), and no step is \
                  running, no event is queued and nothing waits for outside input: a step that \
-                 fans out a count known only at run time must handle 0 itself (emit what the \
-                 join would, e.g. through an `Either`)"
+                 fans out a count known only at run time must handle 0 itself: tell the join \
+                 the count up front (`ctx.collect_counted`), or emit what the join would"
             ),
             Some((step, n)) => format!(
                 "step `{step}` emitted {n} event(s) but no step is running, no event is queued \
