@@ -75,8 +75,18 @@ impl Rocket {
     }
 }
 
+/// The pictures of this example's workflows: `cargo run --example branches_and_loops -- --graph [DIR]`
+/// writes them; the test keeps `docs/graphs/` current.
+const PICTURES: examples::Pictures = &[("branches_and_loops", Rocket::GRAPH)];
+
+#[test]
+fn pictures_are_current() {
+    examples::check_pictures(PICTURES);
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Report> {
+    examples::graph_flag(PICTURES);
     println!("{}", Rocket::graph());
     let runner = Rocket.runner();
     for input in [3, 4] {

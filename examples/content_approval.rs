@@ -214,17 +214,33 @@ impl Reviewer {
     }
 }
 
+/// The pictures of this example's workflows: `cargo run --example content_approval -- --graph [DIR]`
+/// writes them; the test keeps `docs/graphs/` current.
+const PICTURES: examples::Pictures = &[("content_approval", ContentApproval::GRAPH)];
+
+#[test]
+fn pictures_are_current() {
+    examples::check_pictures(PICTURES);
+    examples::check_embedded(&["README.md", "docs/visualize.md"], "content_approval.mmd");
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Report> {
+    examples::graph_flag(PICTURES);
     let mut topic = "tidewater 0.1".to_string();
     let mut auto = false;
     let mut interactive = false;
-    for arg in std::env::args().skip(1) {
+    let mut trace_dir = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--auto" => auto = true,
             "--interactive" => interactive = true,
+            "--trace" => trace_dir = Some(args.next().unwrap_or_else(|| ".".into())),
             "-h" | "--help" => {
-                println!("usage: content_approval [--auto | --interactive] [TOPIC]");
+                println!(
+                    "usage: content_approval [--auto | --interactive] [--trace DIR] [--graph [DIR]] [TOPIC]"
+                );
                 return Ok(());
             }
             _ => topic = arg,
@@ -240,7 +256,9 @@ async fn main() -> Result<(), Report> {
     // A human may take a while; the run itself has no reason to take a day.
     let mut run = ContentApproval
         .timeout(Duration::from_secs(24 * 3600))
+        .trace(trace_dir.is_some())
         .start(topic.clone());
+    let recording = run.recording();
     let mut events = run.events();
     println!("writing a post about {topic:?}");
     while let Some(item) = events.next().await {
@@ -256,7 +274,23 @@ async fn main() -> Result<(), Report> {
             }
         }
     }
-    match run.await {
+    let outcome = run.await;
+    if let (Some(dir), Some(recording)) = (trace_dir, recording) {
+        // `--trace DIR`: what this run did, drawn on the graph and as a timeline.
+        let trace = recording.trace();
+        println!("\n{}", trace.timeline());
+        let written = examples::write_trace(
+            "content_approval-trace",
+            ContentApproval::graph(),
+            &trace,
+            std::path::Path::new(&dir),
+        );
+        match written {
+            Ok(paths) => paths.iter().for_each(|p| println!("{}", p.display())),
+            Err(error) => eprintln!("error: cannot write the trace into {dir}: {error}"),
+        }
+    }
+    match outcome {
         Ok(PostOutcome::Published { text, rounds }) => {
             println!("\npublished after {rounds} round(s):\n{text}");
         }

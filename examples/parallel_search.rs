@@ -119,8 +119,21 @@ impl Sources {
     }
 }
 
+/// The pictures of this example's workflows: `cargo run --example parallel_search -- --graph [DIR]`
+/// writes them; the test keeps `docs/graphs/` current.
+const PICTURES: examples::Pictures = &[
+    ("parallel_search", Search::GRAPH),
+    ("parallel_search_sources", Sources::GRAPH),
+];
+
+#[test]
+fn pictures_are_current() {
+    examples::check_pictures(PICTURES);
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Report> {
+    examples::graph_flag(PICTURES);
     let started = Instant::now();
     println!("searching with at most 3 workers:");
     let answer = Search

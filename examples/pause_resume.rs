@@ -264,8 +264,18 @@ fn usage() -> ExitCode {
     ExitCode::from(2)
 }
 
+/// The pictures of this example's workflows: `cargo run --example pause_resume -- --graph [DIR]`
+/// writes them; the test keeps `docs/graphs/` current.
+const PICTURES: examples::Pictures = &[("pause_resume", Expenses::GRAPH)];
+
+#[test]
+fn pictures_are_current() {
+    examples::check_pictures(PICTURES);
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    examples::graph_flag(PICTURES);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result: Result<(), Box<dyn std::error::Error>> = match args.as_slice() {

@@ -71,8 +71,19 @@ fn stand_in() -> MockLlm {
     })
 }
 
+/// The pictures of this example's workflows: `cargo run --example quickstart -- --graph [DIR]`
+/// writes them; the test keeps `docs/graphs/` current.
+const PICTURES: examples::Pictures = &[("quickstart", JokeFlow::GRAPH)];
+
+#[test]
+fn pictures_are_current() {
+    examples::check_pictures(PICTURES);
+    examples::check_embedded(&["docs/visualize.md"], "quickstart.dot");
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Report> {
+    examples::graph_flag(PICTURES);
     let llm = model_from_env_or(stand_in)?;
     println!("{}", JokeFlow::graph());
     let output = JokeFlow { llm }.run("chicken".to_string()).await?;

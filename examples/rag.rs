@@ -215,8 +215,18 @@ async fn run() -> Result<(), Report> {
     Ok(())
 }
 
+/// The pictures of this example's workflows: `cargo run --example rag -- --graph [DIR]`
+/// writes them; the test keeps `docs/graphs/` current.
+const PICTURES: examples::Pictures = &[("rag", Rag::GRAPH)];
+
+#[test]
+fn pictures_are_current() {
+    examples::check_pictures(PICTURES);
+}
+
 /// Runs the example; an error is printed with its causes and fails the process.
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    examples::graph_flag(PICTURES);
     Report::exit(run().await)
 }

@@ -234,8 +234,18 @@ async fn run() -> Result<(), Report> {
     }
 }
 
+/// The pictures of this example's workflows: `cargo run --example self_refine -- --graph [DIR]`
+/// writes them; the test keeps `docs/graphs/` current.
+const PICTURES: examples::Pictures = &[("self_refine", SelfRefine::GRAPH)];
+
+#[test]
+fn pictures_are_current() {
+    examples::check_pictures(PICTURES);
+}
+
 /// Runs the example; an error is printed with its causes and fails the process.
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    examples::graph_flag(PICTURES);
     Report::exit(run().await)
 }

@@ -182,8 +182,22 @@ impl Approval {
     }
 }
 
+/// The pictures of this example's workflows: `cargo run --example server -- --graph [DIR]`
+/// writes them; the test keeps `docs/graphs/` current.
+const PICTURES: examples::Pictures = &[
+    ("server_joke", JokeFlow::GRAPH),
+    ("server_download", Download::GRAPH),
+    ("server_approval", Approval::GRAPH),
+];
+
+#[test]
+fn pictures_are_current() {
+    examples::check_pictures(PICTURES);
+}
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
+    examples::graph_flag(PICTURES);
     let port: u16 = std::env::var("PORT")
         .ok()
         .and_then(|p| p.parse().ok())

@@ -57,8 +57,18 @@ fn bar(done: u32, total: u32) -> String {
     )
 }
 
+/// The pictures of this example's workflows: `cargo run --example streaming -- --graph [DIR]`
+/// writes them; the test keeps `docs/graphs/` current.
+const PICTURES: examples::Pictures = &[("streaming", Download::GRAPH)];
+
+#[test]
+fn pictures_are_current() {
+    examples::check_pictures(PICTURES);
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Report> {
+    examples::graph_flag(PICTURES);
     let mut run = Download.runner().internal_events(true).start(20);
     let mut events = run.events();
     let mut bar_open = false;

@@ -415,6 +415,7 @@ fn the_store_file_of_a_killed_run_is_readable_by_another_connection_at_once() {
                 snapshot: snapshot.clone(),
                 output: None,
                 error: None,
+                trace: None,
             },
         )
         .unwrap();

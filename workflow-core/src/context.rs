@@ -80,6 +80,8 @@ pub(crate) struct RunShared<W: Workflow> {
     /// Durable runs: where the run is journaled.
     /// Boxed: most runs are not durable, and every run pays for the field.
     pub(crate) journal: Option<Box<Journal>>,
+    /// The run's trace recorder, set by the executor when the runner records.
+    pub(crate) trace: std::sync::OnceLock<Arc<crate::trace::Recorder>>,
 }
 
 /// Where the loop answers a snapshot request.
@@ -94,6 +96,8 @@ pub(crate) struct Journal {
     /// another owner took the run over.
     pub(crate) lease: Lease,
     pub(crate) evict_when_waiting: bool,
+    /// The trace the journal held, continued by a resumed run that records.
+    pub(crate) trace: Option<crate::trace::Trace>,
 }
 
 /// What the collects of invocations did, by (step, worker) and buffer key.
@@ -351,6 +355,7 @@ impl<W: Workflow> RunShared<W> {
             flush_requests: Mutex::new(Vec::new()),
             snapshot_requests: Mutex::new(Some(Vec::new())),
             journal: None,
+            trace: std::sync::OnceLock::new(),
         }
     }
 

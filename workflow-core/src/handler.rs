@@ -203,6 +203,17 @@ impl<W: Workflow> Handler<W> {
         self.shared.journal.as_ref().map(|j| j.key.as_str())
     }
 
+    /// The run's recording, when its runner records ([`Runner::trace`]): keep it to read the
+    /// trace while the run goes on or after it ended (awaiting the handler consumes it).
+    ///
+    /// [`Runner::trace`]: crate::Runner::trace
+    pub fn recording(&self) -> Option<crate::trace::Recording> {
+        self.shared
+            .trace
+            .get()
+            .map(|recorder| crate::trace::Recording(recorder.clone()))
+    }
+
     /// Has the run ended?
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()

@@ -62,7 +62,8 @@
 //! (human-in-the-loop, snapshots, durable runs), and reading the expansion with `cargo expand`.
 //!
 //! Features: `macros` (default) re-exports the macros; `sqlite` adds
-//! `store::SqliteStore`, an embedded store for durable runs.
+//! `store::SqliteStore`, an embedded store for durable runs; `viz` adds `viz`, pictures of a
+//! workflow's graph and of run traces (Mermaid, DOT, SVG).
 
 mod context;
 mod error;
@@ -79,6 +80,9 @@ pub mod snapshot;
 mod step_ref;
 pub mod store;
 mod stream;
+pub mod trace;
+#[cfg(feature = "viz")]
+pub mod viz;
 mod workflow;
 
 pub use context::{CollectSet, Context, EventOf, RunId, WaitFor};

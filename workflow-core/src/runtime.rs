@@ -32,6 +32,7 @@ use crate::snapshot::{
 };
 use crate::store::{RunRecord, RunStatus};
 use crate::stream::{Outcome, StreamItem, lock};
+use crate::trace::{Recorder, TraceEvent};
 use crate::workflow::{Runner, Workflow};
 
 /// Event id -> the steps accepting it, built once per runner from the graph.
@@ -227,6 +228,8 @@ struct Executor<W: Workflow, F> {
     released: bool,
     /// An attempt of a durable run failed and will be retried: checkpoint it.
     attempt_failed: bool,
+    /// The run's trace recorder, when the runner records (`Runner::trace`).
+    trace: Option<Arc<Recorder>>,
 }
 
 type Admission = Pin<
@@ -344,7 +347,15 @@ where
                 keep_input: W::DURABLE || catches || config.retry.is_some(),
             })
             .collect();
+        let trace = runner.config.trace.then(|| {
+            // A resumed durable run continues the trace its journal holds.
+            let prior = shared.journal.as_ref().and_then(|j| j.trace.clone());
+            let recorder = Arc::new(Recorder::new(W::GRAPH.workflow, shared.run_id, prior));
+            let _ = shared.trace.set(recorder.clone());
+            recorder
+        });
         Executor {
+            trace,
             invoke,
             shared,
             steps,
@@ -440,10 +451,17 @@ where
     fn begin(&mut self, init: Init) -> Result<()> {
         match init {
             Init::Start(event) => {
+                if let Some(trace) = &self.trace {
+                    let event = event.name().to_string();
+                    trace.record(TraceEvent::Began { event });
+                }
                 self.checkpoint_with(Some(&event))?;
                 self.route(event, None)
             }
             Init::Resume(restored) => {
+                if let Some(trace) = &self.trace {
+                    trace.record(TraceEvent::Resumed);
+                }
                 let restored = *restored;
                 self.recoveries = restored.recoveries;
                 self.completed = restored.completed;
@@ -591,6 +609,10 @@ where
                 {
                     // Parked for a human: keep the run in the store, not in memory.
                     let key = journal.key.clone();
+                    if let Some(trace) = &self.trace {
+                        let outcome = "suspended".to_string();
+                        trace.record(TraceEvent::Ended { outcome });
+                    }
                     return Poll::Ready(match self.save(RunStatus::Waiting, None, None) {
                         Ok(()) => Err(WorkflowError::Suspended { key }),
                         Err(error) => Err(error),
@@ -688,6 +710,17 @@ where
         }
         let waiters = self.shared.has_waiters();
         for envelope in mail.drain(..) {
+            if let Some(trace) = &self.trace {
+                let event = envelope.event.name().to_string();
+                trace.record(if envelope.event.kind() == EventKind::Response {
+                    TraceEvent::HumanAnswer { response: event }
+                } else {
+                    TraceEvent::EventSent {
+                        event,
+                        target: envelope.target.map(|t| W::GRAPH.steps[t].name.to_string()),
+                    }
+                });
+            }
             // A step waiting inline for this event takes it; no other step sees it.
             let event = if waiters {
                 match self.shared.offer_to_waiters(envelope.event) {
@@ -738,6 +771,20 @@ where
                     continue;
                 }
                 Polled::Emitted(emitted) => {
+                    if let Some(trace) = &self.trace {
+                        trace.record(TraceEvent::StepFinished {
+                            step: W::GRAPH.steps[call.step].name.to_string(),
+                            worker: call.worker,
+                            attempt: call.attempt,
+                            emitted: match &emitted {
+                                Emitted::Nothing => Vec::new(),
+                                Emitted::One(event) => vec![event.name().to_string()],
+                                Emitted::Many(events) => {
+                                    events.iter().map(|e| e.name().to_string()).collect()
+                                }
+                            },
+                        });
+                    }
                     if self.runner.config.verbose {
                         let name = W::GRAPH.steps[call.step].name;
                         let (run, worker) = (self.shared.run_id, call.worker);
@@ -751,6 +798,15 @@ where
                         let run = self.shared.run_id;
                         eprintln!("[run {run}] step `{step}` panicked: {message}");
                     }
+                    if let Some(trace) = &self.trace {
+                        trace.record(TraceEvent::StepFailed {
+                            step: step.to_string(),
+                            worker: call.worker,
+                            attempt: call.attempt,
+                            error: format!("panicked: {message}"),
+                            retry_in_us: None,
+                        });
+                    }
                     let error = WorkflowError::StepPanicked { step, message };
                     return Some(self.finish(index, Err(Failed::fatal(error))));
                 }
@@ -759,6 +815,15 @@ where
                     if self.runner.config.verbose {
                         let run = self.shared.run_id;
                         eprintln!("[run {run}] step `{step}` timed out after {timeout:?}");
+                    }
+                    if let Some(trace) = &self.trace {
+                        trace.record(TraceEvent::StepFailed {
+                            step: step.to_string(),
+                            worker: call.worker,
+                            attempt: call.attempt,
+                            error: format!("timed out after {timeout:?}"),
+                            retry_in_us: None,
+                        });
                     }
                     let error = WorkflowError::StepTimedOut { step, timeout };
                     return Some(self.finish(index, Err(Failed::fatal(error))));
@@ -773,6 +838,15 @@ where
             let retry = self.runner.config.steps[step].retry;
             if let Some(policy) = retry.filter(|p| p.should_retry(attempt, &*error)) {
                 let delay = policy.delay(attempt, run_id, step);
+                if let Some(trace) = &self.trace {
+                    trace.record(TraceEvent::StepFailed {
+                        step: name.to_string(),
+                        worker: call.worker,
+                        attempt,
+                        error: error.to_string(),
+                        retry_in_us: Some(delay.as_micros() as u64),
+                    });
+                }
                 if verbose {
                     eprintln!(
                         "[run {run_id}] step `{name}` failed (attempt {attempt}): {error}; retrying in {delay:?}"
@@ -792,6 +866,15 @@ where
             }
             if verbose {
                 eprintln!("[run {run_id}] step `{name}` failed (attempt {attempt}): {error}");
+            }
+            if let Some(trace) = &self.trace {
+                trace.record(TraceEvent::StepFailed {
+                    step: name.to_string(),
+                    worker: call.worker,
+                    attempt,
+                    error: error.to_string(),
+                    retry_in_us: None,
+                });
             }
             let last: Arc<dyn std::error::Error + Send + Sync> = Arc::from(error);
             let failed = Failed {
@@ -858,6 +941,7 @@ where
             attempt,
             worker
         );
+        let input_name = input.name();
         call.future.set(Some((self.invoke)(
             self.runner.workflow.clone(),
             ctx,
@@ -866,6 +950,14 @@ where
         call.phase = Phase::Running;
         if let Some(limit) = self.runner.config.steps[step].timeout {
             arm(&mut call.timer, limit);
+        }
+        if let Some(trace) = &self.trace {
+            trace.record(TraceEvent::StepStarted {
+                step: name.to_string(),
+                worker,
+                attempt,
+                input: input_name.to_string(),
+            });
         }
         if self.runner.config.verbose {
             eprintln!("[run {run_id}] step `{name}` started (worker {worker}, attempt {attempt})");
@@ -1087,6 +1179,10 @@ where
                 };
             }
             EventKind::Request => {
+                if let Some(trace) = &self.trace {
+                    let request = meta.name.to_string();
+                    trace.record(TraceEvent::HumanWait { request });
+                }
                 // Leaves the graph: published for the outside world, which answers later.
                 self.shared.stream.publish(StreamItem::Event(event.clone()));
                 self.pending_requests.push(event);
@@ -1349,6 +1445,7 @@ where
             snapshot,
             output,
             error,
+            trace: self.trace.as_ref().map(|t| t.trace()),
         };
         journal
             .store
@@ -1372,6 +1469,23 @@ where
     /// store's error, not as if it had been recorded), then publishes the terminal item.
     fn save_outcome(&mut self, result: Result<W::Output>) -> Result<W::Output> {
         let mut result = result;
+        if let Some(trace) = self
+            .trace
+            .as_ref()
+            .filter(|_| !matches!(result, Err(WorkflowError::Suspended { .. })))
+        {
+            let outcome = match &result {
+                Ok(_) => "stopped".to_string(),
+                Err(WorkflowError::Cancelled) => "cancelled".to_string(),
+                Err(
+                    error @ (WorkflowError::TimedOut { .. } | WorkflowError::StepTimedOut { .. }),
+                ) => {
+                    format!("timed out: {error}")
+                }
+                Err(error) => format!("failed: {}", crate::error::chain(error)),
+            };
+            trace.record(TraceEvent::Ended { outcome });
+        }
         if self.shared.journal.is_some() {
             let saved = match &result {
                 Ok(output) => match W::__encode_output(output) {

@@ -49,6 +49,9 @@ pub struct RunRecord {
     pub output: Option<serde_json::Value>,
     /// The error message of a failed run.
     pub error: Option<String>,
+    /// The run's trace up to this checkpoint, when its runner records (`Runner::trace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::trace::Trace>,
 }
 
 /// A store refused or failed a call.

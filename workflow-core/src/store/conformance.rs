@@ -50,6 +50,7 @@ pub fn record(status: RunStatus, completed: u64, stream_seq: u64) -> RunRecord {
         },
         output: (status == RunStatus::Finished).then(|| serde_json::json!("done")),
         error: (status == RunStatus::Failed).then(|| "it broke".to_string()),
+        trace: None,
     }
 }
 
