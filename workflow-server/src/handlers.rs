@@ -134,6 +134,7 @@ impl Entry {
             "run_id": self.run_id,
             "error": state.error,
             "result": state.result,
+            "result_unreadable": false,
             "status": state.status.as_str(),
             "started_at": self.started_at,
             "updated_at": state.updated_at,
