@@ -322,9 +322,8 @@ impl Handlers {
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 tracing::info!("run started");
-                pump(&task_entry, run).await;
+                pump(&task_entry, run, permit).await;
                 tracing::info!(status = task_entry.lock().status.as_str(), "run ended");
-                drop(permit);
             },
             span,
         ));
@@ -333,7 +332,11 @@ impl Handlers {
 }
 
 /// Logs the run's stream, then its outcome as the terminal event.
-async fn pump(entry: &Entry, mut run: ServedRun) {
+async fn pump(
+    entry: &Entry,
+    mut run: ServedRun,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
     while let Some(item) = run.events.next().await {
         match item {
             StreamItem::Event(event) => entry.push(envelope(&event)),
@@ -347,7 +350,10 @@ async fn pump(entry: &Entry, mut run: ServedRun) {
             _ => {}
         }
     }
-    match run.outcome.await {
+    let outcome = run.outcome.await;
+    // The run is over: its slot under the cap is free before anyone can see it ended.
+    drop(permit);
+    match outcome {
         Ok(output) => {
             let stop = json!({
                 "value": { "result": output },
