@@ -16,6 +16,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tidewater::prelude::*;
+use tidewater_debugger::Debugger;
 use tidewater_server::Server;
 
 // ------------------------------------------------------------------ joke: plain
@@ -202,8 +203,22 @@ async fn main() -> std::io::Result<()> {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(8080);
-    let mut server = Server::new() // `joke` and `approval`, registered by their attributes
-        .serve_workflow("download", Download.timeout(Duration::from_secs(60)));
+    // `joke` and `approval` are registered by their attributes; served again here with step
+    // activity on, so that the debugger page at `/` lights up the steps that run.
+    let mut server = Server::new()
+        .serve_workflow("joke", JokeFlow.runner().internal_events(true))
+        .serve_workflow("approval", Approval.runner().internal_events(true))
+        .serve_workflow(
+            "download",
+            Download
+                .timeout(Duration::from_secs(60))
+                .internal_events(true),
+        )
+        .page(
+            Debugger::new()
+                .graph("download", Download::graph())
+                .router(),
+        );
     if let Ok(token) = std::env::var("AUTH_TOKEN") {
         server = server.auth_token(token);
     }
