@@ -16,7 +16,6 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tidewater::prelude::*;
-use tidewater_debugger::Debugger;
 use tidewater_server::Server;
 
 // ------------------------------------------------------------------ joke: plain
@@ -203,22 +202,8 @@ async fn main() -> std::io::Result<()> {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(8080);
-    // `joke` and `approval` are registered by their attributes; served again here with step
-    // activity on, so that the debugger page at `/` lights up the steps that run.
-    let mut server = Server::new()
-        .serve_workflow("joke", JokeFlow.runner().internal_events(true))
-        .serve_workflow("approval", Approval.runner().internal_events(true))
-        .serve_workflow(
-            "download",
-            Download
-                .timeout(Duration::from_secs(60))
-                .internal_events(true),
-        )
-        .page(
-            Debugger::new()
-                .graph("download", Download::graph())
-                .router(),
-        );
+    let mut server = Server::new() // `joke` and `approval`, registered by their attributes
+        .serve_workflow("download", Download.timeout(Duration::from_secs(60)));
     if let Ok(token) = std::env::var("AUTH_TOKEN") {
         server = server.auth_token(token);
     }
