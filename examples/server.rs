@@ -9,13 +9,15 @@
 //! curl -s localhost:8080/workflows
 //! curl -s -XPOST localhost:8080/workflows/joke/run -d '{"start_event": {"topic": "pirates"}}'
 //! ```
-//! `AUTH_TOKEN` turns on bearer auth. Ctrl-C stops it gracefully.
+//! Open `http://127.0.0.1:8080/` for the debugger page (graph, start form, runs, live events,
+//! answers, cancel). `AUTH_TOKEN` turns on bearer auth. Ctrl-C stops it gracefully.
 
 use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tidewater::prelude::*;
+use tidewater_debugger::Debugger;
 use tidewater_server::Server;
 
 // ------------------------------------------------------------------ joke: plain
@@ -202,8 +204,22 @@ async fn main() -> std::io::Result<()> {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(8080);
-    let mut server = Server::new() // `joke` and `approval`, registered by their attributes
-        .serve_workflow("download", Download.timeout(Duration::from_secs(60)));
+    // `joke` and `approval` are registered by their attributes; served again here with step
+    // activity on, so that the debugger page at `/` lights up the steps that run.
+    let mut server = Server::new()
+        .serve_workflow("joke", JokeFlow.runner().internal_events(true))
+        .serve_workflow("approval", Approval.runner().internal_events(true))
+        .serve_workflow(
+            "download",
+            Download
+                .timeout(Duration::from_secs(60))
+                .internal_events(true),
+        )
+        .page(
+            Debugger::new()
+                .graph("download", Download::graph())
+                .router(),
+        );
     if let Ok(token) = std::env::var("AUTH_TOKEN") {
         server = server.auth_token(token);
     }

@@ -12,16 +12,5 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import llama_agents.c
 fi
 "$VENV/bin/pip" show llama-agents-client 2>/dev/null | grep -E "^(Name|Version)" | tr '\n' ' '; echo
 
-cargo build -q --example server
-BIN="${CARGO_TARGET_DIR:-target}/debug/examples/server"
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-PORT="$PORT" "$BIN" >"${TMPDIR:-/tmp}/tidewater-server-$PORT.log" 2>&1 &
-SERVER_PID=$!
-trap 'kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/health')" 2>/dev/null; then
-    break
-  fi
-  sleep 0.1
-done
-SERVER_URL="http://127.0.0.1:$PORT" "$VENV/bin/python" workflow-server/tests/python/test_client.py
+source .ci/example-server.sh
+SERVER_URL="$SERVER_URL" "$VENV/bin/python" workflow-server/tests/python/test_client.py

@@ -65,15 +65,32 @@ async def main() -> None:
     )
     assert started.status == "running", started
     stream = client.get_workflow_events(started.handler_id)
-    seen = [ev async for ev in stream]
+    seen, cursors = [], []
+    async for ev in stream:
+        seen.append(ev)
+        cursors.append(stream.last_sequence)
     types = [ev.type for ev in seen]
     assert types == ["Progress"] * 5 + ["StopEvent"], types
     assert [ev.value["done"] for ev in seen[:5]] == [1, 2, 3, 4, 5]
     assert seen[-1].value["result"] == {"chunks": 5, "checksum": 15}, seen[-1]
-    assert stream.last_sequence == 5, stream.last_sequence
-    # resume from a cursor: only what came after it
-    tail = [ev.type async for ev in client.get_workflow_events(started.handler_id, after_sequence=3)]
-    assert tail == ["Progress", "StopEvent"], tail
+    # every event carries its sequence number, rising; the served workflows record step
+    # activity for the debugger page, so the numbers skip the internal events in between
+    assert all(isinstance(c, int) for c in cursors), cursors
+    assert cursors == sorted(set(cursors)), cursors
+    assert stream.last_sequence == cursors[-1], stream.last_sequence
+    # resume from a cursor (after the fourth progress event): only what came after it
+    tail = [ev async for ev in client.get_workflow_events(started.handler_id, after_sequence=cursors[3])]
+    assert [ev.type for ev in tail] == ["Progress", "StopEvent"], tail
+    assert tail[0].value["done"] == 5, tail
+    # with internal events asked for, the step activity in between is there too
+    everything = [
+        ev
+        async for ev in client.get_workflow_events(
+            started.handler_id, include_internal_events=True
+        )
+    ]
+    assert len(everything) > len(seen), [ev.type for ev in everything]
+    assert [ev.type for ev in everything if ev.type in ("Progress", "StopEvent")] == types
     final = await client.wait_for_handler(started.handler_id, poll_interval=0.05)
     assert final.status == "completed" and final.result.value["result"]["checksum"] == 15
 
