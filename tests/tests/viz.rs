@@ -443,3 +443,98 @@ async fn dump() {
     }
     std::fs::write(format!("{dir}/studio-trace.txt"), trace.timeline()).unwrap();
 }
+
+/// A step that waits inline for the human (`ctx.wait_for`) in the middle of its work.
+struct Inline;
+
+#[workflow]
+impl Inline {
+    #[step]
+    async fn ask(
+        &self,
+        ctx: &Context<Self>,
+        ev: StartEvent<String>,
+    ) -> Result<StopEvent<String>, WorkflowError> {
+        let first = ctx
+            .wait_for::<Verdict>()
+            .publishing(Review {
+                text: ev.0.clone(),
+                round: 1,
+            })
+            .await?;
+        // A second wait that publishes nothing: the answer is expected all the same.
+        let second = ctx.wait_for::<Verdict>().await?;
+        Ok(StopEvent(format!("{} {}", first.approved, second.approved)))
+    }
+}
+
+async fn inline_waits_are_traced() {
+    let mut run = Inline.runner().trace(true).start("post".into());
+    let recording = run.recording().expect("the runner records");
+    let mut events = run.events();
+    while let Some(item) = events.next().await {
+        if item.event::<Review>().is_some() {
+            run.send_response(Verdict { approved: false });
+            // The second wait registers after the first answer is taken: its trace entry
+            // is the sign that it waits.
+            let second_wait = async {
+                loop {
+                    let trace = recording.trace();
+                    let waits = trace
+                        .entries
+                        .iter()
+                        .filter(|e| matches!(e.what, TraceEvent::HumanWait { .. }))
+                        .count();
+                    if waits == 2 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), second_wait)
+                .await
+                .expect("the second inline wait is traced");
+            run.send_response(Verdict { approved: true });
+        }
+    }
+    assert_eq!(run.await.unwrap(), "false true");
+    let trace = recording.trace();
+    let kinds: Vec<String> = trace
+        .entries
+        .iter()
+        .filter_map(|e| match &e.what {
+            TraceEvent::HumanWait { request } => Some(format!("wait {request}")),
+            TraceEvent::HumanAnswer { response } => Some(format!("answer {response}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "wait viz::Review",
+            "answer viz::Verdict",
+            "wait viz::Verdict",
+            "answer viz::Verdict"
+        ]
+    );
+    let timeline = trace.timeline();
+    assert!(
+        timeline.contains("? waiting for a human: Review"),
+        "{timeline}"
+    );
+    assert!(
+        timeline.contains("? waiting for a human: Verdict"),
+        "{timeline}"
+    );
+    assert_eq!(timeline.matches("? answered: Verdict after").count(), 2);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn inline_waits_are_traced_current_thread() {
+    inline_waits_are_traced().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_waits_are_traced_multi_thread() {
+    inline_waits_are_traced().await;
+}

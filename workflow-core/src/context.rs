@@ -1326,6 +1326,14 @@ impl<'a, W: Workflow, R: Event> std::future::IntoFuture for WaitFor<'a, W, R> {
                 }
             }
             let _guard = Deregister(shared, id);
+            if let Some(trace) = shared.trace.get() {
+                // An inline wait is a wait for a human too: drawn as the request it
+                // published, or as the answer it waits for when it published none.
+                let request = self.request.as_ref().map_or(R::NAME, |r| r.name());
+                trace.record(crate::trace::TraceEvent::HumanWait {
+                    request: request.to_string(),
+                });
+            }
             if let Some(request) = self.request {
                 shared.stream.publish(StreamItem::Event(request));
             }

@@ -131,9 +131,11 @@ pub enum TraceEvent {
         /// The step it was sent to, when targeted.
         target: Option<String>,
     },
-    /// A request was published for a human (or another system) to answer.
+    /// A request was published for a human (or another system) to answer, or a step began
+    /// waiting inline for an answer (`ctx.wait_for`).
     HumanWait {
-        /// The request's type.
+        /// The request's type; for an inline wait that published no request, the type of the
+        /// answer it waits for.
         request: String,
     },
     /// An answer came in from outside.
