@@ -4,12 +4,13 @@
 # then prints one Markdown table. See docs/benchmarks.md.
 #
 # usage: bench/run.sh [--scale tiny|small|full] [--py-scale X] [--no-python] [--runtime multi|current]
-#                     [--reps N] [--out DIR]
+#                     [--reps N] [--no-http] [--out DIR]
 #   --scale     the Rust bench's scale (default: full)
 #   --py-scale  the Python peer's scale argument (default: 0.2, i.e. 200 chain runs, 4000 loop
 #               hops, 400 fan-out items, 200 concurrent runs); the Rust fan-out runs at the same
 #               number of items per run, since the peer's collect grows worse than linearly
-#   --no-python skip the peer (no venv, no pip)
+#   --no-python skip the peers (no venv, no pip)
+#   --no-http   skip the HTTP scenario (bench/http.sh: tidewater-server vs llama-agents-server 0.8)
 #   --out       keep the JSON lines in DIR (rust.jsonl, python.jsonl, table.md)
 set -euo pipefail
 
@@ -20,6 +21,7 @@ shared="$(cd "$root/../shared" 2>/dev/null && pwd || true)"
 scale=full
 py_scale=0.2
 python=1
+http=1
 runtime=multi
 reps=()
 out=""
@@ -28,10 +30,11 @@ while [ $# -gt 0 ]; do
     --scale) scale="$2"; shift 2 ;;
     --py-scale) py_scale="$2"; shift 2 ;;
     --no-python) python=0; shift ;;
+    --no-http) http=0; shift ;;
     --runtime) runtime="$2"; shift 2 ;;
     --reps) reps=(--reps "$2"); shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -71,5 +74,26 @@ if [ "$python" = 1 ]; then
 fi
 
 python3 "$here/table.py" "$out/rust.jsonl" "$out/python.jsonl" | tee "$out/table.md"
+
+# The HTTP scenario: the same five-step chain served by tidewater-server and by the Python peer
+# llama-agents-server 0.8, driven through POST /workflows/chain/run by one load generator.
+if [ "$python" = 1 ] && [ "$http" = 1 ]; then
+  for conns in 16 1; do
+    echo "== bench/http.sh --conns $conns" >&2
+    "$here/http.sh" --conns "$conns" | tee -a "$out/http.txt" >&2
+  done
+  python3 - "$out/http.txt" <<'PY' | tee -a "$out/table.md"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+print()
+print("| HTTP: POST /workflows/chain/run | connections | runs/s | ratio |")
+print("|---|---:|---:|---:|")
+for i in range(0, len(rows) - 1, 2):
+    a, b = rows[i], rows[i + 1]
+    conns = a.get("conns", "?")
+    print(f"| {a['impl']} | {conns} | {a['runs_per_s']:.0f} | {a['runs_per_s'] / b['runs_per_s']:.0f}x |")
+    print(f"| {b['impl']} | {conns} | {b['runs_per_s']:.0f} | 1x |")
+PY
+fi
 echo >&2
 echo "(JSON lines and table kept in $out)" >&2
