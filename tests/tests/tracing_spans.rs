@@ -214,3 +214,83 @@ fn a_run_started_inside_a_callers_span_is_its_child() {
         "the run's span is under the caller's"
     );
 }
+
+/// A child workflow, run by `Parent::delegate`.
+struct Child;
+
+#[workflow]
+impl Child {
+    #[step]
+    async fn inner(&self, ev: StartEvent<u32>) -> StopEvent<u32> {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        StopEvent(ev.0 + 1)
+    }
+}
+
+struct Parent {
+    child: Runner<Child>,
+}
+
+#[workflow]
+impl Parent {
+    #[step]
+    async fn delegate(
+        &self,
+        ctx: &Context<Self>,
+        ev: StartEvent<u32>,
+    ) -> Result<StopEvent<u32>, WorkflowError> {
+        let (a, b) = futures_util::future::try_join(
+            ctx.run_child(&self.child, ev.0),
+            ctx.run_child(&self.child, ev.0 * 10),
+        )
+        .await?;
+        Ok(StopEvent(a + b))
+    }
+}
+
+#[test]
+fn a_child_runs_span_sits_under_the_calling_steps_span() {
+    let recorder = Recorder::default();
+    let spans = recorder.spans.clone();
+    tracing::subscriber::with_default(recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let parent = Parent {
+                child: Child.runner(),
+            };
+            assert_eq!(parent.run(1).await.unwrap(), 13);
+        });
+    });
+    let spans = spans.lock().unwrap();
+    let find = |name: &str, workflow: &str| -> Vec<(u64, SpanRecord)> {
+        spans
+            .iter()
+            .filter(|(_, s)| s.name == name && s.fields["workflow"] == workflow)
+            .map(|(id, s)| (*id, s.clone()))
+            .collect()
+    };
+    let parent_run = find("workflow.run", "Parent");
+    let delegate = find("workflow.step", "Parent");
+    let child_runs = find("workflow.run", "Child");
+    let child_steps = find("workflow.step", "Child");
+    assert_eq!((parent_run.len(), delegate.len()), (1, 1));
+    assert_eq!(delegate[0].1.parent, Some(parent_run[0].0));
+    assert_eq!(child_runs.len(), 2);
+    for (id, run) in &child_runs {
+        assert_eq!(
+            run.parent,
+            Some(delegate[0].0),
+            "a child's run span sits under the step that started it"
+        );
+        let steps: Vec<&(u64, SpanRecord)> = child_steps
+            .iter()
+            .filter(|(_, s)| s.parent == Some(*id))
+            .collect();
+        assert_eq!(steps.len(), 1, "its own steps sit under it");
+        assert_eq!(steps[0].1.fields["run_id"], run.fields["run_id"]);
+        assert_ne!(run.fields["run_id"], parent_run[0].1.fields["run_id"]);
+    }
+}

@@ -82,6 +82,8 @@ pub(crate) struct RunShared<W: Workflow> {
     pub(crate) journal: Option<Box<Journal>>,
     /// The run's trace recorder, set by the executor when the runner records.
     pub(crate) trace: std::sync::OnceLock<Arc<crate::trace::Recorder>>,
+    /// Its parent (a child run) and its children (`Context::run_child`).
+    pub(crate) family: crate::child::Family,
 }
 
 /// Where the loop answers a snapshot request.
@@ -356,6 +358,7 @@ impl<W: Workflow> RunShared<W> {
             snapshot_requests: Mutex::new(Some(Vec::new())),
             journal: None,
             trace: std::sync::OnceLock::new(),
+            family: crate::child::Family::default(),
         }
     }
 
@@ -449,7 +452,12 @@ impl<W: Workflow> RunShared<W> {
     }
 
     /// The `nth` value recorded under `label` by `invocation`, if any.
-    fn recall(&self, invocation: u64, label: &str, nth: u32) -> Option<serde_json::Value> {
+    pub(crate) fn recall(
+        &self,
+        invocation: u64,
+        label: &str,
+        nth: u32,
+    ) -> Option<serde_json::Value> {
         let memos = lock(&self.memos);
         let (_, records) = memos.iter().find(|(i, _)| *i == invocation)?;
         records
@@ -459,7 +467,7 @@ impl<W: Workflow> RunShared<W> {
             .map(|r| r.value.clone())
     }
 
-    fn record(&self, invocation: u64, label: &str, value: serde_json::Value) {
+    pub(crate) fn record(&self, invocation: u64, label: &str, value: serde_json::Value) {
         let mut memos = lock(&self.memos);
         let record = MemoRecord {
             label: label.to_string(),
@@ -690,7 +698,7 @@ impl<W: Workflow> Context<W> {
     }
 
     /// The number of the next ask of `label` in this attempt (0 for the first).
-    fn ask(&self, label: &str) -> u32 {
+    pub(crate) fn ask(&self, label: &str) -> u32 {
         let mut asked = lock(&self.asked);
         match asked.iter_mut().find(|(l, _)| l == label) {
             Some((_, n)) => {

@@ -141,6 +141,17 @@ pub enum WorkflowError {
         /// Why not.
         reason: String,
     },
+    /// A child run started with `Context::run_child` failed (or could not start); its error
+    /// is the source. With `?` the calling step fails with it, so its retries and the
+    /// catch-error step apply.
+    #[error("child run {child} failed")]
+    ChildFailed {
+        /// Which child: the calling step, its workflow, its run id (0 when it never started).
+        child: crate::stream::ChildId,
+        /// The child's own error.
+        #[source]
+        source: Box<WorkflowError>,
+    },
     /// The workflow's graph breaks the graph rules (only possible for graphs built by hand;
     /// `#[workflow]` rejects these at compile time).
     #[error("the workflow graph is invalid: {}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]

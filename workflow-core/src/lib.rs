@@ -52,7 +52,10 @@
 //!    request, [`Handler::cancel`], [`Handler::snapshot`].
 //! 7. **Stream**: [`Handler::events`] is an [`EventStream`] of [`StreamItem`]s ending in an
 //!    [`Outcome`]; the prelude brings `next()` for it.
-//! 8. **Store**: with `#[workflow(durable)]` and a [`store::Store`], runs are checkpointed, outlive
+//! 8. **Child runs**: a step runs another workflow as a typed call with
+//!    [`Context::run_child`] (or fans out with [`Context::run_children`]); the child's stream,
+//!    deadline, cancel, failure and human questions belong to its parent (`docs/composition.md`).
+//! 9. **Store**: with `#[workflow(durable)]` and a [`store::Store`], runs are checkpointed, outlive
 //!    their process and are answered later ([`Runner::start_durable`], [`Runner::answer`]).
 //!
 //! A failed run is a [`WorkflowError`]; return [`Report`] from `main` to print it as sentences.
@@ -65,6 +68,7 @@
 //! `store::SqliteStore`, an embedded store for durable runs; `viz` adds `viz`, pictures of a
 //! workflow's graph and of run traces (Mermaid, DOT, SVG).
 
+mod child;
 mod context;
 mod error;
 mod event;
@@ -85,6 +89,7 @@ pub mod trace;
 pub mod viz;
 mod workflow;
 
+pub use child::ChildCall;
 pub use context::{CollectSet, Context, EventOf, RunId, WaitFor};
 pub use error::{BoxError, Result, WorkflowError};
 pub use event::{DynEvent, Either, Event, EventId, Request, StartEvent, StepFailure, StopEvent};
@@ -93,7 +98,7 @@ pub use handler::Handler;
 pub use report::Report;
 pub use retry::RetryPolicy;
 pub use step_ref::{Accepts, StepRef};
-pub use stream::{DEFAULT_STREAM_CAPACITY, EventStream, Outcome, Since, StreamItem};
+pub use stream::{ChildId, DEFAULT_STREAM_CAPACITY, EventStream, Outcome, Since, StreamItem};
 pub use workflow::{DEFAULT_MAX_LOOP_INVOCATIONS, Runner, Workflow};
 
 #[doc(hidden)]

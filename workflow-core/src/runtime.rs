@@ -20,6 +20,7 @@ use std::task::{Context as TaskContext, Poll, Wake, Waker};
 use tokio::sync::{AcquireError, OwnedSemaphorePermit};
 use tokio::time::Sleep;
 
+use crate::child::ChildControl;
 use crate::context::{CollectBuffer, Context, RunShared};
 use crate::error::{BoxError, Result, SharedError, WorkflowError};
 use crate::event::StepFailure;
@@ -27,8 +28,8 @@ use crate::event::{DynEvent, EventId, EventKind};
 use crate::graph::Graph;
 use crate::output::Emitted;
 use crate::snapshot::{
-    CollectRecord, EventRecord, InFlightRecord, QueuedRecord, SNAPSHOT_FORMAT, Snapshot,
-    SnapshotError, decode_event, encode_event,
+    ChildRecord, CollectRecord, EventRecord, InFlightRecord, QueuedRecord, SNAPSHOT_FORMAT,
+    Snapshot, SnapshotError, decode_event, encode_event,
 };
 use crate::store::{RunRecord, RunStatus};
 use crate::stream::{Outcome, StreamItem, lock};
@@ -218,6 +219,8 @@ struct Executor<W: Workflow, F> {
     deadline: Option<Pin<Box<Sleep>>>,
     /// When the run's time limit passes (checked after every step's poll too).
     deadline_at: Option<tokio::time::Instant>,
+    /// The run's time limit: its runner's, or less for a child whose parent ends first.
+    limit: Option<std::time::Duration>,
     begun: bool,
     ended: bool,
     /// Invocations of steps on a loop so far (the runaway-loop guard).
@@ -265,6 +268,8 @@ pub(crate) struct RestoredCall {
     /// Its number (0: none recorded, a new one is given).
     pub(crate) invocation: u64,
     pub(crate) memo: Vec<crate::snapshot::MemoRecord>,
+    /// Its children that were running: (label, snapshot).
+    pub(crate) children: Vec<(String, Snapshot)>,
 }
 
 /// Runs one workflow run to its end.
@@ -280,6 +285,82 @@ pub(crate) fn execute<W: Workflow>(
         // span, whichever task polls it first.
         parent: tracing::Span::current(),
     }
+}
+
+/// A child run, polled by the step that started it (`Context::run_child`).
+pub(crate) trait ChildPoll<O>: Send {
+    fn poll_child(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<O>>;
+}
+
+impl<W: Workflow, F> ChildPoll<W::Output> for Run<W, F>
+where
+    F: Future<Output = std::result::Result<Emitted, BoxError>> + Send + 'static,
+{
+    fn poll_child(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<W::Output>> {
+        Pin::new(self).poll(cx)
+    }
+}
+
+impl<W: Workflow, F> ChildControl for Run<W, F>
+where
+    F: Future<Output = std::result::Result<Emitted, BoxError>> + Send + 'static,
+{
+    fn capture(&self) -> std::result::Result<Snapshot, SnapshotError> {
+        self.executor.capture()
+    }
+
+    fn kept_apart(&self) -> bool {
+        // Journaled: its own checkpoints keep it. Not durable: it cannot be captured, and
+        // runs again from its start with its step (at least once, like any in-flight work).
+        self.executor.shared.journal.is_some() || !W::DURABLE
+    }
+
+    fn offer(&self, event: DynEvent) -> Option<DynEvent> {
+        let shared = &self.executor.shared;
+        // A step of the child waiting inline takes it now (its waiter is gone at once, so a
+        // second answer of the type goes to the next one who waits).
+        let event = shared.offer_to_waiters(event)?;
+        let mut awaiting = lock(&shared.family.awaiting);
+        if let Some(i) = awaiting.iter().position(|id| *id == event.id()) {
+            // Answers one of the child's pending requests: routed by the child's own loop.
+            awaiting.remove(i);
+            drop(awaiting);
+            crate::workflow::post_external(shared, event, None);
+            return None;
+        }
+        drop(awaiting);
+        shared.family.offer(event)
+    }
+
+    fn parent_ended(&self, outcome: &Outcome) {
+        if let Some(upward) = &self.executor.shared.family.upward {
+            *lock(&upward.parent_outcome) = Some(outcome.clone());
+        }
+    }
+}
+
+/// A child run (`Context::run_child`): polled by its calling step through the first handle;
+/// the second lets the parent's loop reach it between polls (snapshots, answers, its end).
+#[expect(
+    clippy::type_complexity,
+    reason = "two handles on one run, erased two ways"
+)]
+pub(crate) fn execute_child<C: Workflow>(
+    runner: Runner<C>,
+    shared: Arc<RunShared<C>>,
+    init: Init,
+) -> (
+    Arc<std::sync::Mutex<dyn ChildPoll<C::Output>>>,
+    std::sync::Weak<std::sync::Mutex<dyn ChildControl>>,
+) {
+    let run = Arc::new(std::sync::Mutex::new(Run {
+        executor: Executor::new(C::__invoke, runner, shared, init),
+        span: None,
+        parent: tracing::Span::current(),
+    }));
+    let weak = Arc::downgrade(&run);
+    let control: std::sync::Weak<std::sync::Mutex<dyn ChildControl>> = weak;
+    (run, control)
 }
 
 /// The run's future: the executor, polled inside the run's span.
@@ -381,6 +462,7 @@ where
             _permit: None,
             deadline: None,
             deadline_at: None,
+            limit: None,
             begun: false,
             ended: false,
             loop_invocations: 0,
@@ -411,11 +493,16 @@ where
                 self.admission = None;
             }
             self.begun = true;
-            self.deadline_at = self
-                .runner
-                .config
-                .timeout
-                .map(|limit| tokio::time::Instant::now() + limit);
+            let now = tokio::time::Instant::now();
+            let own = self.runner.config.timeout.map(|limit| now + limit);
+            // A child's deadline is the earlier of its own and its parent's.
+            let cap = self.shared.family.upward.as_ref().and_then(|u| u.cap);
+            self.deadline_at = match (own, cap) {
+                (Some(own), Some(cap)) => Some(own.min(cap)),
+                (own, cap) => own.or(cap),
+            };
+            self.limit = self.deadline_at.map(|at| at.saturating_duration_since(now));
+            let _ = self.shared.family.deadline.set(self.deadline_at);
             self.deadline = self
                 .deadline_at
                 .map(|at| Box::pin(tokio::time::sleep_until(at)));
@@ -478,6 +565,10 @@ where
                         let invocation = (call.invocation > 0).then_some(call.invocation);
                         if let Some(invocation) = invocation {
                             self.shared.restore_memo(invocation, call.memo);
+                            let mut restored = lock(&self.shared.family.restored);
+                            for (label, snapshot) in call.children {
+                                restored.push((invocation, label, snapshot));
+                            }
                         }
                         self.start(call.step, call.event, call.attempt, invocation);
                     } else {
@@ -493,6 +584,7 @@ where
                     self.shared
                         .stream
                         .publish(StreamItem::Event(request.clone()));
+                    self.await_response(&request);
                     self.pending_requests.push(request);
                 }
                 // The re-run steps go first, up to their first pause: a step that waits inline
@@ -643,7 +735,7 @@ where
             active.insert(0, name);
         }
         WorkflowError::TimedOut {
-            timeout: self.runner.config.timeout.unwrap_or_default(),
+            timeout: self.limit.unwrap_or_default(),
             active,
         }
     }
@@ -729,6 +821,22 @@ where
                 }
             } else {
                 envelope.event
+            };
+            // An answer that none of this run's own requests waits for goes to the child run
+            // that asked for it, if one does.
+            let event = if envelope.target.is_none()
+                && event.kind() == EventKind::Response
+                && !self
+                    .pending_requests
+                    .iter()
+                    .any(|r| r.meta().response == Some(event.id()))
+            {
+                match self.shared.family.offer(event) {
+                    Some(event) => event,
+                    None => continue,
+                }
+            } else {
+                event
             };
             if envelope.target.is_none()
                 && event.kind() == EventKind::Response
@@ -1185,6 +1293,7 @@ where
                 }
                 // Leaves the graph: published for the outside world, which answers later.
                 self.shared.stream.publish(StreamItem::Event(event.clone()));
+                self.await_response(&event);
                 self.pending_requests.push(event);
                 return Ok(());
             }
@@ -1196,6 +1305,12 @@ where
                     .position(|r| r.meta().response == id)
                 {
                     self.pending_requests.remove(i);
+                    if self.shared.family.upward.is_some() {
+                        let mut awaiting = lock(&self.shared.family.awaiting);
+                        if let Some(i) = awaiting.iter().position(|r| Some(*r) == id) {
+                            awaiting.remove(i);
+                        }
+                    }
                 }
             }
             _ => {}
@@ -1229,6 +1344,15 @@ where
         let step = self.runner.routes.consumers[last];
         self.deliver(step, event);
         Ok(())
+    }
+
+    /// A child run tells its parent which answer its pending request waits for.
+    fn await_response(&self, request: &DynEvent) {
+        if self.shared.family.upward.is_some() {
+            if let Some(response) = request.meta().response {
+                lock(&self.shared.family.awaiting).push(response);
+            }
+        }
     }
 
     fn deliver(&mut self, step: usize, event: DynEvent) {
@@ -1317,12 +1441,14 @@ where
             } else {
                 call.attempt
             };
+            let i = in_flight.len();
             in_flight.push(InFlightRecord {
                 step: W::GRAPH.steps[call.step].name.to_string(),
                 attempt,
-                event: encode(format!("in_flight[{}].event", in_flight.len()), input)?,
+                event: encode(format!("in_flight[{i}].event"), input)?,
                 invocation: call.order,
                 memo: self.shared.memo_of(call.order),
+                children: self.capture_children(i, call.order)?,
             });
         }
         let mut queued = Vec::new();
@@ -1397,6 +1523,38 @@ where
             stream_seq: self.shared.stream_seq.load(Ordering::Relaxed),
             invocations: self.started,
         })
+    }
+
+    /// The running children of invocation `invocation` (the `i`-th in flight), captured now
+    /// (they are polled only inside their step, so they are between two polls too). A
+    /// journaled child keeps its own checkpoints and is left out, as is a child that is not
+    /// durable (it runs again with its step on resume).
+    fn capture_children(
+        &self,
+        i: usize,
+        invocation: u64,
+    ) -> std::result::Result<Vec<ChildRecord>, SnapshotError> {
+        let mut children = Vec::new();
+        for (inv, label, child) in self.shared.family.running() {
+            if inv != invocation {
+                continue;
+            }
+            let child = lock(&child);
+            if child.kept_apart() {
+                continue;
+            }
+            let snapshot = child.capture().map_err(|error| {
+                let path = format!("in_flight[{i}].children[{}]", children.len());
+                let at = if error.path.is_empty() {
+                    path
+                } else {
+                    format!("{path}.{}", error.path)
+                };
+                SnapshotError::new(at, error.reason)
+            })?;
+            children.push(ChildRecord { label, snapshot });
+        }
+        Ok(children)
     }
 
     /// Durable runs: journals the run as it is now.
@@ -1511,8 +1669,21 @@ where
             }
             Err(error) => Outcome::Failed(crate::error::chain(error)),
         };
+        self.stop_children(&outcome);
         self.shared.stream.end(outcome);
         result
+    }
+}
+
+impl<W: Workflow, F> Executor<W, F> {
+    /// The run ends with `outcome`: its children end first (their ends come before its own on
+    /// its stream), with the run's timeout when it timed out, cancelled otherwise.
+    fn stop_children(&mut self, outcome: &Outcome) {
+        if self.shared.family.parent_ended(outcome) {
+            for call in &mut self.calls {
+                call.future.set(None);
+            }
+        }
     }
 }
 
@@ -1521,16 +1692,23 @@ impl<W: Workflow, F> Drop for Executor<W, F> {
         // The run's future was dropped before it ended (the caller dropped `run()`, or the
         // runtime shut down): the run is cancelled, and its stream still ends.
         if !self.ended {
-            let outcome = if self.shared.timed_out.load(Ordering::Acquire) {
+            let outcome = if let Some(outcome) = self.shared.family.dropped_outcome() {
+                // A child run stopped by its parent's end.
+                outcome
+            } else if self.shared.timed_out.load(Ordering::Acquire) {
                 // Its handler gave up at the deadline while a step held the thread.
                 let error = WorkflowError::TimedOut {
-                    timeout: self.runner.config.timeout.unwrap_or_default(),
+                    timeout: self
+                        .limit
+                        .or(self.runner.config.timeout)
+                        .unwrap_or_default(),
                     active: Vec::new(),
                 };
                 Outcome::TimedOut(error.to_string())
             } else {
                 Outcome::Cancelled
             };
+            self.stop_children(&outcome);
             self.shared.stream.end(outcome);
         }
         // A durable run that stops here without having saved its end (its future dropped, its
@@ -1721,6 +1899,11 @@ pub(crate) fn restore<W: Workflow>(
             attempt: record.attempt.max(1),
             invocation: record.invocation,
             memo: record.memo.clone(),
+            children: record
+                .children
+                .iter()
+                .map(|c| (c.label.clone(), c.snapshot.clone()))
+                .collect(),
         });
     }
     let mut queued = Vec::new();

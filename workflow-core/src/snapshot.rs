@@ -95,6 +95,21 @@ pub struct InFlightRecord {
     /// re-run gets them back instead of doing that work again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub memo: Vec<MemoRecord>,
+    /// The child runs the invocation had running (`Context::run_child`), each captured whole:
+    /// when the step runs again on resume, its n-th child of a workflow goes on from here
+    /// instead of starting over. Children of a durable run keep their own journal instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<ChildRecord>,
+}
+
+/// A child run that was running inside an in-flight invocation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildRecord {
+    /// `Workflow#n`: the invocation's n-th child of that workflow.
+    pub label: String,
+    /// The child run.
+    pub snapshot: Snapshot,
 }
 
 /// One value an invocation recorded: what [`Context::once`](crate::Context::once) returned

@@ -52,6 +52,39 @@ pub enum StreamItem {
     },
     /// The run ended; always the last item, exactly once.
     End(Outcome),
+    /// An item of a child run (started by a step with `ctx.run_child`), or of a child's child:
+    /// `path` leads from this run down to the run that published `item`, which is never
+    /// itself a `Child`. A child's `End` ends the child, not this stream.
+    Child {
+        /// The runs from this run's child down to the one that published the item.
+        path: Arc<[ChildId]>,
+        /// What that run published.
+        item: Box<StreamItem>,
+    },
+}
+
+/// Where a child run sits: the step of its parent that started it, its workflow, its run id.
+/// A [`StreamItem::Child`] names a child run with a path of these.
+///
+/// ```
+/// use tidewater::ChildId;
+/// let id = ChildId { step: "plan", workflow: "Research", run_id: 7 };
+/// assert_eq!(id.to_string(), "plan/Research#7");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChildId {
+    /// The step of the parent run that started the child.
+    pub step: &'static str,
+    /// The child's workflow.
+    pub workflow: &'static str,
+    /// The child's run id.
+    pub run_id: crate::RunId,
+}
+
+impl std::fmt::Display for ChildId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}#{}", self.step, self.workflow, self.run_id)
+    }
 }
 
 impl StreamItem {
@@ -60,10 +93,29 @@ impl StreamItem {
         matches!(self, StreamItem::End(_))
     }
 
-    /// The event a step wrote, if this is one and it is an `E`.
+    /// The event a step wrote, if this is one and it is an `E`. Items of child runs are not
+    /// looked into: see [`StreamItem::child`].
     pub fn event<E: crate::Event>(&self) -> Option<&E> {
         match self {
             StreamItem::Event(event) => event.downcast_ref(),
+            _ => None,
+        }
+    }
+
+    /// For an item of a child run: the path to that run and what it published; `None` for an
+    /// item of this run.
+    ///
+    /// ```
+    /// use tidewater::{ChildId, Outcome, StreamItem};
+    /// let id = ChildId { step: "plan", workflow: "Research", run_id: 7 };
+    /// let item = StreamItem::Child { path: [id].into(), item: Box::new(StreamItem::End(Outcome::Stopped)) };
+    /// let (path, inner) = item.child().unwrap();
+    /// assert_eq!(path, [id]);
+    /// assert!(inner.is_terminal() && !item.is_terminal());
+    /// ```
+    pub fn child(&self) -> Option<(&[ChildId], &StreamItem)> {
+        match self {
+            StreamItem::Child { path, item } => Some((path, item)),
             _ => None,
         }
     }
@@ -119,6 +171,8 @@ struct Subscriber {
 /// The publishing side, owned by the run.
 #[derive(Debug)]
 pub(crate) struct Publisher {
+    /// A child run's stream goes to its parent's, marked with the child's place.
+    forward: Option<Forward>,
     subscribers: Mutex<Subscribers>,
     /// Can anyone read what is published? A handler exists, or a subscription does.
     open: AtomicBool,
@@ -154,9 +208,36 @@ enum Reserved {
     Pending,
 }
 
+/// Where a child run's stream items go: its parent's stream.
+pub(crate) struct Forward {
+    pub(crate) parent: Arc<dyn Upstream>,
+    /// The child's own place, as the path of the items it publishes itself.
+    pub(crate) path: Arc<[ChildId]>,
+}
+
+impl std::fmt::Debug for Forward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forward").field("path", &self.path).finish()
+    }
+}
+
+/// A parent run, seen by its child without its type: its stream.
+pub(crate) trait Upstream: Send + Sync {
+    fn publisher(&self) -> &Publisher;
+}
+
 impl Publisher {
+    /// The stream of a child run: what it publishes goes to its parent's stream.
+    pub(crate) fn child(capacity: usize, forward: Forward) -> Publisher {
+        Publisher {
+            forward: Some(forward),
+            ..Publisher::new(capacity)
+        }
+    }
+
     pub(crate) fn new(capacity: usize) -> Publisher {
         Publisher {
+            forward: None,
             subscribers: Mutex::new(Subscribers::default()),
             open: AtomicBool::new(false),
             ended: AtomicBool::new(false),
@@ -168,7 +249,12 @@ impl Publisher {
     /// exists every item goes to the history, subscribed or not; a run without a handler
     /// (`Runner::run`) builds none.
     pub(crate) fn has_subscribers(&self) -> bool {
-        self.open.load(Ordering::Acquire)
+        match &self.forward {
+            None => self.open.load(Ordering::Acquire),
+            Some(forward) => {
+                !self.ended.load(Ordering::Acquire) && forward.parent.publisher().has_subscribers()
+            }
+        }
     }
 
     fn update_open(&self, subscribers: &Subscribers) {
@@ -272,6 +358,27 @@ impl Publisher {
         if self.ended.load(Ordering::Acquire) {
             return;
         }
+        if let Some(forward) = &self.forward {
+            // A child has no subscribers of its own: its items go to its parent's stream,
+            // its end included (which ends the child, not the parent's stream).
+            if item.is_terminal() && self.ended.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            let parent = forward.parent.publisher();
+            if parent.has_subscribers() {
+                parent.publish(match item {
+                    StreamItem::Child { path, item } => StreamItem::Child {
+                        path: forward.path.iter().chain(path.iter()).copied().collect(),
+                        item,
+                    },
+                    item => StreamItem::Child {
+                        path: forward.path.clone(),
+                        item: Box::new(item),
+                    },
+                });
+            }
+            return;
+        }
         let terminal = item.is_terminal();
         let mut guard = lock(&self.subscribers);
         if self.ended.load(Ordering::Acquire) {
@@ -363,7 +470,7 @@ impl Stream for EventStream {
 
 /// Locks a mutex, ignoring poisoning: the data under our locks stays consistent across a panic
 /// because no lock is held while user code runs.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T: ?Sized>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

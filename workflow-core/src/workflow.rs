@@ -652,7 +652,7 @@ impl<W: Workflow> Runner<W> {
 
     /// Takes the run `key` in the store for a new owner of this process; the refusals of the
     /// ownership rules are [`WorkflowError::Durable`], failures [`WorkflowError::Store`].
-    fn acquire(&self, store: &dyn Store, key: &str, claim: Claim) -> Result<Lease> {
+    pub(crate) fn acquire(&self, store: &dyn Store, key: &str, claim: Claim) -> Result<Lease> {
         store
             .acquire(key, &Owner::this_process(), claim)
             .map_err(|error| match error.kind {
@@ -693,13 +693,29 @@ impl<W: Workflow> Runner<W> {
         }
         if W::DURABLE {
             if let Err(reason) = crate::snapshot::encode_event::<W>(&response) {
-                return refuse(format!(
-                    "a durable run can only store events of its graph ({reason}); the run was \
-                     left as it was"
-                ));
+                // Not for this run, but maybe for one of its children (`Context::run_child`),
+                // journaled under its key: the resumed run hands it to the child that asks.
+                if !self.has_running_children(key)? {
+                    return refuse(format!(
+                        "a durable run can only store events of its graph ({reason}); the run \
+                         was left as it was"
+                    ));
+                }
             }
         }
         self.resume_stored_with(key, Some(response))
+    }
+
+    /// Does the durable run `key` have a child run journaled under it that has not ended?
+    fn has_running_children(&self, key: &str) -> Result<bool> {
+        let store = self.durable_store(key)?;
+        let prefix = format!("{key}/");
+        for status in [RunStatus::Running, RunStatus::Waiting] {
+            if store.keys(status)?.iter().any(|k| k.starts_with(&prefix)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The output of a finished journaled run, read from the store.
@@ -766,7 +782,7 @@ impl<W: Workflow> Runner<W> {
             .filter(|_| self.config.run_limit.is_none())
     }
 
-    fn journal(&self, store: Arc<dyn Store>, key: &str, lease: Lease) -> Journal {
+    pub(crate) fn journal(&self, store: Arc<dyn Store>, key: &str, lease: Lease) -> Journal {
         Journal {
             store,
             key: key.to_string(),
