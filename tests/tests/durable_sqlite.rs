@@ -318,3 +318,170 @@ mod same_last_name {
         run().await;
     }
 }
+
+/// `evict_waiting_after(idle)`: a parked run stays in memory for `idle` (an answer that comes
+/// sooner is taken in place), then leaves it; paused time makes the boundary exact.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_parked_run_is_evicted_after_its_idle_time_current_thread() {
+    let store: Arc<dyn Store> = Arc::new(tidewater::store::MemoryStore::new());
+    let proposals = Arc::new(AtomicU32::new(0));
+    let runner = Approve {
+        proposals: proposals.clone(),
+    }
+    .runner()
+    .store(store.clone())
+    .evict_waiting_after(Duration::from_millis(100));
+
+    // Answered within the idle time: taken in place, no eviction.
+    let mut soon = runner.start_durable("soon", "a".into()).unwrap();
+    let mut events = soon.events();
+    while let Some(item) = futures_util::StreamExt::next(&mut events).await {
+        if item.event::<Proposal>().is_some() {
+            tokio::time::sleep(Duration::from_millis(99)).await;
+            soon.send_response(Decision { approved: true });
+        }
+    }
+    assert_eq!(soon.await.unwrap(), "published");
+
+    // Left waiting: still in memory just before the idle time, gone at it.
+    let late = runner.start_durable("late", "b".into()).unwrap();
+    let late = tokio::spawn(late);
+    tokio::time::sleep(Duration::from_millis(99)).await;
+    assert!(!late.is_finished(), "evicted before its idle time");
+    assert_eq!(
+        store.load("late").unwrap().unwrap().status,
+        RunStatus::Running
+    );
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let error = late.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&error, WorkflowError::Suspended { key } if key == "late"),
+        "{error:?}"
+    );
+    assert_eq!(
+        store.load("late").unwrap().unwrap().status,
+        RunStatus::Waiting
+    );
+
+    // The answer brings it back; the step before the request does not run again.
+    let answered = runner.answer("late", Decision { approved: false }).unwrap();
+    assert_eq!(answered.await.unwrap(), "dropped");
+    assert_eq!(proposals.load(Ordering::SeqCst), 2, "one proposal per run");
+    assert_eq!(
+        store.load("late").unwrap().unwrap().status,
+        RunStatus::Finished
+    );
+}
+
+/// On a multi-threaded runtime with a long idle time, an answer that comes at once is taken
+/// in place (with `evict_when_waiting(true)` the run would have left memory at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_run_answered_within_its_idle_time_stays_in_memory_multi_thread() {
+    let store: Arc<dyn Store> = Arc::new(tidewater::store::MemoryStore::new());
+    let runner = Approve {
+        proposals: Arc::new(AtomicU32::new(0)),
+    }
+    .runner()
+    .store(store.clone())
+    .evict_waiting_after(Duration::from_secs(30));
+    let mut run = runner.start_durable("k", "a".into()).unwrap();
+    let mut events = run.events();
+    while let Some(item) = futures_util::StreamExt::next(&mut events).await {
+        if item.event::<Proposal>().is_some() {
+            run.send_response(Decision { approved: true });
+        }
+    }
+    assert_eq!(run.await.unwrap(), "published");
+    assert_eq!(
+        store.load("k").unwrap().unwrap().status,
+        RunStatus::Finished
+    );
+}
+
+#[derive(Debug, Clone, Event, Serialize, Deserialize)]
+struct Item(u32);
+
+#[derive(Debug, Clone, Event, Serialize, Deserialize)]
+struct Worked(u32);
+
+/// Fans out three items to a one-worker step that takes 50 ms each, then sums them.
+struct Batch {
+    worked: Arc<std::sync::Mutex<Vec<u32>>>,
+    started: Arc<tokio::sync::Notify>,
+}
+
+#[workflow(durable)]
+impl Batch {
+    #[step]
+    async fn split(&self, ctx: &Context<Self>, _ev: StartEvent<u32>) -> Option<Item> {
+        for i in 1..=3 {
+            ctx.send_event(Item(i));
+        }
+        None
+    }
+
+    #[step]
+    async fn work(&self, ev: Item) -> Worked {
+        self.started.notify_one();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.worked.lock().unwrap().push(ev.0);
+        Worked(ev.0 * 10)
+    }
+
+    #[step]
+    async fn sum(&self, ctx: &Context<Self>, ev: Worked) -> Option<StopEvent<u32>> {
+        let all = ctx.collect(ev, 3)?;
+        Some(StopEvent(all.iter().map(|d| d.0).sum()))
+    }
+}
+
+/// `Handler::suspend` (a server shutting down): the running step finishes and is
+/// checkpointed, nothing else starts, the run is saved as waiting with its queue and leaves
+/// memory; a resume finishes it with every item worked exactly once.
+async fn suspend_then_resume() {
+    let store: Arc<dyn Store> = Arc::new(tidewater::store::MemoryStore::new());
+    let worked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let started = Arc::new(tokio::sync::Notify::new());
+    let runner = Batch {
+        worked: worked.clone(),
+        started: started.clone(),
+    }
+    .runner()
+    .store(store.clone());
+    let run = runner.start_durable("batch", 0).unwrap();
+    // The first item is being worked on.
+    started.notified().await;
+    run.suspend();
+    let error = run.await.unwrap_err();
+    assert!(
+        matches!(&error, WorkflowError::Suspended { key } if key == "batch"),
+        "{error:?}"
+    );
+    assert_eq!(
+        *worked.lock().unwrap(),
+        [1],
+        "the running step finished; nothing else started"
+    );
+    assert_eq!(
+        store.load("batch").unwrap().unwrap().status,
+        RunStatus::Waiting
+    );
+
+    let resumed = runner.resume_stored("batch").unwrap();
+    assert_eq!(resumed.await.unwrap(), 60);
+    assert_eq!(*worked.lock().unwrap(), [1, 2, 3], "each item worked once");
+    assert_eq!(
+        store.load("batch").unwrap().unwrap().status,
+        RunStatus::Finished
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_suspended_run_stops_at_a_quiet_point_and_resumes_current_thread() {
+    suspend_then_resume().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_run_stops_at_a_quiet_point_and_resumes_multi_thread() {
+    suspend_then_resume().await;
+}

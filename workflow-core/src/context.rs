@@ -37,6 +37,8 @@ pub(crate) struct RunShared<W: Workflow> {
     /// cancelled: one atomic read on the hot path.
     pub(crate) mail: AtomicBool,
     pub(crate) cancelled: AtomicBool,
+    /// Asked to stop at its next quiet point (`Handler::suspend`, durable runs).
+    pub(crate) suspend: AtomicBool,
     /// The step whose invocation the run is polling, plus one (0: none); kept only for runs
     /// with a time limit, so that a handler that gives up at the deadline can name it.
     pub(crate) holding: std::sync::atomic::AtomicU32,
@@ -97,9 +99,13 @@ pub(crate) struct Journal {
     /// This run's claim on the key: every write carries it, and the store refuses it once
     /// another owner took the run over.
     pub(crate) lease: Lease,
-    pub(crate) evict_when_waiting: bool,
+    /// Evict the run once it has been parked on requests alone this long.
+    pub(crate) evict_waiting_after: Option<std::time::Duration>,
     /// The trace the journal held, continued by a resumed run that records.
     pub(crate) trace: Option<crate::trace::Trace>,
+    /// A resumed run: how many requests it had published before, published again first on
+    /// its new stream.
+    pub(crate) republished: usize,
 }
 
 /// What the collects of invocations did, by (step, worker) and buffer key.
@@ -339,6 +345,7 @@ impl<W: Workflow> RunShared<W> {
             inbox: Mutex::new(Vec::new()),
             mail: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
+            suspend: AtomicBool::new(false),
             holding: std::sync::atomic::AtomicU32::new(0),
             timed_out: AtomicBool::new(false),
             polling: AtomicBool::new(false),
@@ -510,6 +517,11 @@ impl<W: Workflow> RunShared<W> {
 
     pub(crate) fn cancel(&self) {
         self.cancelled.store(true, Ordering::Release);
+        self.notify();
+    }
+
+    pub(crate) fn suspend(&self) {
+        self.suspend.store(true, Ordering::Release);
         self.notify();
     }
 }

@@ -165,6 +165,18 @@ impl<W: Workflow> Handler<W> {
         self.shared.cancel();
     }
 
+    /// Stops a journaled run (see [`Runner::start_durable`](crate::Runner::start_durable)) at
+    /// its next quiet point, for a process that shuts down: no step starts any more, the
+    /// running ones finish and are checkpointed, then the run is saved as waiting, queues and
+    /// unanswered requests included, and leaves memory: it ends with
+    /// [`WorkflowError::Suspended`]. [`Runner::resume_stored`](crate::Runner::resume_stored)
+    /// (or [`Runner::answer`](crate::Runner::answer)) continues it, in this process or the
+    /// next. A step waiting inline for an answer keeps the run from getting quiet. No effect on
+    /// a run without a store.
+    pub fn suspend(&self) {
+        self.shared.suspend();
+    }
+
     /// A copy of the run's state as it is now.
     pub fn state(&self) -> W::State
     where

@@ -233,6 +233,9 @@ struct Executor<W: Workflow, F> {
     attempt_failed: bool,
     /// The run's trace recorder, when the runner records (`Runner::trace`).
     trace: Option<Arc<Recorder>>,
+    /// Armed while a durable run is parked on requests alone and evicts after an idle time
+    /// (`Runner::evict_waiting_after`); disarmed by any activity.
+    evict_timer: Option<Pin<Box<Sleep>>>,
 }
 
 type Admission = Pin<
@@ -320,10 +323,7 @@ where
         // A step of the child waiting inline takes it now (its waiter is gone at once, so a
         // second answer of the type goes to the next one who waits).
         let event = shared.offer_to_waiters(event)?;
-        let Some(upward) = &shared.family.upward else {
-            return Some(event);
-        };
-        let mut awaiting = lock(&upward.awaiting);
+        let mut awaiting = lock(&shared.family.awaiting);
         if let Some(i) = awaiting.iter().position(|id| *id == event.id()) {
             // Answers one of the child's pending requests: routed by the child's own loop.
             awaiting.remove(i);
@@ -335,21 +335,9 @@ where
         shared.family.offer(event)
     }
 
-    fn parent_ended(&mut self, outcome: &Outcome, saved: bool) {
-        let executor = &mut self.executor;
-        if let Some(upward) = &executor.shared.family.upward {
+    fn parent_ended(&self, outcome: &Outcome) {
+        if let Some(upward) = &self.executor.shared.family.upward {
             *lock(&upward.parent_outcome) = Some(outcome.clone());
-        }
-        // The parent journaled its end: a journaled child records its own (stopped), so that
-        // nobody resumes it.
-        if saved && executor.shared.journal.is_some() && !executor.released && !executor.ended {
-            let error = match outcome {
-                Outcome::TimedOut(message) => format!("stopped by its parent: {message}"),
-                _ => "stopped by its parent: the parent run ended first".to_string(),
-            };
-            if let Err(error) = executor.save(RunStatus::Failed, None, Some(error)) {
-                tracing::warn!(%error, "could not journal the end of a child run");
-            }
         }
     }
 }
@@ -452,6 +440,7 @@ where
         });
         Executor {
             trace,
+            evict_timer: None,
             invoke,
             shared,
             steps,
@@ -704,16 +693,51 @@ where
                 self.shared.polling.store(true, Ordering::Relaxed);
                 continue;
             }
-            if self.calls.len() == self.free_calls.len() && self.queued == 0 {
+            let calls_free = self.calls.len() == self.free_calls.len();
+            let idle = calls_free && self.queued == 0;
+            if !idle {
+                self.evict_timer = None;
+            }
+            if calls_free
+                && self.suspending()
+                && (self.queued > 0 || !self.pending_requests.is_empty())
+            {
+                // Asked to stop (a server shutting down): nothing runs any more, and the
+                // queues and requests are saved for a resume.
+                let key = self.shared.journal.as_ref().map(|j| j.key.clone());
+                if let Some(trace) = &self.trace {
+                    let outcome = "suspended".to_string();
+                    trace.record(TraceEvent::Ended { outcome });
+                }
+                return Poll::Ready(match self.save(RunStatus::Waiting, None, None) {
+                    Ok(()) => Err(WorkflowError::Suspended {
+                        key: key.unwrap_or_default(),
+                    }),
+                    Err(error) => Err(error),
+                });
+            }
+            if idle {
                 if self.pending_requests.is_empty() {
                     return Poll::Ready(Err(self.stuck()));
                 }
-                if let Some(journal) = self
+                let evict_after = self
                     .shared
                     .journal
                     .as_ref()
-                    .filter(|j| j.evict_when_waiting)
-                {
+                    .and_then(|j| j.evict_waiting_after);
+                let evict_now = match evict_after {
+                    None => false,
+                    Some(after) if after.is_zero() => true,
+                    Some(after) => {
+                        // Parked for a while first: an answer that comes soon finds the run
+                        // here.
+                        let timer = self
+                            .evict_timer
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+                        timer.as_mut().poll(cx).is_ready()
+                    }
+                };
+                if let Some(journal) = self.shared.journal.as_ref().filter(|_| evict_now) {
                     // Parked for a human: keep the run in the store, not in memory.
                     let key = journal.key.clone();
                     if let Some(trace) = &self.trace {
@@ -1213,9 +1237,11 @@ where
         }
         // A worker of this step is free again: give it the next waiting event.
         if self.output.is_none() {
-            if let Some(event) = self.steps[done.step].queue.pop_front() {
-                self.queued -= 1;
-                self.start(done.step, event, 1, None);
+            if !self.suspending() {
+                if let Some(event) = self.steps[done.step].queue.pop_front() {
+                    self.queued -= 1;
+                    self.start(done.step, event, 1, None);
+                }
             }
             // Durable runs: the completion and what it emitted are now in the store, so this
             // step never runs again on this input, whatever happens to the process.
@@ -1320,8 +1346,8 @@ where
                     .position(|r| r.meta().response == id)
                 {
                     self.pending_requests.remove(i);
-                    if let Some(upward) = &self.shared.family.upward {
-                        let mut awaiting = lock(&upward.awaiting);
+                    if self.shared.family.upward.is_some() {
+                        let mut awaiting = lock(&self.shared.family.awaiting);
                         if let Some(i) = awaiting.iter().position(|r| Some(*r) == id) {
                             awaiting.remove(i);
                         }
@@ -1363,16 +1389,23 @@ where
 
     /// A child run tells its parent which answer its pending request waits for.
     fn await_response(&self, request: &DynEvent) {
-        if let Some(upward) = &self.shared.family.upward {
+        if self.shared.family.upward.is_some() {
             if let Some(response) = request.meta().response {
-                lock(&upward.awaiting).push(response);
+                lock(&self.shared.family.awaiting).push(response);
             }
         }
     }
 
+    /// A durable run asked to stop at its next quiet point (`Handler::suspend`): no step
+    /// starts any more.
+    fn suspending(&self) -> bool {
+        self.shared.journal.is_some() && self.shared.suspend.load(Ordering::Acquire)
+    }
+
     fn deliver(&mut self, step: usize, event: DynEvent) {
+        let suspending = self.suspending();
         let state = &mut self.steps[step];
-        if state.busy < state.limit && state.queue.is_empty() {
+        if state.busy < state.limit && state.queue.is_empty() && !suspending {
             self.start(step, event, 1, None);
         } else {
             state.queue.push_back(event);
@@ -1684,10 +1717,7 @@ where
             }
             Err(error) => Outcome::Failed(crate::error::chain(error)),
         };
-        // The run's end is journaled now (unless the store failed): its journaled children
-        // record that they were stopped.
-        let saved = !matches!(result, Err(WorkflowError::Store(_)));
-        self.stop_children(&outcome, saved);
+        self.stop_children(&outcome);
         self.shared.stream.end(outcome);
         result
     }
@@ -1696,8 +1726,8 @@ where
 impl<W: Workflow, F> Executor<W, F> {
     /// The run ends with `outcome`: its children end first (their ends come before its own on
     /// its stream), with the run's timeout when it timed out, cancelled otherwise.
-    fn stop_children(&mut self, outcome: &Outcome, saved: bool) {
-        if self.shared.family.parent_ended(outcome, saved) {
+    fn stop_children(&mut self, outcome: &Outcome) {
+        if self.shared.family.parent_ended(outcome) {
             for call in &mut self.calls {
                 call.future.set(None);
             }
@@ -1726,7 +1756,7 @@ impl<W: Workflow, F> Drop for Executor<W, F> {
             } else {
                 Outcome::Cancelled
             };
-            self.stop_children(&outcome, false);
+            self.stop_children(&outcome);
             self.shared.stream.end(outcome);
         }
         // A durable run that stops here without having saved its end (its future dropped, its

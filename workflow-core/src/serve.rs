@@ -37,6 +37,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -108,7 +109,9 @@ pub trait ServedWorkflow: Send + Sync + 'static {
     /// [`start`](ServedWorkflow::start) as a durable run under `key` in `store` (checkpointed
     /// at every step, resumable after a crash with
     /// [`resume_stored`](ServedWorkflow::resume_stored)); a plain run when the workflow is not
-    /// durable.
+    /// durable. With `evict_after`, a run parked on unanswered requests for that long is saved
+    /// as waiting and leaves memory (its outcome is [`WorkflowError::Suspended`]);
+    /// [`answer_stored`](ServedWorkflow::answer_stored) brings it back.
     ///
     /// # Errors
     /// [`StartError::Invalid`] for a bad payload (nothing runs), [`StartError::Failed`] when the
@@ -118,12 +121,33 @@ pub trait ServedWorkflow: Send + Sync + 'static {
         key: &str,
         input: Value,
         store: Arc<dyn Store>,
+        evict_after: Option<Duration>,
     ) -> Result<ServedRun, StartError>;
-    /// Resumes the durable run `key` from `store`, where its last checkpoint left it.
+    /// Resumes the durable run `key` from `store`, where its last checkpoint left it (evicted
+    /// again after `evict_after` if it is parked on requests alone).
     ///
     /// # Errors
     /// The store has no such run, it has ended, or its record is corrupt.
-    fn resume_stored(&self, key: &str, store: Arc<dyn Store>) -> Result<ServedRun, WorkflowError>;
+    fn resume_stored(
+        &self,
+        key: &str,
+        store: Arc<dyn Store>,
+        evict_after: Option<Duration>,
+    ) -> Result<ServedRun, WorkflowError>;
+    /// Decodes the event named `kind` from `value` and resumes the durable run `key` (evicted
+    /// while it waited for an answer) with it: see [`Runner::answer`].
+    ///
+    /// # Errors
+    /// [`StartError::Invalid`] for an unknown type, a bad payload or an event the run cannot
+    /// take (the run is left as it was); [`StartError::Failed`] when the run cannot resume.
+    fn answer_stored(
+        &self,
+        key: &str,
+        kind: &str,
+        value: Value,
+        store: Arc<dyn Store>,
+        evict_after: Option<Duration>,
+    ) -> Result<ServedRun, StartError>;
 }
 
 /// Why [`ServedWorkflow::start_stored`] started nothing.
@@ -148,6 +172,9 @@ pub struct ServedRun {
     pub control: RunControl,
     /// The run's output as JSON, or its error.
     pub outcome: Pin<Box<dyn Future<Output = Result<Value, WorkflowError>> + Send>>,
+    /// A resumed run: its stream begins with this many requests it had published before it
+    /// stopped (published again for whoever watches now; a log that kept them can skip them).
+    pub republished: usize,
 }
 
 impl std::fmt::Debug for ServedRun {
@@ -171,6 +198,7 @@ impl std::fmt::Debug for RunControl {
 trait Control: Send + Sync {
     fn send(&self, event: DynEvent, step: Option<&str>) -> Result<(), InvalidEvent>;
     fn cancel(&self);
+    fn suspend(&self);
     fn decode(&self, kind: &str, value: Value) -> Result<DynEvent, InvalidEvent>;
 }
 
@@ -195,6 +223,12 @@ impl RunControl {
     /// Cancels the run.
     pub fn cancel(&self) {
         self.0.cancel();
+    }
+
+    /// Stops a durable run at its next quiet point and saves it for a resume (see
+    /// [`Handler::suspend`]).
+    pub fn suspend(&self) {
+        self.0.suspend();
     }
 }
 
@@ -352,18 +386,55 @@ where
         key: &str,
         input: Value,
         store: Arc<dyn Store>,
+        evict_after: Option<Duration>,
     ) -> Result<ServedRun, StartError> {
         let input = decode_input::<W>(input)?;
         if !W::DURABLE {
             return Ok(self.wrap(self.runner.start(input)));
         }
-        let handler = self.runner.clone().store(store).start_durable(key, input)?;
+        let handler = self.stored(store, evict_after).start_durable(key, input)?;
         Ok(self.wrap(handler))
     }
 
-    fn resume_stored(&self, key: &str, store: Arc<dyn Store>) -> Result<ServedRun, WorkflowError> {
-        let handler = self.runner.clone().store(store).resume_stored(key)?;
+    fn resume_stored(
+        &self,
+        key: &str,
+        store: Arc<dyn Store>,
+        evict_after: Option<Duration>,
+    ) -> Result<ServedRun, WorkflowError> {
+        let handler = self.stored(store, evict_after).resume_stored(key)?;
         Ok(self.wrap(handler))
+    }
+
+    fn answer_stored(
+        &self,
+        key: &str,
+        kind: &str,
+        value: Value,
+        store: Arc<dyn Store>,
+        evict_after: Option<Duration>,
+    ) -> Result<ServedRun, StartError> {
+        let event = decode_event(&events_of::<W>(&self.extra), kind, value)?;
+        match self.stored(store, evict_after).answer_dyn(key, event) {
+            Ok(handler) => Ok(self.wrap(handler)),
+            Err(WorkflowError::Undeliverable { event, reason }) => Err(InvalidEvent::new(format!(
+                "event `{}` cannot be delivered: {reason}",
+                short_name(event)
+            ))
+            .into()),
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+impl<W: Workflow> Served<W> {
+    /// The runner, journaling in `store`, evicting parked runs after `evict_after`.
+    fn stored(&self, store: Arc<dyn Store>, evict_after: Option<Duration>) -> Runner<W> {
+        let runner = self.runner.clone().store(store);
+        match evict_after {
+            Some(idle) => runner.evict_waiting_after(idle),
+            None => runner,
+        }
     }
 }
 
@@ -390,6 +461,11 @@ where
     fn wrap(&self, mut handler: Handler<W>) -> ServedRun {
         let events = handler.events();
         let run_id = handler.run_id();
+        let republished = handler
+            .shared()
+            .journal
+            .as_ref()
+            .map_or(0, |journal| journal.republished);
         let shared = handler.shared_arc();
         let control = RunControl(Arc::new(Controls::<W> {
             shared,
@@ -407,6 +483,7 @@ where
             events,
             control,
             outcome,
+            republished,
         }
     }
 }
@@ -433,44 +510,55 @@ impl<W: Workflow> Control for Controls<W> {
         self.shared.cancel();
     }
 
+    fn suspend(&self) {
+        self.shared.suspend();
+    }
+
     fn decode(&self, kind: &str, value: Value) -> Result<DynEvent, InvalidEvent> {
-        let meta = self
-            .accepted
-            .iter()
-            .filter(|m| {
-                !matches!(
-                    m.kind,
-                    EventKind::Start | EventKind::Stop | EventKind::Failure
-                )
-            })
-            .find(|m| m.name == kind || short_name(m.name) == kind)
-            .ok_or_else(|| {
-                let names: Vec<&str> = self
-                    .accepted
-                    .iter()
-                    .filter(|m| {
-                        !matches!(
-                            m.kind,
-                            EventKind::Start | EventKind::Stop | EventKind::Failure
-                        )
-                    })
-                    .map(|m| short_name(m.name))
-                    .collect();
-                InvalidEvent::new(format!(
-                    "Invalid event type: {kind}. Expected one of {}",
-                    names.join(", ")
-                ))
-            })?;
-        match (meta.from_json)(value) {
-            Some(Ok(event)) => Ok(event),
-            Some(Err(error)) => Err(InvalidEvent::new(format!(
-                "Failed to deserialize event `{}`: {error}",
-                short_name(meta.name)
-            ))),
-            None => Err(InvalidEvent::new(format!(
-                "event `{}` cannot be sent as JSON: its type does not derive `Deserialize`",
-                short_name(meta.name)
-            ))),
-        }
+        decode_event(&self.accepted, kind, value)
+    }
+}
+
+/// Decodes the event named `kind` (short or full name) among `accepted` from `value`.
+fn decode_event(
+    accepted: &[EventMeta],
+    kind: &str,
+    value: Value,
+) -> Result<DynEvent, InvalidEvent> {
+    let meta = accepted
+        .iter()
+        .filter(|m| {
+            !matches!(
+                m.kind,
+                EventKind::Start | EventKind::Stop | EventKind::Failure
+            )
+        })
+        .find(|m| m.name == kind || short_name(m.name) == kind)
+        .ok_or_else(|| {
+            let names: Vec<&str> = accepted
+                .iter()
+                .filter(|m| {
+                    !matches!(
+                        m.kind,
+                        EventKind::Start | EventKind::Stop | EventKind::Failure
+                    )
+                })
+                .map(|m| short_name(m.name))
+                .collect();
+            InvalidEvent::new(format!(
+                "Invalid event type: {kind}. Expected one of {}",
+                names.join(", ")
+            ))
+        })?;
+    match (meta.from_json)(value) {
+        Some(Ok(event)) => Ok(event),
+        Some(Err(error)) => Err(InvalidEvent::new(format!(
+            "Failed to deserialize event `{}`: {error}",
+            short_name(meta.name)
+        ))),
+        None => Err(InvalidEvent::new(format!(
+            "event `{}` cannot be sent as JSON: its type does not derive `Deserialize`",
+            short_name(meta.name)
+        ))),
     }
 }

@@ -230,7 +230,8 @@ pub(crate) struct RunConfig {
     pub(crate) run_limit: Option<Arc<Semaphore>>,
     pub(crate) steps: Arc<[StepConfig]>,
     pub(crate) store: Option<Arc<dyn Store>>,
-    pub(crate) evict_when_waiting: bool,
+    /// Evict durable runs parked only on requests once they have been idle this long.
+    pub(crate) evict_waiting_after: Option<Duration>,
     /// Record a trace of every run (`Runner::trace`).
     pub(crate) trace: bool,
 }
@@ -282,7 +283,7 @@ impl<W: Workflow> Runner<W> {
                 run_limit: None,
                 steps: (0..W::GRAPH.steps.len()).map(W::__step_config).collect(),
                 store: None,
-                evict_when_waiting: false,
+                evict_waiting_after: None,
                 trace: false,
             },
             fingerprint: fingerprint(W::GRAPH).into(),
@@ -545,6 +546,10 @@ impl<W: Workflow> Runner<W> {
         answer: Option<DynEvent>,
     ) -> std::result::Result<Handler<W>, SnapshotError> {
         let (state, restored) = restore::<W>(snapshot, &self.fingerprint)?;
+        let journal = journal.map(|mut journal| {
+            journal.republished = restored.pending_requests.len();
+            journal
+        });
         let shared = RunShared::new(state, self.config.stream_capacity).with_journal(journal);
         restore_buffers::<W>(snapshot, &shared)?;
         let shared = Arc::new(shared);
@@ -573,9 +578,30 @@ impl<W: Workflow> Runner<W> {
 
     /// Durable runs parked only on unanswered requests are saved to the store as waiting and
     /// leave memory (their handler ends with [`WorkflowError::Suspended`]);
-    /// [`Runner::answer`] brings them back when the answer comes.
+    /// [`Runner::answer`] brings them back when the answer comes. At once when on; see
+    /// [`Runner::evict_waiting_after`] to keep them a while first.
     pub fn evict_when_waiting(mut self, on: bool) -> Runner<W> {
-        self.config.evict_when_waiting = on;
+        self.config.evict_waiting_after = on.then_some(Duration::ZERO);
+        self
+    }
+
+    /// [`Runner::evict_when_waiting`], once a run has been parked (only on unanswered
+    /// requests, nothing running or queued) for `idle`: an answer that comes sooner finds the
+    /// run still in memory; a run that waits longer leaves it. Any activity restarts the
+    /// clock.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tidewater::prelude::*;
+    /// # #[derive(Default)] struct Flow;
+    /// # #[workflow(durable)] impl Flow {
+    /// #     #[step] async fn go(&self, ev: StartEvent<u8>) -> StopEvent<u8> { StopEvent(ev.0) }
+    /// # }
+    /// let runner = Flow.runner().evict_waiting_after(Duration::from_secs(60));
+    /// # let _ = runner;
+    /// ```
+    pub fn evict_waiting_after(mut self, idle: Duration) -> Runner<W> {
+        self.config.evict_waiting_after = Some(idle);
         self
     }
 
@@ -676,16 +702,22 @@ impl<W: Workflow> Runner<W> {
     /// # Panics
     /// Outside a tokio runtime.
     pub fn answer<E: Event>(&self, key: &str, response: E) -> Result<Handler<W>> {
-        let response = DynEvent::new(response);
+        self.answer_dyn(key, DynEvent::new(response))
+    }
+
+    /// [`Runner::answer`] with a type-erased event.
+    pub(crate) fn answer_dyn(&self, key: &str, response: DynEvent) -> Result<Handler<W>> {
         // Refused before the run is touched: an answer the run cannot take would resume it
         // only to fail it (or its next checkpoint) for good.
         let refuse = |reason: String| {
             Err(WorkflowError::Undeliverable {
-                event: E::NAME,
+                event: response.name(),
                 reason,
             })
         };
-        if response.kind() != crate::event::EventKind::Response && !W::GRAPH.is_accepted(E::ID) {
+        if response.kind() != crate::event::EventKind::Response
+            && !W::GRAPH.is_accepted(response.id())
+        {
             return refuse(format!(
                 "no step of `{}` accepts it; the run was left as it was",
                 W::GRAPH.workflow
@@ -787,8 +819,9 @@ impl<W: Workflow> Runner<W> {
             store,
             key: key.to_string(),
             lease,
-            evict_when_waiting: self.config.evict_when_waiting,
+            evict_waiting_after: self.config.evict_waiting_after,
             trace: None,
+            republished: 0,
         }
     }
 }

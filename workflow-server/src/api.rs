@@ -24,6 +24,8 @@ pub(crate) struct Shared {
     pub(crate) run_limit: Option<Arc<Semaphore>>,
     pub(crate) heartbeat: Option<Duration>,
     pub(crate) persist: Option<Arc<crate::persist::Persist>>,
+    /// Evict durable runs parked for a human after this long (only with `persist`).
+    pub(crate) evict_after: Option<Duration>,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -189,15 +191,7 @@ fn start(
             .cloned(),
     )
     .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
-    let permit = match &state.run_limit {
-        Some(limit) => Some(limit.clone().try_acquire_owned().map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Too many runs in flight: try again later",
-            )
-        })?),
-        None => None,
-    };
+    let permit = run_permit(state)?;
     let invalid = |e: tidewater::serve::InvalidEvent| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -206,7 +200,7 @@ fn start(
     };
     let run = match &state.persist {
         Some(p) => wf
-            .start_stored(&handler_id, input, p.store.clone())
+            .start_stored(&handler_id, input, p.store.clone(), state.evict_after)
             .map_err(|e| match e {
                 tidewater::serve::StartError::Invalid(e) => invalid(e),
                 e => ApiError::new(
@@ -216,16 +210,12 @@ fn start(
             })?,
         None => wf.start(input).map_err(invalid)?,
     };
-    let traceparent = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
     Ok(state.handlers.track(
         handler_id,
         name.to_string(),
         run,
         permit,
-        traceparent,
+        traceparent(headers),
         state.persist.clone(),
         None,
     ))
@@ -371,6 +361,23 @@ pub(crate) async fn cancel(
         return Err(not_found_handler());
     }
     if !terminal {
+        let _reviving = entry.revive.lock().await;
+        if entry.lock().parked {
+            // Out of memory: brought back only to be cancelled, so that its record ends too.
+            if let (Some(wf), Some(p)) = (state.workflows.get(&entry.workflow_name), &state.persist)
+            {
+                let run = wf
+                    .resume_stored(&entry.handler_id, p.store.clone(), None)
+                    .map_err(|e| {
+                        ApiError::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("the parked run cannot be cancelled: {e}"),
+                        )
+                    })?;
+                run.control.cancel();
+                crate::handlers::revive(&entry, run, None, None);
+            }
+        }
         if let Some(control) = entry.control() {
             control.cancel();
         }
@@ -390,6 +397,7 @@ pub(crate) async fn cancel(
 pub(crate) async fn post_event(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
     let body: Value = serde_json::from_slice(&body).map_err(|e| {
@@ -450,6 +458,12 @@ pub(crate) async fn post_event(
             .cloned()
             .unwrap_or_else(|| json!({})),
     );
+    let _reviving = entry.revive.lock().await;
+    if entry.lock().parked {
+        answer_parked(&state, &entry, kind, value, step, traceparent(&headers))?;
+        tracing::info!(handler_id = %id, event = kind, "event sent to a parked run: resumed");
+        return Ok(Json(json!({ "status": "sent" })).into_response());
+    }
     let Some(control) = entry.control() else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -461,6 +475,70 @@ pub(crate) async fn post_event(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.message))?;
     tracing::info!(handler_id = %id, event = kind, "event sent");
     Ok(Json(json!({ "status": "sent" })).into_response())
+}
+
+/// Brings a run parked in the store back with the event posted to it (the caller holds the
+/// handler's `revive` lock). A payload the run cannot take is a 400 and leaves it parked.
+fn answer_parked(
+    state: &Shared,
+    entry: &Arc<Entry>,
+    kind: &str,
+    value: Value,
+    step: Option<&str>,
+    traceparent: Option<String>,
+) -> Result<(), ApiError> {
+    if step.is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the run is parked waiting for an answer: send the answer without a step",
+        ));
+    }
+    let (Some(wf), Some(p)) = (state.workflows.get(&entry.workflow_name), &state.persist) else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "Workflow already completed",
+        ));
+    };
+    let permit = run_permit(state)?;
+    let run = wf
+        .answer_stored(
+            &entry.handler_id,
+            kind,
+            value,
+            p.store.clone(),
+            state.evict_after,
+        )
+        .map_err(|e| match e {
+            tidewater::serve::StartError::Invalid(e) => {
+                ApiError::new(StatusCode::BAD_REQUEST, e.message)
+            }
+            e => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the parked run cannot resume: {e}"),
+            ),
+        })?;
+    crate::handlers::revive(entry, run, permit, traceparent);
+    Ok(())
+}
+
+/// A slot under the concurrent-run cap, or 503.
+fn run_permit(state: &Shared) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
+    match &state.run_limit {
+        Some(limit) => Ok(Some(limit.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Too many runs in flight: try again later",
+            )
+        })?)),
+        None => Ok(None),
+    }
+}
+
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// `GET /events/{id}`: the handler's events after a cursor, as server-sent events (`id:` is

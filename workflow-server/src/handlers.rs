@@ -47,6 +47,9 @@ pub(crate) struct State {
     pub(crate) result: Option<Value>,
     /// Event envelopes; an event's sequence number is its index.
     pub(crate) events: Vec<Value>,
+    /// The run waited for a human past the idle time and left memory: it is in the store, and
+    /// an answer brings it back.
+    pub(crate) parked: bool,
 }
 
 /// One handler: a run and what the server keeps of it.
@@ -59,9 +62,12 @@ pub(crate) struct Entry {
     state: Mutex<State>,
     /// Bumped at every append and at the end: readers wait on it.
     changed: watch::Sender<u64>,
-    /// `None` for a handler read back from the file after its run ended.
-    control: Option<RunControl>,
+    /// `None` for a handler read back from the file after its run ended, and while its run is
+    /// parked out of memory.
+    control: Mutex<Option<RunControl>>,
     persist: Option<Arc<Persist>>,
+    /// Held while a parked run is brought back, so that two answers resume it once.
+    pub(crate) revive: tokio::sync::Mutex<()>,
 }
 
 impl Entry {
@@ -69,8 +75,22 @@ impl Entry {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn control(&self) -> Option<&RunControl> {
-        self.control.as_ref()
+    pub(crate) fn control(&self) -> Option<RunControl> {
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The run left memory waiting for a human (`WorkflowError::Suspended`).
+    fn park(&self) {
+        *self.control.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let mut state = self.lock();
+        state.parked = true;
+        state.updated_at = Some(crate::time::now());
+        drop(state);
+        self.changed.send_modify(|n| *n += 1);
+        tracing::info!("run parked for a human: evicted to the store until answered");
     }
 
     pub(crate) fn watch(&self) -> watch::Receiver<u64> {
@@ -110,6 +130,22 @@ impl Entry {
         state.events.push(last);
         drop(state);
         self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until the run has ended or left memory parked.
+    pub(crate) async fn quiet(&self) {
+        let mut rx = self.watch();
+        loop {
+            {
+                let state = self.lock();
+                if state.status.is_terminal() || state.parked {
+                    return;
+                }
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Waits until the run has ended.
@@ -259,10 +295,12 @@ impl Handlers {
                 error,
                 result,
                 events,
+                parked: false,
             }),
             changed: watch::channel(0).0,
-            control: None,
+            control: Mutex::new(None),
             persist,
+            revive: tokio::sync::Mutex::new(()),
         }));
     }
 
@@ -305,30 +343,62 @@ impl Handlers {
                 error: None,
                 result: None,
                 events,
+                parked: false,
             }),
             changed: watch::channel(0).0,
-            control: Some(run.control.clone()),
+            control: Mutex::new(None),
             persist,
+            revive: tokio::sync::Mutex::new(()),
         });
         self.insert(entry.clone());
-        let span = tracing::info_span!(
-            "handler",
-            handler_id = %entry.handler_id,
-            workflow = %entry.workflow_name,
-            run_id = %entry.run_id,
-            traceparent = traceparent.as_deref().unwrap_or(""),
-        );
-        let task_entry = entry.clone();
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                tracing::info!("run started");
-                pump(&task_entry, run, permit).await;
-                tracing::info!(status = task_entry.lock().status.as_str(), "run ended");
-            },
-            span,
-        ));
+        drive(entry.clone(), run, permit, traceparent);
         entry
     }
+}
+
+/// Brings a parked handler's run back (resumed from the store with its answer): its events
+/// go on in the same log, with the next sequence numbers.
+pub(crate) fn revive(
+    entry: &Arc<Entry>,
+    run: ServedRun,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    traceparent: Option<String>,
+) {
+    entry.lock().parked = false;
+    drive(entry.clone(), run, permit, traceparent);
+}
+
+/// Hands the run's control to its handler and spawns the task that logs its stream and its
+/// outcome.
+fn drive(
+    entry: Arc<Entry>,
+    run: ServedRun,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    traceparent: Option<String>,
+) {
+    *entry.control.lock().unwrap_or_else(|p| p.into_inner()) = Some(run.control.clone());
+    let span = tracing::info_span!(
+        "handler",
+        handler_id = %entry.handler_id,
+        workflow = %entry.workflow_name,
+        run_id = %entry.run_id,
+        traceparent = traceparent.as_deref().unwrap_or(""),
+    );
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            tracing::info!("run started");
+            pump(&entry, run, permit).await;
+            let state = entry.lock();
+            let status = if state.parked {
+                "parked"
+            } else {
+                state.status.as_str()
+            };
+            drop(state);
+            tracing::info!(status, "run left memory");
+        },
+        span,
+    ));
 }
 
 /// Logs the run's stream, then its outcome as the terminal event.
@@ -337,8 +407,18 @@ async fn pump(
     mut run: ServedRun,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
+    // A resumed run publishes its unanswered requests again first: the log has them already
+    // unless the server stopped before it logged them.
+    let mut republished = run.republished;
     while let Some(item) = run.events.next().await {
         match item {
+            StreamItem::Event(event) if republished > 0 => {
+                republished -= 1;
+                let event = envelope(&event);
+                if !entry.lock().events.contains(&event) {
+                    entry.push(event);
+                }
+            }
             StreamItem::Event(event) => entry.push(envelope(&event)),
             StreamItem::StepStarted { step, worker } => {
                 entry.push(step_state("running", step, worker));
@@ -363,6 +443,7 @@ async fn pump(
             });
             entry.finish(Status::Completed, None, Some(stop.clone()), stop);
         }
+        Err(WorkflowError::Suspended { .. }) => entry.park(),
         Err(WorkflowError::Cancelled) => {
             let last = terminal("WorkflowCancelledEvent", json!({}));
             entry.finish(Status::Cancelled, None, None, last);

@@ -37,7 +37,7 @@ mod persist;
 mod time;
 
 use std::collections::BTreeMap;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +70,8 @@ pub struct Server {
     heartbeat: Option<Duration>,
     page: Option<Router>,
     sqlite: Option<std::path::PathBuf>,
+    evict_after: Option<Duration>,
+    shutdown_grace: Duration,
 }
 
 impl std::fmt::Debug for Server {
@@ -93,6 +95,14 @@ impl Default for Server {
 /// The default request body limit: 1 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 
+/// How long a shutdown waits for in-flight runs by default: ten seconds (see
+/// [`Server::shutdown_grace`]).
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a durable run parked for a human stays in memory by default before it is evicted
+/// to the SQLite file: one minute (see [`Server::evict_idle_after`]).
+pub const DEFAULT_EVICT_AFTER: Duration = Duration::from_secs(60);
+
 impl Server {
     /// A server with every workflow registered by `#[workflow(serve = "name")]`, no auth, CORS
     /// closed, a 1 MiB body limit, no run cap and SSE heartbeats every 25 s.
@@ -113,6 +123,8 @@ impl Server {
             body_limit: DEFAULT_BODY_LIMIT,
             max_runs: None,
             heartbeat: Some(Duration::from_secs(25)),
+            evict_after: Some(DEFAULT_EVICT_AFTER),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             page: None,
             sqlite: None,
         }
@@ -192,6 +204,34 @@ impl Server {
         self
     }
 
+    /// With [`sqlite`](Server::sqlite): a run of a `#[workflow(durable)]` workflow that has
+    /// waited this long for a human (parked on unanswered requests, nothing running) is saved
+    /// to the file and leaves memory; the answer posted to `/events/{id}` brings it back, and
+    /// its handler stays `running` and readable meanwhile. [`DEFAULT_EVICT_AFTER`] unless set;
+    /// `None` keeps parked runs in memory.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let server = tidewater_server::Server::new()
+    ///     .sqlite("server.db")
+    ///     .evict_idle_after(Some(Duration::from_secs(300)));
+    /// # let _ = server;
+    /// ```
+    pub fn evict_idle_after(mut self, idle: Option<Duration>) -> Server {
+        self.evict_after = idle;
+        self
+    }
+
+    /// How long a graceful shutdown ([`serve`](Server::serve) on Ctrl-C or SIGTERM,
+    /// [`serve_on`](Server::serve_on) when its signal fires) waits for in-flight runs:
+    /// durable runs stop starting steps, finish the running ones and are saved (queues and
+    /// unanswered requests included) for the next start to resume; other runs get this long
+    /// to end and are cancelled after it. [`DEFAULT_SHUTDOWN_GRACE`] unless set.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Server {
+        self.shutdown_grace = grace;
+        self
+    }
+
     /// Mounts a web page (the debugger, say) as the fallback of the API: every path that is
     /// not a route of the API (`/`, `/assets/app.js`, ...) goes to `page`. The page is not
     /// behind the bearer token (its API calls are).
@@ -216,6 +256,11 @@ impl Server {
     /// # Errors
     /// The file cannot be opened or read.
     pub fn try_router(self) -> std::io::Result<Router> {
+        self.build().map(|(router, _)| router)
+    }
+
+    /// The router and the state its routes share.
+    fn build(self) -> std::io::Result<(Router, api::AppState)> {
         let persist = match &self.sqlite {
             Some(path) => Some(Arc::new(persist::Persist::open(path)?)),
             None => None,
@@ -225,6 +270,7 @@ impl Server {
             handlers: handlers::Handlers::default(),
             run_limit: self.max_runs.map(|n| Arc::new(Semaphore::new(n))),
             heartbeat: self.heartbeat,
+            evict_after: persist.as_ref().and(self.evict_after),
             persist,
         });
         if let Some(p) = &state.persist {
@@ -252,7 +298,7 @@ impl Server {
         }
         let mut router = api
             .route("/health", get(api::health))
-            .with_state(state)
+            .with_state(state.clone())
             .layer(DefaultBodyLimit::max(self.body_limit));
         router = match self.page {
             Some(page) => router.fallback_service(page),
@@ -278,11 +324,11 @@ impl Server {
                     ]),
             );
         }
-        Ok(router)
+        Ok((router, state))
     }
 
-    /// Serves on `addr` until Ctrl-C (or SIGTERM), then stops taking requests and lets the
-    /// open ones finish.
+    /// Serves on `addr` until Ctrl-C (or SIGTERM), then shuts down gracefully: stops taking
+    /// requests and winds the runs down (see [`shutdown_grace`](Server::shutdown_grace)).
     ///
     /// # Errors
     /// Binding or accepting fails.
@@ -291,8 +337,10 @@ impl Server {
         self.serve_on(listener, shutdown_signal()).await
     }
 
-    /// Serves on `listener` until `shutdown` completes, then stops taking requests and lets
-    /// the open ones finish.
+    /// Serves on `listener` until `shutdown` completes, then shuts down gracefully: stops
+    /// taking requests, stops the durable runs at their next quiet point and saves them for
+    /// the next start, gives the other runs [`shutdown_grace`](Server::shutdown_grace) to end
+    /// and cancels what is left, then returns (open event streams are cut).
     ///
     /// # Errors
     /// Accepting fails.
@@ -304,9 +352,85 @@ impl Server {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, workflows = ?self.workflow_names(), "serving");
         }
-        axum::serve(listener, self.try_router()?)
-            .with_graceful_shutdown(shutdown)
+        let grace = self.shutdown_grace;
+        let (router, state) = self.build()?;
+        let (signalled, mut on_signal) = tokio::sync::watch::channel(false);
+        let signal = async move {
+            shutdown.await;
+            let _ = signalled.send(true);
+        };
+        let mut serving = tokio::spawn(
+            axum::serve(listener, router)
+                .with_graceful_shutdown(signal)
+                .into_future(),
+        );
+        tokio::select! {
+            served = &mut serving => return served.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            _ = on_signal.wait_for(|s| *s) => {}
+        }
+        wind_down(&state, grace).await;
+        // Requests still open (event streams of runs that were left) get a moment, then are cut.
+        if tokio::time::timeout(Duration::from_millis(500), &mut serving)
             .await
+            .is_err()
+        {
+            serving.abort();
+        }
+        Ok(())
+    }
+}
+
+/// The runs at a shutdown: durable runs on the SQLite file stop at their next quiet point and
+/// are saved; the others get `grace` to end and are cancelled after it.
+async fn wind_down(state: &api::Shared, grace: Duration) {
+    let running: Vec<_> = state
+        .handlers
+        .all()
+        .into_iter()
+        .filter(|e| {
+            let s = e.lock();
+            !s.status.is_terminal() && !s.parked
+        })
+        .collect();
+    tracing::info!(
+        runs = running.len(),
+        ?grace,
+        "shutting down: winding the runs down"
+    );
+    let saved = |entry: &handlers::Entry| {
+        state.persist.is_some()
+            && state
+                .workflows
+                .get(&entry.workflow_name)
+                .is_some_and(|wf| wf.durable())
+    };
+    for entry in running.iter().filter(|e| saved(e)) {
+        if let Some(control) = entry.control() {
+            control.suspend();
+        }
+    }
+    let all_quiet = futures_util::future::join_all(running.iter().map(|e| e.quiet()));
+    if tokio::time::timeout(grace, all_quiet).await.is_err() {
+        for entry in &running {
+            let s = entry.lock();
+            let left = !s.status.is_terminal() && !s.parked;
+            drop(s);
+            if left && saved(entry) {
+                // A step still busy (or waiting inline): the run resumes at the next start
+                // from its last checkpoint, that step again.
+                tracing::warn!(handler_id = %entry.handler_id, "still running after the grace: resumes at the next start");
+            } else if left {
+                tracing::warn!(handler_id = %entry.handler_id, "still running after the grace: cancelled");
+                if let Some(control) = entry.control() {
+                    control.cancel();
+                }
+            }
+        }
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            futures_util::future::join_all(running.iter().map(|e| e.quiet())),
+        )
+        .await;
     }
 }
 
@@ -331,7 +455,8 @@ fn restore(state: &api::Shared, p: &Arc<persist::Persist>) -> std::io::Result<()
                 row.workflow_name
             )),
             Some(_) if row.events.is_err() => row.events.as_ref().err().cloned(),
-            Some(wf) => match wf.resume_stored(&row.handler_id, p.store.clone()) {
+            Some(wf) => match wf.resume_stored(&row.handler_id, p.store.clone(), state.evict_after)
+            {
                 Ok(run) => {
                     resumed += 1;
                     let id = row.handler_id.clone();

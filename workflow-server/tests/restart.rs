@@ -231,6 +231,24 @@ async fn a_sigkilled_server_loses_no_run() {
         wait_ended(addr, &waiting).await["result"]["value"]["result"],
         "published"
     );
+    // The resumed run published its request again for whoever watches it now; the log keeps
+    // it once.
+    let log = get(
+        addr,
+        &format!("/events/{waiting}?sse=false&after_sequence=-1"),
+    )
+    .await;
+    let types: Vec<String> = log
+        .body
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(types, ["Review", "StopEvent"]);
     // Finished handlers stay readable, with their event logs.
     let kept = get(addr, &format!("/results/{done}")).await;
     assert_eq!(
