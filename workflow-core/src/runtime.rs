@@ -1332,6 +1332,11 @@ where
                     let request = meta.name.to_string();
                     trace.record(TraceEvent::HumanWait { request });
                 }
+                if self.runner.config.verbose {
+                    let run = self.shared.run_id;
+                    let request = meta.name.rsplit("::").next().unwrap_or(meta.name);
+                    eprintln!("[run {run}] waiting for a human: {request}");
+                }
                 // Leaves the graph: published for the outside world, which answers later.
                 self.shared.stream.publish(StreamItem::Event(event.clone()));
                 self.await_response(&event);

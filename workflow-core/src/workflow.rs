@@ -347,8 +347,8 @@ impl<W: Workflow> Runner<W> {
         self
     }
 
-    /// Print each step's activity (start, finish, failure, retry) to stderr: a quick look at a
-    /// run without a tracing subscriber.
+    /// Print each step's activity (start, finish, failure, retry) and each wait for a human to
+    /// stderr, one whole line per fact: a quick look at a run without a tracing subscriber.
     pub fn verbose(mut self, on: bool) -> Runner<W> {
         self.config.verbose = on;
         self
