@@ -44,7 +44,8 @@ fn verbose_child() {
         let mut run = Ask.runner().verbose(true).start("post".into());
         let mut events = run.events();
         while let Some(item) = events.next().await {
-            if item.event::<Review>().is_some() {
+            if let Some(review) = item.event::<Review>() {
+                assert_eq!(review.0, "post");
                 run.send_response(Verdict(true));
             }
         }
