@@ -7,9 +7,7 @@
 //! side effect appends a line to a log file (synced to disk), and so does every (re)start of
 //! the step: the log says what ran and how many times.
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use tidewater::prelude::*;
@@ -36,17 +34,7 @@ pub struct Checkout {
     pub log: PathBuf,
 }
 
-/// Appends `line` to the log, synced before it returns.
-pub fn append(log: &Path, line: &str) {
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("the side-effect log opens");
-    file.write_all(format!("{line}\n").as_bytes())
-        .expect("the side-effect log is written");
-    file.sync_all().expect("the side-effect log is synced");
-}
+pub use crate::process::append;
 
 #[workflow(durable)]
 impl Checkout {

@@ -6,8 +6,6 @@
 //! log as soon as it starts (synced to disk before it goes on), then sleeps a little: the log
 //! says which invocations ran, and how many times.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -72,16 +70,7 @@ impl Pipeline {
     /// Logs `step <step> input <input>` (appended, flushed and synced), then sleeps.
     async fn enter(&self, step: &str, input: u64) {
         let line = format!("step {step} input {input}");
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("the side-effect log opens");
-        // One write per line: appends from concurrent workers never interleave.
-        file.write_all(format!("{line}\n").as_bytes())
-            .expect("the side-effect log is writable");
-        file.flush().expect("the side-effect log flushes");
-        file.sync_all().expect("the side-effect log syncs");
+        crate::process::append(&self.log, &line);
         if self.hang_on.as_deref() == Some(line.as_str()) {
             tokio::time::sleep(Duration::from_secs(60)).await;
         }

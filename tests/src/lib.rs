@@ -3,6 +3,7 @@
 
 pub mod checkout;
 pub mod durable;
+pub mod process;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -7,13 +7,14 @@
 //! `Pipeline`: every step invocation appends `step <name> input <n>` to a side-effect log when
 //! it starts, so the log tells which invocations ran and how often.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use integration_tests::durable::{PARTS, Pipeline};
+use integration_tests::process::{ChildGuard, Scratch, counts, read_log};
 use tidewater::prelude::*;
 use tidewater::snapshot::{EventRecord, InFlightRecord, Snapshot};
 use tidewater::store::{RunStatus, SqliteStore, Store};
@@ -21,109 +22,14 @@ use tidewater::store::{RunStatus, SqliteStore, Store};
 /// No wait in this file lasts longer than this.
 const DEADLINE: Duration = Duration::from_secs(15);
 
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "workflow-durable-kill-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
+/// The child process running `key`, started (or resumed, with `DURABLE_CHILD_RESUME`).
+fn spawn(db: &Path, log: &Path, key: &str, delay_ms: u64, hang_on: Option<&str>) -> ChildGuard {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_durable_child"));
+    command.arg(db).arg(log).arg(key).arg(delay_ms.to_string());
+    if let Some(line) = hang_on {
+        command.arg(line);
     }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The child process; killed (`SIGKILL` on Unix) and reaped on drop, whatever happens.
-struct ChildGuard(Child);
-
-impl ChildGuard {
-    fn spawn(db: &Path, log: &Path, key: &str, delay_ms: u64, hang_on: Option<&str>) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_durable_child"));
-        command
-            .arg(db)
-            .arg(log)
-            .arg(key)
-            .arg(delay_ms.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        if let Some(line) = hang_on {
-            command.arg(line);
-        }
-        ChildGuard(command.spawn().expect("the child process starts"))
-    }
-
-    /// Kills the child with `SIGKILL` and waits for it to be gone.
-    fn kill(&mut self) {
-        if self
-            .0
-            .try_wait()
-            .expect("the child can be polled")
-            .is_some()
-        {
-            panic!("the child process ended before it could be killed");
-        }
-        self.0.kill().expect("the child can be killed");
-        let status = self.0.wait().expect("the child can be reaped");
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::ExitStatusExt;
-            assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status:?}");
-        }
-        #[cfg(not(unix))]
-        assert!(!status.success());
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Polls `condition` every 10 ms until it holds; panics after [`DEADLINE`].
-fn wait_until(what: &str, child: &mut ChildGuard, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            panic!("the child process ended ({status}) before {what}");
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "gave up after {DEADLINE:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn read_log(path: &Path) -> Vec<String> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => text.lines().map(str::to_string).collect(),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(error) => panic!("cannot read {}: {error}", path.display()),
-    }
-}
-
-fn counts(lines: &[String]) -> BTreeMap<&str, usize> {
-    let mut counts = BTreeMap::new();
-    for line in lines {
-        *counts.entry(line.as_str()).or_default() += 1;
-    }
-    counts
+    ChildGuard::spawn(&mut command)
 }
 
 /// The log line an in-flight invocation writes when it (re-)starts.
@@ -303,7 +209,7 @@ fn state_at_kill(db: &Path, log: &Path, key: &str) -> AtKill {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_killed_inside_a_step_resumes_without_repeating_completed_steps() {
     let started = Instant::now();
-    let scratch = Scratch::new("inside");
+    let scratch = Scratch::new("durable-kill", "inside");
     let reference = reference(&scratch).await;
     let (db, log, key) = (
         scratch.path("runs.db"),
@@ -312,8 +218,8 @@ async fn a_run_killed_inside_a_step_resumes_without_repeating_completed_steps() 
     );
     // The child sleeps a minute in `work` on part 3: it is killed there, with part 3 in flight.
     let hang = "step work input 3";
-    let mut child = ChildGuard::spawn(&db, &log, key, 20, Some(hang));
-    wait_until("part 3 is being worked", &mut child, || {
+    let mut child = spawn(&db, &log, key, 20, Some(hang));
+    child.wait_until("part 3 is being worked", || {
         read_log(&log).iter().any(|l| l == hang)
     });
     child.kill();
@@ -349,7 +255,7 @@ async fn a_run_killed_inside_a_step_resumes_without_repeating_completed_steps() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_killed_between_checkpoints_resumes_from_the_last_one() {
     let started = Instant::now();
-    let scratch = Scratch::new("between");
+    let scratch = Scratch::new("durable-kill", "between");
     let reference = reference(&scratch).await;
     let (db, log, key) = (
         scratch.path("runs.db"),
@@ -358,12 +264,12 @@ async fn a_run_killed_between_checkpoints_resumes_from_the_last_one() {
     );
     // 14 invocations of 100 ms each, the gathers one at a time: the run lasts about 0.8 s
     // after the 5th completion, ample time to kill it somewhere in the middle.
-    let mut child = ChildGuard::spawn(&db, &log, key, 100, None);
-    wait_until("the run is in the store", &mut child, || {
+    let mut child = spawn(&db, &log, key, 100, None);
+    child.wait_until("the run is in the store", || {
         read_log(&log).iter().any(|l| l.starts_with("step plan"))
     });
     let store = SqliteStore::open(&db).unwrap();
-    wait_until("5 completions are journaled", &mut child, || {
+    child.wait_until("5 completions are journaled", || {
         store
             .load(key)
             .unwrap()
@@ -388,7 +294,7 @@ async fn a_run_killed_between_checkpoints_resumes_from_the_last_one() {
 fn the_store_file_of_a_killed_run_is_readable_by_another_connection_at_once() {
     // The basis of the test above: a checkpoint written by `save` is visible to a second
     // connection on the same file as soon as `save` returns (WAL, FULL sync).
-    let scratch = Scratch::new("visible");
+    let scratch = Scratch::new("durable-kill", "visible");
     let db = scratch.path("runs.db");
     let writer = SqliteStore::open(&db).unwrap();
     let reader = SqliteStore::open(&db).unwrap();
@@ -427,51 +333,19 @@ fn the_store_file_of_a_killed_run_is_readable_by_another_connection_at_once() {
 
 /// A child that resumes `key` from the store (`DURABLE_CHILD_RESUME`), its stdout captured.
 fn spawn_resumer(db: &Path, log: &Path, key: &str, delay_ms: u64) -> ChildGuard {
-    let child = Command::new(env!("CARGO_BIN_EXE_durable_child"))
-        .arg(db)
-        .arg(log)
-        .arg(key)
-        .arg(delay_ms.to_string())
-        .env("DURABLE_CHILD_RESUME", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the child process starts");
-    ChildGuard(child)
-}
-
-/// Waits (at most [`DEADLINE`]) for the child to exit: its status code and stdout.
-fn finish(child: &mut ChildGuard) -> (Option<i32>, String) {
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(start.elapsed() < DEADLINE, "the child did not end in time");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut out = String::new();
-    if let Some(mut stdout) = child.0.stdout.take() {
-        use std::io::Read;
-        stdout.read_to_string(&mut out).unwrap();
-    }
-    (status.code(), out)
-}
-
-/// Sends `signal` (`STOP`, `CONT`) to the child with `kill(1)`.
-fn signal(child: &ChildGuard, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(child.0.id().to_string())
-        .status()
-        .expect("kill(1) runs");
-    assert!(status.success(), "kill -{signal} failed");
+    ChildGuard::spawn(
+        Command::new(env!("CARGO_BIN_EXE_durable_child"))
+            .arg(db)
+            .arg(log)
+            .arg(key)
+            .arg(delay_ms.to_string())
+            .env("DURABLE_CHILD_RESUME", "1"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_resuming_one_crashed_run_run_it_once() {
-    let scratch = Scratch::new("race");
+    let scratch = Scratch::new("durable-kill", "race");
     let reference = reference(&scratch).await;
     let (db, log, key) = (
         scratch.path("runs.db"),
@@ -479,8 +353,8 @@ async fn two_processes_resuming_one_crashed_run_run_it_once() {
         "job-race",
     );
     let hang = "step work input 3";
-    let mut child = ChildGuard::spawn(&db, &log, key, 20, Some(hang));
-    wait_until("part 3 is being worked", &mut child, || {
+    let mut child = spawn(&db, &log, key, 20, Some(hang));
+    child.wait_until("part 3 is being worked", || {
         read_log(&log).iter().any(|l| l == hang)
     });
     child.kill();
@@ -490,7 +364,7 @@ async fn two_processes_resuming_one_crashed_run_run_it_once() {
     // Two processes resume the crashed run at the same moment.
     let mut first = spawn_resumer(&db, &log, key, 30);
     let mut second = spawn_resumer(&db, &log, key, 30);
-    let outcomes = [finish(&mut first), finish(&mut second)];
+    let outcomes = [first.finish(), second.finish()];
     let finished: Vec<_> = outcomes
         .iter()
         .filter(|(code, _)| *code == Some(0))
@@ -543,21 +417,21 @@ async fn two_processes_resuming_one_crashed_run_run_it_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_owner_keeps_its_run_and_finishes_it_alone() {
-    let scratch = Scratch::new("paused");
+    let scratch = Scratch::new("durable-kill", "paused");
     let reference = reference(&scratch).await;
     let (db, log, key) = (
         scratch.path("runs.db"),
         scratch.path("effects.log"),
         "job-paused",
     );
-    let mut owner = ChildGuard::spawn(&db, &log, key, 60, None);
-    wait_until("part 1 is being worked", &mut owner, || {
+    let mut owner = spawn(&db, &log, key, 60, None);
+    owner.wait_until("part 1 is being worked", || {
         read_log(&log).iter().any(|l| l == "step work input 1")
     });
-    signal(&owner, "STOP");
+    owner.signal("STOP");
     // The owner is frozen (SIGSTOP), not dead: nobody may take its run over.
     let mut intruder = spawn_resumer(&db, &log, key, 0);
-    let (code, out) = finish(&mut intruder);
+    let (code, out) = intruder.finish();
     let expected = format!("is owned by process {}", owner.0.id());
     assert_eq!(code, Some(3), "{out}");
     assert!(out.contains(&expected), "{out}");
@@ -583,7 +457,7 @@ async fn a_paused_owner_keeps_its_run_and_finishes_it_alone() {
         .unwrap();
     assert!(err.contains("is owned by process"), "{err}");
 
-    signal(&owner, "CONT");
+    owner.signal("CONT");
     let start = Instant::now();
     let status = loop {
         if let Some(status) = owner.0.try_wait().unwrap() {

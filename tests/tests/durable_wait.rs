@@ -5,13 +5,14 @@
 //!
 //! The workflow is `integration_tests::checkout`; its child process `src/bin/wait_child.rs`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use integration_tests::checkout::{Approval, AskApproval, Checkout};
+use integration_tests::process::{ChildGuard, Scratch, read_log};
 use tidewater::prelude::*;
 use tidewater::store::{MemoryStore, RunStatus, SqliteStore, Store};
 
@@ -19,38 +20,6 @@ use tidewater::store::{MemoryStore, RunStatus, SqliteStore, Store};
 const DEADLINE: Duration = Duration::from_secs(20);
 
 const OUTPUT: &str = "charge-1250 by ada and bob";
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "tidewater-durable-wait-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn read_log(path: &Path) -> Vec<String> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => text.lines().map(str::to_string).collect(),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(error) => panic!("cannot read {}: {error}", path.display()),
-    }
-}
 
 /// Answers each `AskApproval` on the run's stream (round 1: ada, round 2: bob) and returns the
 /// rounds asked, in order, with the output.
@@ -69,7 +38,10 @@ async fn answer_all(run: Handler<Checkout>) -> (Vec<u32>, Result<String, Workflo
 }
 
 async fn uninterrupted() {
-    let scratch = Scratch::new(&format!("ref-{:?}", std::thread::current().id()));
+    let scratch = Scratch::new(
+        "durable-wait",
+        &format!("ref-{:?}", std::thread::current().id()),
+    );
     let log = scratch.path("log");
     let store = Arc::new(SqliteStore::in_memory().unwrap());
     let runner = Checkout { log: log.clone() }.runner().store(store.clone());
@@ -102,7 +74,10 @@ async fn uninterrupted_multi_thread() {
 /// whatever the step recorded before the checkpoint is not done again, each wait still
 /// unanswered asks again, and the output is the uninterrupted one.
 async fn resumed_from_every_checkpoint() {
-    let scratch = Scratch::new(&format!("every-{:?}", std::thread::current().id()));
+    let scratch = Scratch::new(
+        "durable-wait",
+        &format!("every-{:?}", std::thread::current().id()),
+    );
     let log = scratch.path("log");
     let store = Arc::new(MemoryStore::new());
     let runner = Checkout { log: log.clone() }.runner().store(store.clone());
@@ -186,84 +161,30 @@ fn handler_key(log: &Path) -> String {
     charge.to_string()
 }
 
-/// The child process; killed (`SIGKILL`) and reaped on drop, whatever happens.
-struct ChildGuard(Child);
-
-impl ChildGuard {
-    fn spawn(db: &Path, log: &Path, args: &[&str]) -> ChildGuard {
-        let child = Command::new(env!("CARGO_BIN_EXE_wait_child"))
+/// The child process running the run `k`: `wait_child <db> <log> k <args>`.
+fn spawn(db: &Path, log: &Path, args: &[&str]) -> ChildGuard {
+    ChildGuard::spawn(
+        Command::new(env!("CARGO_BIN_EXE_wait_child"))
             .arg(db)
             .arg(log)
             .arg("k")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the child process starts");
-        ChildGuard(child)
-    }
-
-    fn kill(&mut self) {
-        assert!(
-            self.0.try_wait().unwrap().is_none(),
-            "the child ended before it could be killed"
-        );
-        self.0.kill().unwrap();
-        let status = self.0.wait().unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::ExitStatusExt;
-            assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status:?}");
-        }
-        #[cfg(not(unix))]
-        assert!(!status.success());
-    }
-
-    fn wait_success(&mut self) {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                assert!(status.success(), "the child failed: {status}");
-                return;
-            }
-            assert!(start.elapsed() < DEADLINE, "the child did not end in time");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+            .args(args),
+    )
 }
 
 /// Polls until the run's checkpoint shows its step having recorded `labels`.
 fn wait_for_memo(store: &SqliteStore, child: &mut ChildGuard, labels: &[&str]) {
-    let start = Instant::now();
-    loop {
-        if let Some(record) = store.load("k").unwrap() {
-            let memo: Vec<String> = record
+    child.wait_until(&format!("the step to record {labels:?}"), || {
+        store.load("k").unwrap().is_some_and(|record| {
+            let memo: Vec<&str> = record
                 .snapshot
                 .in_flight
                 .first()
-                .map(|c| c.memo.iter().map(|m| m.label.clone()).collect())
+                .map(|c| c.memo.iter().map(|m| m.label.as_str()).collect())
                 .unwrap_or_default();
-            if memo == labels {
-                return;
-            }
-        }
-        if let Some(status) = child.0.try_wait().unwrap() {
-            panic!("the child ended ({status}) before recording {labels:?}");
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "gave up after {DEADLINE:?} waiting for {labels:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+            memo == labels
+        })
+    });
 }
 
 /// `SIGKILL` while the step waits for its first answer, then again while it waits for its
@@ -273,21 +194,21 @@ fn wait_for_memo(store: &SqliteStore, child: &mut ChildGuard, labels: &[&str]) {
 /// uninterrupted run's.
 #[test]
 fn sigkill_while_the_step_waits_does_not_repeat_the_work_before_the_wait() {
-    let scratch = Scratch::new("kill");
+    let scratch = Scratch::new("durable-wait", "kill");
     let (db, log) = (scratch.path("runs.db"), scratch.path("log"));
     let store = SqliteStore::open(&db).unwrap();
     let wait = "wait_for:integration_tests::checkout::Approval";
 
-    let mut first = ChildGuard::spawn(&db, &log, &["start"]);
+    let mut first = spawn(&db, &log, &["start"]);
     wait_for_memo(&store, &mut first, &["charge"]);
     first.kill();
 
-    let mut second = ChildGuard::spawn(&db, &log, &["answer", "ada"]);
+    let mut second = spawn(&db, &log, &["answer", "ada"]);
     wait_for_memo(&store, &mut second, &["charge", wait, "email"]);
     second.kill();
 
-    let mut third = ChildGuard::spawn(&db, &log, &["answer", "bob"]);
-    third.wait_success();
+    let mut third = spawn(&db, &log, &["answer", "bob"]);
+    third.success();
 
     let record = store.load("k").unwrap().unwrap();
     assert_eq!(record.status, RunStatus::Finished, "{:?}", record.error);
