@@ -4,6 +4,7 @@
 pub mod checkout;
 pub mod durable;
 pub mod process;
+pub mod relay;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

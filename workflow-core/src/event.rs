@@ -39,6 +39,15 @@ pub trait Event: fmt::Debug + Clone + Send + 'static {
     #[doc(hidden)]
     const RESPONSE: Option<EventId> = None;
 
+    /// For a request: does `response` (its paired response type, erased) answer this request?
+    /// `#[event(request = R, correlate = field)]` compares `field` of both; without it, any
+    /// `R` answers any request of this type.
+    #[doc(hidden)]
+    fn __answered_by(&self, response: &dyn Any) -> bool {
+        let _ = response;
+        true
+    }
+
     /// The event as JSON, when its type is `Serialize` (`#[derive(Event)]` finds out); `None`
     /// otherwise. Used by the stream of a served workflow.
     #[doc(hidden)]
@@ -315,6 +324,7 @@ trait ErasedEvent: Any + Send {
     fn as_any_box(self: Box<Self>) -> Box<dyn Any>;
     fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
     fn to_json(&self) -> Option<Result<serde_json::Value, String>>;
+    fn answered_by(&self, response: &dyn Any) -> bool;
 }
 
 impl<E: Event> ErasedEvent for E {
@@ -335,6 +345,9 @@ impl<E: Event> ErasedEvent for E {
     }
     fn to_json(&self) -> Option<Result<serde_json::Value, String>> {
         self.__to_json()
+    }
+    fn answered_by(&self, response: &dyn Any) -> bool {
+        self.__answered_by(response)
     }
 }
 
@@ -368,6 +381,11 @@ impl DynEvent {
     #[doc(hidden)]
     pub fn to_json(&self) -> Option<Result<serde_json::Value, String>> {
         self.0.to_json()
+    }
+
+    /// For a request: does `response` answer it (see `#[event(request = R, correlate = f)]`)?
+    pub(crate) fn answered_by(&self, response: &DynEvent) -> bool {
+        self.0.answered_by(response.0.as_any())
     }
 
     /// Is this event an `E`?

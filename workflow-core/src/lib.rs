@@ -178,7 +178,9 @@ pub use tidewater_macros::workflow;
 pub use tidewater_macros::step;
 
 /// `#[derive(Event)]`: makes a type an [`Event`] with a stable name. Options:
-/// `#[event(request = Response)]`, `#[event(response)]`, `#[event(crate = "path")]`.
+/// `#[event(request = Response)]` (with `correlate = field` when a run may wait for several
+/// requests of the type at once: the response whose `field` equals the request's answers it),
+/// `#[event(response)]`, `#[event(crate = "path")]`.
 ///
 /// ```
 /// use tidewater::prelude::*;
@@ -186,14 +188,15 @@ pub use tidewater_macros::step;
 /// #[derive(Debug, Clone, Event)]
 /// struct Draft { text: String }
 ///
-/// // A question for a human: the run waits until a `Verdict` is sent to its handler.
+/// // A question for a human: the run waits until a `Verdict` is sent to its handler; the
+/// // `Verdict` with the same `id` answers it.
 /// #[derive(Debug, Clone, Event)]
-/// #[event(request = Verdict)]
-/// struct AskReviewer { draft: String }
+/// #[event(request = Verdict, correlate = id)]
+/// struct AskReviewer { id: u32, draft: String }
 ///
 /// #[derive(Debug, Clone, Event)]
 /// #[event(response)]
-/// struct Verdict { approved: bool }
+/// struct Verdict { id: u32, approved: bool }
 ///
 /// assert!(<Draft as Event>::NAME.ends_with("Draft"));
 /// ```

@@ -1344,11 +1344,14 @@ where
                 return Ok(());
             }
             EventKind::Response => {
+                // The request this answers: the first pending one of its type that it
+                // correlates with (`#[event(request = R, correlate = id)]`), so that answering
+                // the second of several requests of one type clears that one.
                 let id = Some(meta.id);
                 if let Some(i) = self
                     .pending_requests
                     .iter()
-                    .position(|r| r.meta().response == id)
+                    .position(|r| r.meta().response == id && r.answered_by(&event))
                 {
                     self.pending_requests.remove(i);
                     if self.shared.family.upward.is_some() {

@@ -25,6 +25,7 @@ fn expand(input: TokenStream) -> syn::Result<TokenStream> {
     let mut krate = quote!(::tidewater);
     let mut request: Option<syn::Type> = None;
     let mut response = false;
+    let mut correlate: Option<syn::Member> = None;
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("event")) {
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("crate") {
@@ -34,9 +35,11 @@ fn expand(input: TokenStream) -> syn::Result<TokenStream> {
                 request = Some(meta.value()?.parse()?);
             } else if meta.path.is_ident("response") {
                 response = true;
+            } else if meta.path.is_ident("correlate") {
+                correlate = Some(meta.value()?.parse()?);
             } else {
                 return Err(meta.error(
-                    "unknown `#[event]` option; expected `request = ResponseType`, `response` or `crate = \"path\"`",
+                    "unknown `#[event]` option; expected `request = ResponseType`, `correlate = field`, `response` or `crate = \"path\"`",
                 ));
             }
             Ok(())
@@ -50,6 +53,14 @@ fn expand(input: TokenStream) -> syn::Result<TokenStream> {
         return Err(syn::Error::new(
             ty.span(),
             "an event is either a request (`request = Response`) or a `response`, not both",
+        ));
+    }
+    // Rejects `#[event(response, correlate = id)]`: only a request names the field its answer
+    // shares with it.
+    if let (Some(field), None) = (&correlate, &request) {
+        return Err(syn::Error::new(
+            field.span(),
+            "`correlate` needs `request = Response`: it names the field a request shares with its response",
         ));
     }
     let kind = if request.is_some() {
@@ -73,12 +84,25 @@ fn expand(input: TokenStream) -> syn::Result<TokenStream> {
                 ::core::option::Option::Some(<#ty as #private::Event>::ID);
         }
     });
+    // The answer to this request is the response whose field equals this request's.
+    let answered_by = match (&request, &correlate) {
+        (Some(ty), Some(field)) => Some(quote! {
+            fn __answered_by(&self, response: &dyn ::core::any::Any) -> bool {
+                match response.downcast_ref::<#ty>() {
+                    ::core::option::Option::Some(response) => response.#field == self.#field,
+                    ::core::option::Option::None => false,
+                }
+            }
+        }),
+        _ => None,
+    };
     Ok(quote! {
         #[automatically_derived]
         impl #private::Event for #ident {
             const NAME: &'static str = ::core::concat!(::core::module_path!(), "::", #name);
             #kind
             #response_id
+            #answered_by
 
             // Serde and schemars are optional for an event: the probes pick their impls when
             // this type has them, and `None` when it does not.
