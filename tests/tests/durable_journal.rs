@@ -2,6 +2,8 @@
 //! checked from the store afterwards: every step's side effect counted in a log, the output
 //! equal to an uninterrupted run's, one completion per invocation, no answer lost.
 //!
+//! - A step killed between two of its `send_event`s does not send again, on resume, what it
+//!   sent before: each send was saved before a step acted on it.
 //! - Answering one of several requests of one type clears that request, and the run killed
 //!   while acting on the answer still waits for the other ones, not for the one answered.
 //!
@@ -13,14 +15,147 @@ use std::process::Command;
 use std::sync::Arc;
 
 use integration_tests::process::{ChildGuard, DEADLINE, Scratch, counts, read_log};
-use integration_tests::relay::{Poll, QUESTIONS, Verdict};
+use integration_tests::relay::{PARTS, Poll, QUESTIONS, Relay, Verdict};
 use tidewater::prelude::*;
+use tidewater::snapshot::EventRecord;
 use tidewater::store::{MemoryStore, RunStatus, SqliteStore, Store};
 
 fn child(workflow: &str, db: &Path, log: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_journal_child"));
     command.arg(workflow).arg(db).arg(log).arg("k").args(args);
     command
+}
+
+/// `Relay` uninterrupted, in this process: its output and its log.
+fn relay_reference(scratch: &Scratch) -> (String, Vec<String>) {
+    let log = scratch.path("reference.log");
+    let relay = Relay {
+        log: log.clone(),
+        delay: std::time::Duration::ZERO,
+        hang_on: Vec::new(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let output = runtime.block_on(async {
+        let runner = relay.runner().store(Arc::new(MemoryStore::new()));
+        tokio::time::timeout(DEADLINE, runner.start_durable("k", PARTS).unwrap())
+            .await
+            .expect("the reference run ends in time")
+            .unwrap()
+    });
+    (output, read_log(&log))
+}
+
+/// `Progress { index, pid }` of a journal entry (a stream-only event: its `Debug` text).
+fn progress(record: &EventRecord) -> (u32, u32) {
+    assert!(record.event.ends_with("::Progress"), "{record:?}");
+    let debug = record.data["debug"].as_str().unwrap();
+    let rest = debug
+        .strip_prefix("Progress { index: ")
+        .and_then(|rest| rest.strip_suffix(" }"))
+        .unwrap_or_else(|| panic!("unexpected journal entry {debug}"));
+    let (index, pid) = rest.split_once(", pid: ").unwrap();
+    (index.parse().unwrap(), pid.parse().unwrap())
+}
+
+/// The journal holds one `Progress` per part, in growing numbers.
+fn one_progress_per_part(events: &[(u64, EventRecord)]) -> BTreeMap<u32, u32> {
+    let current = events.to_vec();
+    assert!(
+        current.windows(2).all(|w| w[0].0 < w[1].0),
+        "numbers grow: {current:?}"
+    );
+    let parts: BTreeMap<u32, u32> = current.iter().map(|(_, r)| progress(r)).collect();
+    assert_eq!(parts.len(), current.len(), "one per part: {current:?}");
+    assert_eq!(
+        parts.keys().copied().collect::<Vec<_>>(),
+        (0..PARTS).collect::<Vec<_>>()
+    );
+    parts
+}
+
+/// `fan` sends part 0, pauses, sends part 1 and hangs; `work 1` hangs too. Killed there, the run
+/// has `work 0` completed, `work 1` in flight (its input saved when it was sent, before it
+/// ran) and `fan` in flight having sent two parts. Resumed in another process: `fan` runs again
+/// but does not send parts 0 and 1 again, so `work 0` never runs twice and `work 1` runs once
+/// more (it was in flight); the output is the uninterrupted one.
+#[test]
+fn a_step_killed_between_its_sends_does_not_send_them_again() {
+    let scratch = Scratch::new("durable-journal", "sends");
+    let (output, reference) = relay_reference(&scratch);
+    assert_eq!(output, "total 30 from parts [0, 1, 2, 3]");
+    let (db, log) = (scratch.path("runs.db"), scratch.path("effects.log"));
+    let store = SqliteStore::open(&db).unwrap();
+
+    let mut first = ChildGuard::spawn(&mut child(
+        "relay",
+        &db,
+        &log,
+        &["start", "20", "fan 1", "work 1"],
+    ));
+    first.wait_until("work 0 done and work 1 saved before it ran", || {
+        store.load("k").unwrap().is_some_and(|record| {
+            let in_flight: Vec<(String, serde_json::Value)> = record
+                .snapshot
+                .in_flight
+                .iter()
+                .map(|c| (c.step.clone(), c.event.data.clone()))
+                .collect();
+            in_flight.len() == 2
+                && in_flight[0].0 == "fan"
+                && in_flight[1] == ("work".into(), serde_json::json!({"index": 1}))
+                && record.snapshot.queued.is_empty()
+        }) && read_log(&log).contains(&"work 1".to_string())
+    });
+    first.kill();
+    let at_kill = store.load("k").unwrap().unwrap();
+    assert_eq!(at_kill.status, RunStatus::Running);
+    let fan = &at_kill.snapshot.in_flight[0];
+    assert_eq!(
+        fan.memo
+            .iter()
+            .map(|m| (m.label.as_str(), m.value.clone()))
+            .collect::<Vec<_>>(),
+        [(
+            "send_event:1:integration_tests::relay::Part",
+            serde_json::json!(2)
+        )],
+        "fan's two sends are counted in its record"
+    );
+    let before = read_log(&log);
+    assert_eq!(counts(&before)["work 0"], 1);
+
+    let mut second = ChildGuard::spawn(&mut child("relay", &db, &log, &["resume", "0"]));
+    let out = second.success();
+    assert_eq!(
+        out.lines().last(),
+        Some(format!("finished: {output}").as_str())
+    );
+
+    let all = read_log(&log);
+    let ran = counts(&all);
+    let expected: BTreeMap<&str, usize> = [
+        ("fan", 2),
+        ("work 0", 1),
+        ("work 1", 2),
+        ("work 2", 1),
+        ("work 3", 1),
+    ]
+    .into();
+    assert_eq!(ran, expected, "{all:?}");
+    assert_eq!(
+        counts(&reference).keys().collect::<Vec<_>>(),
+        ran.keys().collect::<Vec<_>>()
+    );
+    let record = store.load("k").unwrap().unwrap();
+    assert_eq!(record.status, RunStatus::Finished, "{:?}", record.error);
+    assert_eq!(record.output, Some(serde_json::json!(output)));
+    // One completion per invocation: fan, four works, and the join's five (the count and
+    // four parts).
+    assert_eq!(record.snapshot.completed, 1 + 4 + 5);
+    one_progress_per_part(&store.events("k").unwrap());
 }
 
 /// The ids of the requests the run waits for, as stored.
@@ -124,7 +259,93 @@ fn answering_one_of_several_requests_clears_that_one_across_a_kill() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The same behaviours in one process, on both runtimes.
+// The same behaviours in one process, on both runtimes: a crash is the run's runtime dropped
+// under it (its task is dropped mid-step, and nothing more is saved).
+
+fn runtime(multi: bool) -> tokio::runtime::Runtime {
+    if multi {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+}
+
+/// Polls `condition` every 5 ms; panics after [`DEADLINE`].
+async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < DEADLINE, "gave up waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+fn relay(log: &Path, hang_on: &[&str]) -> Relay {
+    Relay {
+        log: log.to_path_buf(),
+        delay: std::time::Duration::from_millis(10),
+        hang_on: hang_on.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn sends_are_not_repeated_by_a_resumed_sender(multi: bool) {
+    let scratch = Scratch::new("durable-journal", &format!("sends-{multi}"));
+    let log = scratch.path("log");
+    let store = Arc::new(MemoryStore::new());
+    let crashed = runtime(multi);
+    crashed.block_on(async {
+        let runner = relay(&log, &["fan 1", "work 1"])
+            .runner()
+            .store(store.clone());
+        let _run = runner.start_durable("k", PARTS).unwrap();
+        until("work 1 saved before it ran", || {
+            store.load("k").unwrap().is_some_and(|record| {
+                let steps: Vec<&str> = record
+                    .snapshot
+                    .in_flight
+                    .iter()
+                    .map(|c| c.step.as_str())
+                    .collect();
+                steps == ["fan", "work"] && record.snapshot.in_flight[1].event.data["index"] == 1
+            })
+        })
+        .await;
+    });
+    drop(crashed);
+    let output = runtime(multi).block_on(async {
+        let runner = relay(&log, &[]).runner().store(store.clone());
+        tokio::time::timeout(DEADLINE, runner.resume_stored("k").unwrap())
+            .await
+            .expect("the resumed run ends in time")
+    });
+    assert_eq!(output.unwrap(), "total 30 from parts [0, 1, 2, 3]");
+    let all = read_log(&log);
+    let expected: BTreeMap<&str, usize> = [
+        ("fan", 2),
+        ("work 0", 1),
+        ("work 1", 2),
+        ("work 2", 1),
+        ("work 3", 1),
+    ]
+    .into();
+    assert_eq!(counts(&all), expected, "{all:?}");
+}
+
+#[test]
+fn sends_are_not_repeated_by_a_resumed_sender_current_thread() {
+    sends_are_not_repeated_by_a_resumed_sender(false);
+}
+
+#[test]
+fn sends_are_not_repeated_by_a_resumed_sender_multi_thread() {
+    sends_are_not_repeated_by_a_resumed_sender(true);
+}
 
 /// A live run: answering question 2 first clears request 2 (a snapshot says what the run
 /// still waits for), and the run ends once all three are answered.

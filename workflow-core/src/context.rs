@@ -25,6 +25,20 @@ pub(crate) struct Envelope {
     pub(crate) event: DynEvent,
     /// `Some(step)`: deliver to this step only.
     pub(crate) target: Option<usize>,
+    /// Who sent it: a durable run saves an input from outside, or from a step still running,
+    /// before the step that takes it runs.
+    pub(crate) from: Sender,
+}
+
+/// Who put an event in a run's inbox.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sender {
+    /// The outside world: `Handler::send_event`, an answer.
+    Outside,
+    /// The step invocation with this number, with `send_event` while it runs.
+    Step(u64),
+    /// The run itself (a join handing a complete round back to its step).
+    Run,
 }
 
 /// What one run shares between its loop, its steps' contexts and its handler.
@@ -71,9 +85,6 @@ pub(crate) struct RunShared<W: Workflow> {
     /// What running invocations recorded (`Context::once`, answers of `wait_for`), by
     /// invocation number; kept in snapshots so that a re-run gets them back.
     pub(crate) memos: Mutex<Vec<(u64, Vec<MemoRecord>)>>,
-    /// An event came from outside (an answer, `Handler::send_event`): a durable run saves a
-    /// checkpoint once it is routed, before the step taking it completes.
-    pub(crate) accepted: AtomicBool,
     /// Steps waiting for the loop to checkpoint what they recorded (durable runs).
     pub(crate) flush_requests: Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
     /// `Handler::snapshot` calls waiting for the loop; `None` once the run is over, so that a
@@ -360,7 +371,6 @@ impl<W: Workflow> RunShared<W> {
             journal_pending: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
             memos: Mutex::new(Vec::new()),
-            accepted: AtomicBool::new(false),
             flush_requests: Mutex::new(Vec::new()),
             snapshot_requests: Mutex::new(Some(Vec::new())),
             journal: None,
@@ -483,6 +493,34 @@ impl<W: Workflow> RunShared<W> {
         match memos.iter_mut().find(|(i, _)| *i == invocation) {
             Some((_, records)) => records.push(record),
             None => memos.push((invocation, vec![record])),
+        }
+    }
+
+    /// Counts the `nth` send under `label` by `invocation` (its record holds how many it sent),
+    /// or tells that it was sent already (`true`).
+    fn count_send(&self, invocation: u64, label: String, nth: u32) -> bool {
+        let mut memos = lock(&self.memos);
+        let records = match memos.iter().position(|(i, _)| *i == invocation) {
+            Some(at) => &mut memos[at].1,
+            None => {
+                memos.push((invocation, Vec::new()));
+                &mut memos.last_mut().expect("pushed").1
+            }
+        };
+        let sent = u64::from(nth) + 1;
+        match records.iter_mut().find(|r| r.label == label) {
+            Some(record) if record.value.as_u64().is_some_and(|n| n >= sent) => true,
+            Some(record) => {
+                record.value = sent.into();
+                false
+            }
+            None => {
+                records.push(MemoRecord {
+                    label,
+                    value: sent.into(),
+                });
+                false
+            }
         }
     }
 
@@ -770,11 +808,40 @@ impl<W: Workflow> Context<W> {
 
     /// Sends an event into the run, to every step that accepts it. Only events of this
     /// workflow's graph compile.
+    ///
+    /// In a `#[workflow(durable)]` workflow each send is counted in the invocation's record
+    /// (saved with the checkpoint that routes it, before any step acts on it), so that when
+    /// the invocation runs again after a resume, its n-th send of an `E` in the same attempt
+    /// is not sent a second time: it was delivered already, and what it caused is in the
+    /// store. A retry (a new attempt) sends again, as it does in memory.
     pub fn send_event<E: EventOf<W>>(&self, event: E) {
+        if self.sent_before(E::NAME, None) {
+            return;
+        }
         self.shared.post(Envelope {
             event: DynEvent::new(event),
             target: None,
+            from: Sender::Step(self.invocation),
         });
+    }
+
+    /// Durable workflows: counts this send in the invocation's record, and tells whether an
+    /// earlier run of this attempt already sent it (the invocation runs again after a resume):
+    /// then it is not sent again.
+    pub(crate) fn sent_before(&self, event: &'static str, target: Option<usize>) -> bool {
+        if !W::DURABLE {
+            return false;
+        }
+        let label = match target {
+            None => format!("send_event:{}:{event}", self.attempt),
+            Some(step) => format!(
+                "send_event_to:{}:{}:{event}",
+                W::GRAPH.steps[step].name,
+                self.attempt
+            ),
+        };
+        let nth = self.ask(&label);
+        self.shared.count_send(self.invocation, label, nth)
     }
 
     /// What an earlier attempt of this invocation did with the collect buffer `key` (only for
@@ -805,9 +872,13 @@ impl<W: Workflow> Context<W> {
     /// such step or the step does not accept `E`.
     pub fn send_event_to<E: EventOf<W>>(&self, step: &str, event: E) -> Result<()> {
         let index = target_step::<W>(step, E::ID, E::NAME)?;
+        if self.sent_before(E::NAME, Some(index)) {
+            return Ok(());
+        }
         self.shared.post(Envelope {
             event: DynEvent::new(event),
             target: Some(index),
+            from: Sender::Step(self.invocation),
         });
         Ok(())
     }
@@ -1076,6 +1147,7 @@ impl<W: Workflow> Context<W> {
             self.shared.post(Envelope {
                 event: c,
                 target: Some(self.step),
+                from: Sender::Run,
             });
         }
         set

@@ -231,6 +231,9 @@ struct Executor<W: Workflow, F> {
     released: bool,
     /// An attempt of a durable run failed and will be retried: checkpoint it.
     attempt_failed: bool,
+    /// A durable run routed an input that is in no checkpoint yet (an event from outside, or
+    /// one sent by a step that is still running): checkpoint before any step acts on it.
+    unsaved_input: bool,
     /// The run's trace recorder, when the runner records (`Runner::trace`).
     trace: Option<Arc<Recorder>>,
     /// Armed while a durable run is parked on requests alone and evicts after an idle time
@@ -473,6 +476,7 @@ where
             runaway: None,
             released: false,
             attempt_failed: false,
+            unsaved_input: false,
             runner,
         }
     }
@@ -823,16 +827,22 @@ where
         Ok(())
     }
 
-    /// Durable runs: an event from outside was routed (to a step, a queue, a waiter): saved
-    /// now, so that a crash before the step taking it completes does not lose it.
+    /// Durable runs: an event from outside, or one sent by a step still running, was routed
+    /// (to a step, a queue, a waiter): saved now, before the step taking it is polled, so that
+    /// a crash before that step completes neither loses it nor (the sender running again)
+    /// delivers it twice.
     fn save_accepted(&mut self) -> Result<()> {
-        if self.shared.journal.is_some() && self.shared.accepted.swap(false, Ordering::AcqRel) {
-            if self.output.is_some() {
-                return Ok(());
-            }
+        if self.unsaved_input && self.output.is_none() {
             self.checkpoint()?;
         }
         Ok(())
+    }
+
+    /// Is the invocation numbered `order` still running (or waiting for its next attempt)?
+    fn in_flight(&self, order: u64) -> bool {
+        self.calls
+            .iter()
+            .any(|c| c.phase != Phase::Idle && c.order == order)
     }
 
     fn route_mail(&mut self, mail: &mut Vec<crate::context::Envelope>) -> Result<()> {
@@ -840,7 +850,17 @@ where
             return Ok(());
         }
         let waiters = self.shared.has_waiters();
+        let durable = self.shared.journal.is_some();
         for envelope in mail.drain(..) {
+            if durable && !self.unsaved_input {
+                // A step that already completed had its sends routed by the checkpoint of its
+                // completion; one still running needs a checkpoint of its own.
+                self.unsaved_input = match envelope.from {
+                    crate::context::Sender::Outside => true,
+                    crate::context::Sender::Step(order) => self.in_flight(order),
+                    crate::context::Sender::Run => false,
+                };
+            }
             if let Some(trace) = &self.trace {
                 let event = envelope.event.name().to_string();
                 trace.record(if envelope.event.kind() == EventKind::Response {
@@ -1631,7 +1651,10 @@ where
             }
         }
         let snapshot = self.capture_with(start).map_err(WorkflowError::Snapshot)?;
-        self.save_snapshot(RunStatus::Running, snapshot, None, None)
+        self.save_snapshot(RunStatus::Running, snapshot, None, None)?;
+        // Everything routed so far is in this checkpoint.
+        self.unsaved_input = false;
+        Ok(())
     }
 
     fn save(

@@ -91,8 +91,8 @@ pub struct InFlightRecord {
     #[serde(default)]
     pub invocation: u64,
     /// What the invocation recorded before it was captured, in order: the values of
-    /// [`Context::once`](crate::Context::once) and the answers its `wait_for`s received. The
-    /// re-run gets them back instead of doing that work again.
+    /// [`Context::once`](crate::Context::once), the answers its `wait_for`s received and how
+    /// many events it sent. The re-run gets them back instead of doing that work again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub memo: Vec<MemoRecord>,
     /// The child runs the invocation had running (`Context::run_child`), each captured whole:
@@ -113,8 +113,10 @@ pub struct ChildRecord {
 }
 
 /// One value an invocation recorded: what [`Context::once`](crate::Context::once) returned
-/// (label as given), or the answer a `wait_for` received (label `wait_for:` and the event's
-/// name, its data an [`EventRecord`]).
+/// (label as given), the answer a `wait_for` received (label `wait_for:` and the event's
+/// name, its data an [`EventRecord`]), or how many events of a type an attempt sent (label
+/// `send_event:<attempt>:<event>`, or `send_event_to:<step>:<attempt>:<event>`; its data the
+/// count): a re-run of the attempt does not send those again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemoRecord {

@@ -113,9 +113,13 @@ impl<W: Workflow> Context<W> {
         E: EventOf<W>,
         I: Accepts<E, P>,
     {
+        if self.sent_before(E::NAME, Some(step.index)) {
+            return;
+        }
         self.shared.post(Envelope {
             event: DynEvent::new(event),
             target: Some(step.index),
+            from: crate::context::Sender::Step(self.invocation),
         });
     }
 }

@@ -1,8 +1,9 @@
 //! Durable runs: where a journaled run keeps its checkpoints and the events it published.
 //!
 //! A runner given a [`Store`] (`Runner::store`) journals every run it starts with
-//! `start_durable(key, input)`: a checkpoint (a [`Snapshot`]) when the run starts and after each
-//! step completion, each event written to the stream, and the outcome at the end. A process that
+//! `start_durable(key, input)`: a checkpoint (a [`Snapshot`]) when the run starts, after each
+//! step completion and when it accepts an input (an answer, an event a running step sent),
+//! each event written to the stream, and the outcome at the end. A process that
 //! dies mid-run (even by `SIGKILL`) loses nothing: `Runner::resume_stored(key)` resumes from the
 //! last checkpoint, where completed steps do not run again and the steps that were running run
 //! again (at least once).

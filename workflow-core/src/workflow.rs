@@ -840,10 +840,9 @@ pub(crate) fn post_external<W: Workflow>(
     event: DynEvent,
     target: Option<usize>,
 ) {
-    if shared.journal.is_some() {
-        shared
-            .accepted
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-    shared.post(Envelope { event, target });
+    shared.post(Envelope {
+        event,
+        target,
+        from: crate::context::Sender::Outside,
+    });
 }
