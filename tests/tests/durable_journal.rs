@@ -1,11 +1,15 @@
-//! Durable runs across `SIGKILL` (issue 18), process against process on one SQLite file, each
-//! checked from the store afterwards: every step's side effect counted in a log, the output
-//! equal to an uninterrupted run's, one completion per invocation, no answer lost.
+//! Durable runs across `SIGKILL` (issue 18 items 2 to 4), process against process on one
+//! SQLite file, each checked from the store afterwards: every step's side effect counted in a
+//! log, the output equal to an uninterrupted run's, one completion per invocation, no answer
+//! lost.
 //!
 //! - A step killed between two of its `send_event`s does not send again, on resume, what it
 //!   sent before: each send was saved before a step acted on it.
 //! - Answering one of several requests of one type clears that request, and the run killed
 //!   while acting on the answer still waits for the other ones, not for the one answered.
+//! - A run killed after journaling a completion's stream events, before checkpointing the
+//!   completion, keeps those events under their numbers, marked superseded, and the re-run's
+//!   events follow them: the journal never holds a mix of two attempts.
 //!
 //! The child process is `src/bin/journal_child.rs`; the workflows `integration_tests::relay`.
 
@@ -18,7 +22,7 @@ use integration_tests::process::{ChildGuard, DEADLINE, Scratch, counts, read_log
 use integration_tests::relay::{PARTS, Poll, QUESTIONS, Relay, Verdict};
 use tidewater::prelude::*;
 use tidewater::snapshot::EventRecord;
-use tidewater::store::{MemoryStore, RunStatus, SqliteStore, Store};
+use tidewater::store::{MemoryStore, RunStatus, SUPERSEDED, SqliteStore, Store, current_events};
 
 fn child(workflow: &str, db: &Path, log: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_journal_child"));
@@ -60,9 +64,9 @@ fn progress(record: &EventRecord) -> (u32, u32) {
     (index.parse().unwrap(), pid.parse().unwrap())
 }
 
-/// The journal holds one `Progress` per part, in growing numbers.
+/// The journal's true sequence holds one `Progress` per part, in growing numbers.
 fn one_progress_per_part(events: &[(u64, EventRecord)]) -> BTreeMap<u32, u32> {
-    let current = events.to_vec();
+    let current = current_events(events.to_vec());
     assert!(
         current.windows(2).all(|w| w[0].0 < w[1].0),
         "numbers grow: {current:?}"
@@ -258,6 +262,71 @@ fn answering_one_of_several_requests_clears_that_one_across_a_kill() {
     assert_eq!(record.snapshot.completed, 1 + 3 + 3);
 }
 
+/// The child stalls in the checkpoint after its second stream event was journaled, and is
+/// killed there: that event belongs to a completion no checkpoint recorded. The resumer (another
+/// process) runs the invocation again, which writes a different event (its own pid); the
+/// journal keeps the dead one under its number, marks it superseded, and numbers the re-run's
+/// after it.
+#[test]
+fn a_dead_attempts_stream_events_are_marked_superseded() {
+    let scratch = Scratch::new("durable-journal", "superseded");
+    let (output, _) = relay_reference(&scratch);
+    let (db, log) = (scratch.path("runs.db"), scratch.path("effects.log"));
+    let store = SqliteStore::open(&db).unwrap();
+
+    let mut first = ChildGuard::spawn(
+        child("relay", &db, &log, &["start", "5"]).env("JOURNAL_CHILD_STALL_AFTER", "2"),
+    );
+    first.wait_until("two stream events journaled", || {
+        store.events("k").unwrap().len() == 2
+    });
+    // The stall comes right after the second event; give the child time to be in it (it
+    // cannot write anything else meanwhile: its run loop is blocked in the store).
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let pid = first.id();
+    first.kill();
+    let at_kill = store.events("k").unwrap();
+    let checkpoint = store.load("k").unwrap().unwrap();
+    assert_eq!(at_kill.len(), 2, "{at_kill:?}");
+    assert_eq!(
+        checkpoint.snapshot.stream_seq, 1,
+        "the second completion was not checkpointed"
+    );
+    let (dead_part, dead_pid) = progress(&at_kill[1].1);
+    assert_eq!(dead_pid, pid);
+
+    let mut second = ChildGuard::spawn(&mut child("relay", &db, &log, &["resume", "0"]));
+    let resumer = second.id();
+    let out = second.success();
+    assert_eq!(
+        out.lines().last(),
+        Some(format!("finished: {output}").as_str())
+    );
+
+    let events = store.events("k").unwrap();
+    // What was journaled before the kill is still there, unchanged, under its number.
+    assert_eq!(&events[..2], &at_kill[..]);
+    // Then the marker: event 2 is superseded.
+    assert_eq!(events[2].0, 3);
+    assert_eq!(events[2].1.event, SUPERSEDED);
+    assert_eq!(events[2].1.data["first"], 2);
+    assert_eq!(events[2].1.data["last"], 2);
+    // The true sequence: one `Progress` per part, the dead part's from the resumer.
+    let parts = one_progress_per_part(&events);
+    assert_eq!(parts[&dead_part], resumer, "{events:?}");
+    let record = store.load("k").unwrap().unwrap();
+    assert_eq!(record.status, RunStatus::Finished);
+    assert_eq!(record.output, Some(serde_json::json!(output)));
+    // Every part worked; the one whose completion was lost, twice.
+    let all = read_log(&log);
+    let ran = counts(&all);
+    for index in 0..PARTS {
+        let line = format!("work {index}");
+        let times = if index == dead_part { 2 } else { 1 };
+        assert_eq!(ran[line.as_str()], times, "{all:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The same behaviours in one process, on both runtimes: a crash is the run's runtime dropped
 // under it (its task is dropped mid-step, and nothing more is saved).
@@ -407,4 +476,124 @@ async fn an_answer_clears_the_request_it_answers_current_thread() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_clears_the_request_it_answers_multi_thread() {
     an_answer_clears_the_request_it_answers().await;
+}
+
+/// A `MemoryStore` whose checkpoints fail once it journaled `after` stream events: the run
+/// ends with a store error between journaling a completion's events and checkpointing it,
+/// as a process killed there would.
+struct FailingAfter {
+    inner: Arc<MemoryStore>,
+    after: u64,
+    journaled: std::sync::atomic::AtomicU64,
+}
+
+impl Store for FailingAfter {
+    fn acquire(
+        &self,
+        key: &str,
+        owner: &tidewater::store::Owner,
+        claim: tidewater::store::Claim,
+    ) -> Result<tidewater::store::Lease, tidewater::store::StoreError> {
+        self.inner.acquire(key, owner, claim)
+    }
+    fn save(
+        &self,
+        key: &str,
+        lease: &tidewater::store::Lease,
+        record: &tidewater::store::RunRecord,
+    ) -> Result<(), tidewater::store::StoreError> {
+        if self.journaled.load(std::sync::atomic::Ordering::SeqCst) >= self.after {
+            return Err(tidewater::store::StoreError::new("the disk is gone"));
+        }
+        self.inner.save(key, lease, record)
+    }
+    fn release(
+        &self,
+        key: &str,
+        lease: &tidewater::store::Lease,
+    ) -> Result<(), tidewater::store::StoreError> {
+        self.inner.release(key, lease)
+    }
+    fn load(
+        &self,
+        key: &str,
+    ) -> Result<Option<tidewater::store::RunRecord>, tidewater::store::StoreError> {
+        self.inner.load(key)
+    }
+    fn append_event(
+        &self,
+        key: &str,
+        lease: &tidewater::store::Lease,
+        seq: u64,
+        event: &EventRecord,
+    ) -> Result<(), tidewater::store::StoreError> {
+        self.inner.append_event(key, lease, seq, event)?;
+        self.journaled
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+    fn events(&self, key: &str) -> Result<Vec<(u64, EventRecord)>, tidewater::store::StoreError> {
+        self.inner.events(key)
+    }
+    fn keys(&self, status: RunStatus) -> Result<Vec<String>, tidewater::store::StoreError> {
+        self.inner.keys(status)
+    }
+}
+
+async fn events_after_the_last_checkpoint_are_superseded() {
+    let scratch = Scratch::new(
+        "durable-journal",
+        &format!("superseded-{:?}", std::thread::current().id()),
+    );
+    let log = scratch.path("log");
+    let store = Arc::new(MemoryStore::new());
+    let failing = Arc::new(FailingAfter {
+        inner: store.clone(),
+        after: 2,
+        journaled: Default::default(),
+    });
+    let runner = relay(&log, &[]).runner().store(failing);
+    let ended = tokio::time::timeout(DEADLINE, runner.start_durable("k", PARTS).unwrap())
+        .await
+        .unwrap();
+    assert!(matches!(ended, Err(WorkflowError::Store(_))), "{ended:?}");
+    let at_crash = store.events("k").unwrap();
+    assert_eq!(at_crash.len(), 2);
+    assert_eq!(store.load("k").unwrap().unwrap().snapshot.stream_seq, 1);
+
+    let runner = relay(&log, &[]).runner().store(store.clone());
+    let output = tokio::time::timeout(DEADLINE, runner.resume_stored("k").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(output.unwrap(), "total 30 from parts [0, 1, 2, 3]");
+    let events = store.events("k").unwrap();
+    assert_eq!(&events[..2], &at_crash[..], "numbers are never rewritten");
+    assert_eq!(events[2].0, 3);
+    assert_eq!(events[2].1.event, SUPERSEDED);
+    assert_eq!(
+        events[2].1.data,
+        serde_json::json!({"first": 2, "last": 2, "epoch": 2})
+    );
+    one_progress_per_part(&events);
+    let seqs: Vec<u64> = runner
+        .stored_events("k")
+        .unwrap()
+        .iter()
+        .map(|(seq, _)| *seq)
+        .collect();
+    assert_eq!(
+        seqs,
+        [1, 4, 5, 6],
+        "the re-run's events come after the marker"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn events_after_the_last_checkpoint_are_superseded_current_thread() {
+    events_after_the_last_checkpoint_are_superseded().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_after_the_last_checkpoint_are_superseded_multi_thread() {
+    events_after_the_last_checkpoint_are_superseded().await;
 }

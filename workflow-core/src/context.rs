@@ -117,6 +117,9 @@ pub(crate) struct Journal {
     /// A resumed run: how many requests it had published before, published again first on
     /// its new stream.
     pub(crate) republished: usize,
+    /// A resumed run: the number its stream journal goes on from, past what a dead owner
+    /// journaled after the last checkpoint (`store::supersede_after`).
+    pub(crate) stream_from: Option<u64>,
 }
 
 /// What the collects of invocations did, by (step, worker) and buffer key.

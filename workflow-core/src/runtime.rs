@@ -1272,8 +1272,9 @@ where
 
     /// Durable runs: journals the stream events the invocation of `step` on `worker` wrote,
     /// numbered now, before the checkpoint that records its completion. If the process dies in
-    /// between, the step runs again from the last checkpoint and writes them again under the
-    /// same numbers (a store replaces an event written twice under one number).
+    /// between, the step runs again from the last checkpoint and writes its events anew: the
+    /// resumed run marks these as superseded and numbers its own after them
+    /// (`store::supersede_after`), so a number never names two different events.
     fn journal_stream_events(&mut self, step: usize, worker: u32) -> Result<()> {
         let Some(journal) = &self.shared.journal else {
             return Ok(());

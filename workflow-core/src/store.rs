@@ -262,8 +262,9 @@ pub trait Store: Send + Sync + 'static {
     fn load(&self, key: &str) -> Result<Option<RunRecord>, StoreError>;
 
     /// Appends one event the run wrote to its stream, with its sequence number (from 1), if
-    /// `lease` is still the run's. The same number written again (by a step that re-ran after
-    /// a crash) replaces the first.
+    /// `lease` is still the run's. The same number written again replaces the first (the
+    /// runtime never writes a number twice: a resumed run appends a [`SUPERSEDED`] marker for
+    /// what a dead owner journaled after the last checkpoint, and numbers its events after it).
     ///
     /// # Errors
     /// [`StoreErrorKind::Fenced`] when another owner took the run over; otherwise when the
@@ -346,6 +347,77 @@ pub fn fenced(key: &str, lease: &Lease, what: &str) -> StoreError {
             lease.owner, lease.epoch
         ),
     )
+}
+
+/// The name of the marker a resumed durable run appends to its stream journal when the journal
+/// holds events written after its last checkpoint: events of invocations whose completion was
+/// never checkpointed (the process died in between), which run again and write their events
+/// anew. Its data is `{"first": a, "last": b, "epoch": e}`: the events numbered `a..=b` are
+/// superseded (the owner of epoch `e` found them). Numbers are never reused: the re-run's
+/// events come after the marker.
+pub const SUPERSEDED: &str = "tidewater::Superseded";
+
+/// The true sequence of a run's stream journal ([`Store::events`]): without the events a
+/// [`SUPERSEDED`] marker names, nor the markers. Sequence numbers are kept (they grow, with
+/// gaps where events were superseded).
+///
+/// ```
+/// use tidewater::snapshot::EventRecord;
+/// use tidewater::store::{SUPERSEDED, current_events};
+/// let note = |text: &str| EventRecord { event: "app::Note".into(), data: text.into() };
+/// let journal = vec![
+///     (1, note("kept")),
+///     (2, note("a dead attempt's")),
+///     (3, EventRecord { event: SUPERSEDED.into(), data: serde_json::json!({"first": 2, "last": 2, "epoch": 2}) }),
+///     (4, note("the re-run's")),
+/// ];
+/// let seqs: Vec<u64> = current_events(journal).into_iter().map(|(seq, _)| seq).collect();
+/// assert_eq!(seqs, [1, 4]);
+/// ```
+pub fn current_events(events: Vec<(u64, EventRecord)>) -> Vec<(u64, EventRecord)> {
+    let dead: Vec<(u64, u64)> = events
+        .iter()
+        .filter(|(_, record)| record.event == SUPERSEDED)
+        .filter_map(|(_, record)| {
+            Some((
+                record.data["first"].as_u64()?,
+                record.data["last"].as_u64()?,
+            ))
+        })
+        .collect();
+    events
+        .into_iter()
+        .filter(|(seq, record)| {
+            record.event != SUPERSEDED && !dead.iter().any(|(a, b)| (*a..=*b).contains(seq))
+        })
+        .collect()
+}
+
+/// Resuming a durable run: marks what its journal holds after the checkpoint it resumes from
+/// (`checkpointed`, the checkpoint's `stream_seq`) as superseded, with a marker appended under
+/// the lease. Returns the number the run's stream goes on from: `checkpointed`, or the
+/// marker's.
+pub(crate) fn supersede_after(
+    store: &dyn Store,
+    key: &str,
+    lease: &Lease,
+    checkpointed: u64,
+) -> Result<u64, StoreError> {
+    let events = store.events(key)?;
+    let dead: Vec<u64> = events
+        .iter()
+        .map(|(seq, _)| *seq)
+        .filter(|seq| *seq > checkpointed)
+        .collect();
+    let (Some(first), Some(last)) = (dead.iter().min(), dead.iter().max()) else {
+        return Ok(checkpointed);
+    };
+    let marker = EventRecord {
+        event: SUPERSEDED.to_string(),
+        data: serde_json::json!({ "first": first, "last": last, "epoch": lease.epoch }),
+    };
+    store.append_event(key, lease, last + 1, &marker)?;
+    Ok(last + 1)
 }
 
 /// A [`Store`] in memory, which also keeps every checkpoint ever saved

@@ -14,7 +14,7 @@ use crate::output::Emitted;
 use crate::retry::RetryPolicy;
 use crate::runtime::{Init, restore, restore_buffers};
 use crate::runtime::{RouteTable, execute};
-use crate::snapshot::{Snapshot, SnapshotError, fingerprint};
+use crate::snapshot::{EventRecord, Snapshot, SnapshotError, fingerprint};
 use crate::store::{Claim, Lease, Owner, RunStatus, Store, StoreErrorKind};
 use crate::stream::{DEFAULT_STREAM_CAPACITY, lock};
 use tokio::sync::Semaphore;
@@ -552,6 +552,11 @@ impl<W: Workflow> Runner<W> {
         });
         let shared = RunShared::new(state, self.config.stream_capacity).with_journal(journal);
         restore_buffers::<W>(snapshot, &shared)?;
+        if let Some(from) = shared.journal.as_ref().and_then(|j| j.stream_from) {
+            shared
+                .stream_seq
+                .store(from, std::sync::atomic::Ordering::Relaxed);
+        }
         let shared = Arc::new(shared);
         if let Some(answer) = answer {
             // In the inbox before the run's task exists: on a multi-threaded runtime the task
@@ -669,6 +674,15 @@ impl<W: Workflow> Runner<W> {
         };
         let mut journal = self.journal(store.clone(), key, lease.clone());
         journal.trace = record.trace.clone();
+        // Events a dead owner journaled after this checkpoint belong to invocations that run
+        // again: marked superseded, and the re-run's are numbered after them.
+        match crate::store::supersede_after(&*store, key, &lease, record.snapshot.stream_seq) {
+            Ok(from) => journal.stream_from = Some(from),
+            Err(error) => {
+                let _ = store.release(key, &lease);
+                return Err(error.into());
+            }
+        }
         self.resume_journaled(&record.snapshot, Some(journal), answer)
             .map_err(|error| {
                 let _ = store.release(key, &lease);
@@ -789,6 +803,48 @@ impl<W: Workflow> Runner<W> {
         Ok(record.trace)
     }
 
+    /// The events the journaled run `key` wrote to its stream, read from the store: its true
+    /// sequence, without the events of invocations that died before their completion was
+    /// checkpointed and ran again ([`store::current_events`](crate::store::current_events)).
+    /// Each event keeps its sequence number; numbers grow, with gaps where events were
+    /// superseded.
+    ///
+    /// # Errors
+    /// [`WorkflowError::Durable`] when the workflow is not durable or the runner has no store;
+    /// [`WorkflowError::Store`] when the store cannot be read.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use serde::{Deserialize, Serialize};
+    /// use tidewater::prelude::*;
+    /// use tidewater::store::MemoryStore;
+    ///
+    /// #[derive(Debug, Clone, Event, Serialize, Deserialize)]
+    /// struct Note(u32);
+    ///
+    /// struct Noisy;
+    ///
+    /// #[workflow(durable)]
+    /// impl Noisy {
+    ///     #[step]
+    ///     async fn go(&self, ctx: &Context<Self>, ev: StartEvent<u32>) -> StopEvent<u32> {
+    ///         for i in 0..ev.0 { ctx.write_event_to_stream(Note(i)); }
+    ///         StopEvent(ev.0)
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let runner = Noisy.runner().store(Arc::new(MemoryStore::new()));
+    /// runner.start_durable("n", 2).unwrap().await.unwrap();
+    /// let events = runner.stored_events("n").unwrap();
+    /// assert_eq!(events.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [1, 2]);
+    /// # }
+    /// ```
+    pub fn stored_events(&self, key: &str) -> Result<Vec<(u64, EventRecord)>> {
+        let store = self.durable_store(key)?;
+        Ok(crate::store::current_events(store.events(key)?))
+    }
+
     fn durable_store(&self, key: &str) -> Result<Arc<dyn Store>> {
         let durable = |reason: String| WorkflowError::Durable {
             key: key.to_string(),
@@ -822,6 +878,7 @@ impl<W: Workflow> Runner<W> {
             evict_waiting_after: self.config.evict_waiting_after,
             trace: None,
             republished: 0,
+            stream_from: None,
         }
     }
 }

@@ -128,7 +128,8 @@ fn events_in_order_and_rewritten(store: &impl Store) {
     store.append_event("a", &a, 2, &event(2)).unwrap();
     store.append_event("a", &a, 1, &event(1)).unwrap();
     store.append_event("b", &b, 1, &event(10)).unwrap();
-    // A step that re-runs after a crash writes its events again under the same numbers.
+    // A number written again replaces its event (the runtime never does it: a resumed run
+    // numbers its events after everything journaled, see `SUPERSEDED`).
     store.append_event("a", &a, 2, &event(20)).unwrap();
     assert_eq!(store.events("a").unwrap(), [(1, event(1)), (2, event(20))]);
     assert_eq!(store.events("b").unwrap(), [(1, event(10))]);

@@ -48,9 +48,10 @@ CREATE TABLE IF NOT EXISTS events (
 /// two steps); the connection is shared behind a mutex.
 ///
 /// Stream events are keyed by `(run key, seq)`: writing a sequence number again replaces the
-/// event. A resumed run numbers its events from its checkpoint's stream position, so the
-/// numbers written after the checkpoint by the process that died are written again, not
-/// duplicated. Starting a new run under a key that an ended run used clears that run's events.
+/// event (the runtime never does: a resumed run marks what the process that died journaled
+/// after its last checkpoint as superseded, [`SUPERSEDED`](crate::store::SUPERSEDED), and
+/// numbers its own events after it). Starting a new run under a key that an ended run used
+/// clears that run's events.
 ///
 /// ```
 /// use tidewater::store::{RunStatus, SqliteStore, Store};
