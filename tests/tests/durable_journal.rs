@@ -10,6 +10,9 @@
 //! - A run killed after journaling a completion's stream events, before checkpointing the
 //!   completion, keeps those events under their numbers, marked superseded, and the re-run's
 //!   events follow them: the journal never holds a mix of two attempts.
+//! - Three processes answering one parked run at once lose no answer (a process refused
+//!   because another owns the run tries again); an owner frozen with `SIGSTOP` between two of
+//!   its sends keeps its run and finishes it alone once woken.
 //!
 //! The child process is `src/bin/journal_child.rs`; the workflows `integration_tests::relay`.
 
@@ -596,4 +599,116 @@ async fn events_after_the_last_checkpoint_are_superseded_current_thread() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_after_the_last_checkpoint_are_superseded_multi_thread() {
     events_after_the_last_checkpoint_are_superseded().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two actors on one run: processes answering at once, an owner frozen between its sends.
+
+/// All three answers posted at once by three processes on one file: each is taken by exactly
+/// one resumption of the run (a process refused because another owns the run tries again),
+/// none is lost, each is decided once, and exactly one process finishes the run.
+#[test]
+fn three_processes_answering_at_once_lose_no_answer() {
+    let scratch = Scratch::new("durable-journal", "racing");
+    let (db, log) = (scratch.path("runs.db"), scratch.path("effects.log"));
+    let store = SqliteStore::open(&db).unwrap();
+    let out = ChildGuard::spawn(&mut child("poll", &db, &log, &["start", "0"])).success();
+    assert_eq!(out.trim(), "suspended");
+
+    let answer =
+        |id: u32| ChildGuard::spawn(&mut child("poll", &db, &log, &["answer", &id.to_string()]));
+    let mut outcomes: BTreeMap<u32, String> = BTreeMap::new();
+    let mut refusals = 0;
+    let mut racing: Vec<(u32, ChildGuard)> = (1..=QUESTIONS).map(|id| (id, answer(id))).collect();
+    while !racing.is_empty() {
+        let mut again = Vec::new();
+        for (id, mut process) in racing {
+            match process.finish() {
+                (Some(0), out) => {
+                    outcomes.insert(id, out.trim().to_string());
+                }
+                (Some(3), out) => {
+                    // Another process owns the run right now: refused, the run untouched.
+                    assert!(out.contains("is owned by process"), "{out}");
+                    refusals += 1;
+                    assert!(refusals < 200, "answers refused again and again");
+                    again.push((id, answer(id)));
+                }
+                other => panic!("answer {id}: {other:?}"),
+            }
+        }
+        racing = again;
+    }
+    let finished: Vec<&String> = outcomes
+        .values()
+        .filter(|o| o.starts_with("finished: "))
+        .collect();
+    assert_eq!(
+        finished,
+        [&"finished: 1=true 2=false 3=true".to_string()],
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.values().filter(|o| *o == "suspended").count(),
+        2,
+        "{outcomes:?}"
+    );
+    let record = store.load("k").unwrap().unwrap();
+    assert_eq!(record.status, RunStatus::Finished);
+    assert!(record.snapshot.pending_requests.is_empty());
+    let expected: BTreeMap<&str, usize> = [
+        ("ask", 1),
+        ("decide 1", 1),
+        ("decide 2", 1),
+        ("decide 3", 1),
+    ]
+    .into();
+    let all = read_log(&log);
+    assert_eq!(counts(&all), expected, "{all:?}");
+    assert_eq!(record.snapshot.completed, 1 + 3 + 3);
+    eprintln!("{refusals} answer(s) refused while another process owned the run");
+}
+
+/// The owner is frozen (`SIGSTOP`) between two of its sends: a second process cannot resume
+/// the run (it is owned by a live process), and the owner, woken (`SIGCONT`), finishes it
+/// alone: each part worked once, `fan` run once, the output the uninterrupted one.
+#[test]
+fn an_owner_frozen_between_its_sends_finishes_alone() {
+    let scratch = Scratch::new("durable-journal", "frozen");
+    let (output, _) = relay_reference(&scratch);
+    let (db, log) = (scratch.path("runs.db"), scratch.path("effects.log"));
+    let store = SqliteStore::open(&db).unwrap();
+    let mut owner = ChildGuard::spawn(&mut child("relay", &db, &log, &["start", "150"]));
+    owner.wait_until("part 0 worked and fan between its sends", || {
+        store.load("k").unwrap().is_some_and(|record| {
+            record.snapshot.in_flight.len() == 1 && record.snapshot.in_flight[0].step == "fan"
+        }) && read_log(&log).contains(&"work 0".to_string())
+    });
+    owner.signal("STOP");
+    let (code, out) = ChildGuard::spawn(&mut child("relay", &db, &log, &["resume", "0"])).finish();
+    assert_eq!(code, Some(3), "{out}");
+    assert!(
+        out.contains(&format!("is owned by process {}", owner.id())),
+        "{out}"
+    );
+    owner.signal("CONT");
+    let out = owner.success();
+    assert_eq!(
+        out.lines().last(),
+        Some(format!("finished: {output}").as_str())
+    );
+    let expected: BTreeMap<&str, usize> = [
+        ("fan", 1),
+        ("work 0", 1),
+        ("work 1", 1),
+        ("work 2", 1),
+        ("work 3", 1),
+    ]
+    .into();
+    let all = read_log(&log);
+    assert_eq!(counts(&all), expected, "{all:?}");
+    let record = store.load("k").unwrap().unwrap();
+    assert_eq!(record.status, RunStatus::Finished);
+    assert_eq!(record.output, Some(serde_json::json!(output)));
+    one_progress_per_part(&store.events("k").unwrap());
 }
