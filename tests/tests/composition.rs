@@ -1011,3 +1011,26 @@ async fn a_child_that_is_not_durable_is_left_out_of_its_durable_parents_snapshot
     assert_eq!(store.keys(RunStatus::Finished).unwrap(), ["keeps"]);
 }
 on_both_runtimes!(a_child_that_is_not_durable_is_left_out_of_its_durable_parents_snapshot);
+
+async fn a_durable_parent_that_ends_closes_its_childs_record() {
+    // Cancelled while its child waits: the parent's end is journaled, and so is the child's
+    // (stopped), so that nothing is left `Running` for a resumer to pick up.
+    let store = Arc::new(MemoryStore::new());
+    let (desk, _) = desk();
+    let runner = desk.runner().store(store.clone());
+    let mut run = runner.start_durable("desk-3", "tides".into()).unwrap();
+    let mut events = run.events();
+    next_question(&mut events).await;
+    run.cancel();
+    assert!(matches!(run.await, Err(WorkflowError::Cancelled)));
+    assert!(store.keys(RunStatus::Running).unwrap().is_empty());
+    let child = store.load("desk-3/handle/1/Asker#0").unwrap().unwrap();
+    assert_eq!(child.status, RunStatus::Failed);
+    assert_eq!(
+        child.error.as_deref(),
+        Some("stopped by its parent: the parent run ended first")
+    );
+    let parent = store.load("desk-3").unwrap().unwrap();
+    assert_eq!(parent.status, RunStatus::Failed);
+}
+on_both_runtimes!(a_durable_parent_that_ends_closes_its_childs_record);

@@ -32,9 +32,6 @@ pub(crate) struct Family {
     /// A resumed run's children from its snapshot, taken by the re-run steps that start them
     /// again: (invocation, label, snapshot).
     pub(crate) restored: Mutex<Vec<(u64, String, Snapshot)>>,
-    /// Child runs: the response types their pending requests wait for, so that a parent
-    /// forwards an answer to the child that asked.
-    pub(crate) awaiting: Mutex<Vec<EventId>>,
     /// When the run's time limit passes (`None`: it has none), set when it begins: its
     /// children's deadlines are no later.
     pub(crate) deadline: OnceLock<Option<tokio::time::Instant>>,
@@ -46,6 +43,9 @@ pub(crate) struct Upward {
     pub(crate) cap: Option<tokio::time::Instant>,
     /// How the parent ended, when it ended while the child ran: the child's stream ends so.
     pub(crate) parent_outcome: Mutex<Option<Outcome>>,
+    /// The response types the child's pending requests wait for, so that its parent forwards
+    /// an answer to the child that asked.
+    pub(crate) awaiting: Mutex<Vec<EventId>>,
 }
 
 /// A running child, as its parent's loop sees it.
@@ -69,8 +69,9 @@ pub(crate) trait ChildControl: Send {
     /// Hands the child (or one of its children) an answer from outside, if it waits for one
     /// of its type; back when it does not.
     fn offer(&self, event: DynEvent) -> Option<DynEvent>;
-    /// The parent ended: the child's stream ends with this outcome when it is dropped.
-    fn parent_ended(&self, outcome: &Outcome);
+    /// The parent ended (`saved`: and journaled its end): the child's stream ends with this
+    /// outcome when it is dropped, and a journaled child records that it was stopped.
+    fn parent_ended(&mut self, outcome: &Outcome, saved: bool);
 }
 
 /// A running child, strongly held: (invocation, label, handle).
@@ -110,10 +111,10 @@ impl Family {
     }
 
     /// Tells every running child how the parent ended; returns whether there were any.
-    pub(crate) fn parent_ended(&self, outcome: &Outcome) -> bool {
+    pub(crate) fn parent_ended(&self, outcome: &Outcome, saved: bool) -> bool {
         let running = self.running();
         for (_, _, child) in &running {
-            lock(child).parent_ended(outcome);
+            lock(child).parent_ended(outcome, saved);
         }
         !running.is_empty()
     }
@@ -339,6 +340,7 @@ impl<W: Workflow, C: Workflow> ChildCall<'_, W, C> {
         shared.family.upward = Some(Box::new(Upward {
             cap,
             parent_outcome: Mutex::new(None),
+            awaiting: Mutex::new(Vec::new()),
         }));
         let mut runner = runner;
         let init = match (&parent.journal, C::DURABLE) {

@@ -326,7 +326,10 @@ where
         // A step of the child waiting inline takes it now (its waiter is gone at once, so a
         // second answer of the type goes to the next one who waits).
         let event = shared.offer_to_waiters(event)?;
-        let mut awaiting = lock(&shared.family.awaiting);
+        let Some(upward) = &shared.family.upward else {
+            return Some(event);
+        };
+        let mut awaiting = lock(&upward.awaiting);
         if let Some(i) = awaiting.iter().position(|id| *id == event.id()) {
             // Answers one of the child's pending requests: routed by the child's own loop.
             awaiting.remove(i);
@@ -338,9 +341,21 @@ where
         shared.family.offer(event)
     }
 
-    fn parent_ended(&self, outcome: &Outcome) {
-        if let Some(upward) = &self.executor.shared.family.upward {
+    fn parent_ended(&mut self, outcome: &Outcome, saved: bool) {
+        let executor = &mut self.executor;
+        if let Some(upward) = &executor.shared.family.upward {
             *lock(&upward.parent_outcome) = Some(outcome.clone());
+        }
+        // The parent journaled its end: a journaled child records its own (stopped), so that
+        // nobody resumes it.
+        if saved && executor.shared.journal.is_some() && !executor.released && !executor.ended {
+            let error = match outcome {
+                Outcome::TimedOut(message) => format!("stopped by its parent: {message}"),
+                _ => "stopped by its parent: the parent run ended first".to_string(),
+            };
+            if let Err(error) = executor.save(RunStatus::Failed, None, Some(error)) {
+                tracing::warn!(%error, "could not journal the end of a child run");
+            }
         }
     }
 }
@@ -1375,8 +1390,8 @@ where
                     .position(|r| r.meta().response == id && r.answered_by(&event))
                 {
                     self.pending_requests.remove(i);
-                    if self.shared.family.upward.is_some() {
-                        let mut awaiting = lock(&self.shared.family.awaiting);
+                    if let Some(upward) = &self.shared.family.upward {
+                        let mut awaiting = lock(&upward.awaiting);
                         if let Some(i) = awaiting.iter().position(|r| Some(*r) == id) {
                             awaiting.remove(i);
                         }
@@ -1418,9 +1433,9 @@ where
 
     /// A child run tells its parent which answer its pending request waits for.
     fn await_response(&self, request: &DynEvent) {
-        if self.shared.family.upward.is_some() {
+        if let Some(upward) = &self.shared.family.upward {
             if let Some(response) = request.meta().response {
-                lock(&self.shared.family.awaiting).push(response);
+                lock(&upward.awaiting).push(response);
             }
         }
     }
@@ -1749,7 +1764,10 @@ where
             }
             Err(error) => Outcome::Failed(crate::error::chain(error)),
         };
-        self.stop_children(&outcome);
+        // The run's end is journaled now (unless the store failed): its journaled children
+        // record that they were stopped.
+        let saved = !matches!(result, Err(WorkflowError::Store(_)));
+        self.stop_children(&outcome, saved);
         self.shared.stream.end(outcome);
         result
     }
@@ -1758,8 +1776,8 @@ where
 impl<W: Workflow, F> Executor<W, F> {
     /// The run ends with `outcome`: its children end first (their ends come before its own on
     /// its stream), with the run's timeout when it timed out, cancelled otherwise.
-    fn stop_children(&mut self, outcome: &Outcome) {
-        if self.shared.family.parent_ended(outcome) {
+    fn stop_children(&mut self, outcome: &Outcome, saved: bool) {
+        if self.shared.family.parent_ended(outcome, saved) {
             for call in &mut self.calls {
                 call.future.set(None);
             }
@@ -1788,7 +1806,7 @@ impl<W: Workflow, F> Drop for Executor<W, F> {
             } else {
                 Outcome::Cancelled
             };
-            self.stop_children(&outcome);
+            self.stop_children(&outcome, false);
             self.shared.stream.end(outcome);
         }
         // A durable run that stops here without having saved its end (its future dropped, its
