@@ -11,6 +11,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+/// A run's family, when it has one (see [`Family`]).
+pub(crate) type FamilySlot = OnceLock<Box<Family>>;
 use std::task::{Context as TaskContext, Poll};
 
 use crate::context::{Context, Journal, RunShared};
@@ -22,19 +25,17 @@ use crate::store::{Claim, RunStatus};
 use crate::stream::{ChildId, Forward, Outcome, Publisher, Upstream, lock};
 use crate::workflow::{Runner, Workflow};
 
-/// What links a run to its parent and to its children.
+/// What links a run to its parent and to its children. Made the first time a run needs it
+/// (a child, a run starting a child, a resume with children): most runs never pay for it.
 #[derive(Default)]
 pub(crate) struct Family {
     /// Set for a child run.
-    pub(crate) upward: Option<Box<Upward>>,
+    pub(crate) upward: Option<Upward>,
     /// The children running now, in start order.
     pub(crate) children: Mutex<Vec<ChildEntry>>,
     /// A resumed run's children from its snapshot, taken by the re-run steps that start them
     /// again: (invocation, label, snapshot).
     pub(crate) restored: Mutex<Vec<(u64, String, Snapshot)>>,
-    /// When the run's time limit passes (`None`: it has none), set when it begins: its
-    /// children's deadlines are no later.
-    pub(crate) deadline: OnceLock<Option<tokio::time::Instant>>,
 }
 
 /// A child run's side of the link.
@@ -329,7 +330,7 @@ impl<W: Workflow, C: Workflow> ChildCall<'_, W, C> {
             run_id: shared.run_id,
         };
         self.id = Some(id);
-        let cap = parent.family.deadline.get().copied().flatten();
+        let cap = ctx.deadline;
         shared.stream = Publisher::child(
             runner.config.stream_capacity,
             Forward {
@@ -337,10 +338,13 @@ impl<W: Workflow, C: Workflow> ChildCall<'_, W, C> {
                 path: Arc::from([id]),
             },
         );
-        shared.family.upward = Some(Box::new(Upward {
-            cap,
-            parent_outcome: Mutex::new(None),
-            awaiting: Mutex::new(Vec::new()),
+        shared.family = OnceLock::from(Box::new(Family {
+            upward: Some(Upward {
+                cap,
+                parent_outcome: Mutex::new(None),
+                awaiting: Mutex::new(Vec::new()),
+            }),
+            ..Family::default()
         }));
         let mut runner = runner;
         let init = match (&parent.journal, C::DURABLE) {
@@ -384,7 +388,11 @@ impl<W: Workflow, C: Workflow> ChildCall<'_, W, C> {
                     }
                 }
             }
-            _ => match parent.family.take_restored(ctx.invocation, &self.label) {
+            _ => match parent
+                .family
+                .get()
+                .and_then(|f| f.take_restored(ctx.invocation, &self.label))
+            {
                 // Running when the parent's snapshot was taken: it goes on from there.
                 Some(snapshot) => {
                     let (state, restored) = restore::<C>(&snapshot, &runner.fingerprint)?;
@@ -398,7 +406,7 @@ impl<W: Workflow, C: Workflow> ChildCall<'_, W, C> {
         // Made here, inside the calling step's poll: the child's span is the step's child.
         let (slot, control) = execute_child(runner, Arc::new(shared), init);
         self.entry = NEXT_ENTRY.fetch_add(1, Ordering::Relaxed);
-        lock(&parent.family.children).push(ChildEntry {
+        lock(&parent.family.get_or_init(Box::default).children).push(ChildEntry {
             id: self.entry,
             invocation: ctx.invocation,
             label: self.label.clone(),
@@ -411,7 +419,9 @@ impl<W: Workflow, C: Workflow> ChildCall<'_, W, C> {
     /// Leaves the parent's registry and drops the child run (its stream ends if it has not).
     fn stop(&mut self) {
         if self.entry != 0 {
-            lock(&self.ctx.shared.family.children).retain(|e| e.id != self.entry);
+            if let Some(family) = self.ctx.shared.family.get() {
+                lock(&family.children).retain(|e| e.id != self.entry);
+            }
             self.entry = 0;
         }
         self.slot = None;

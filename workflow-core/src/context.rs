@@ -96,7 +96,7 @@ pub(crate) struct RunShared<W: Workflow> {
     /// The run's trace recorder, set by the executor when the runner records.
     pub(crate) trace: std::sync::OnceLock<Arc<crate::trace::Recorder>>,
     /// Its parent (a child run) and its children (`Context::run_child`).
-    pub(crate) family: crate::child::Family,
+    pub(crate) family: crate::child::FamilySlot,
 }
 
 /// Where the loop answers a snapshot request.
@@ -378,7 +378,7 @@ impl<W: Workflow> RunShared<W> {
             snapshot_requests: Mutex::new(Some(Vec::new())),
             journal: None,
             trace: std::sync::OnceLock::new(),
-            family: crate::child::Family::default(),
+            family: std::sync::OnceLock::new(),
         }
     }
 
@@ -615,6 +615,9 @@ pub struct Context<W: Workflow> {
     /// How many times this attempt asked for each label (`once`, `wait_for`): the n-th ask
     /// gets the n-th recorded value.
     pub(crate) asked: Mutex<Vec<(String, u32)>>,
+    /// When the run's time limit passes: the deadline of the children this step starts is
+    /// no later.
+    pub(crate) deadline: Option<tokio::time::Instant>,
 }
 
 impl<W: Workflow> Context<W> {

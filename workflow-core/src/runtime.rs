@@ -326,7 +326,7 @@ where
         // A step of the child waiting inline takes it now (its waiter is gone at once, so a
         // second answer of the type goes to the next one who waits).
         let event = shared.offer_to_waiters(event)?;
-        let Some(upward) = &shared.family.upward else {
+        let Some(upward) = shared.family.get().and_then(|f| f.upward.as_ref()) else {
             return Some(event);
         };
         let mut awaiting = lock(&upward.awaiting);
@@ -338,12 +338,15 @@ where
             return None;
         }
         drop(awaiting);
-        shared.family.offer(event)
+        match shared.family.get() {
+            Some(family) => family.offer(event),
+            None => Some(event),
+        }
     }
 
     fn parent_ended(&mut self, outcome: &Outcome, saved: bool) {
         let executor = &mut self.executor;
-        if let Some(upward) = &executor.shared.family.upward {
+        if let Some(upward) = executor.shared.family.get().and_then(|f| f.upward.as_ref()) {
             *lock(&upward.parent_outcome) = Some(outcome.clone());
         }
         // The parent journaled its end: a journaled child records its own (stopped), so that
@@ -519,13 +522,17 @@ where
             let now = tokio::time::Instant::now();
             let own = self.runner.config.timeout.map(|limit| now + limit);
             // A child's deadline is the earlier of its own and its parent's.
-            let cap = self.shared.family.upward.as_ref().and_then(|u| u.cap);
+            let cap = self
+                .shared
+                .family
+                .get()
+                .and_then(|f| f.upward.as_ref())
+                .and_then(|u| u.cap);
             self.deadline_at = match (own, cap) {
                 (Some(own), Some(cap)) => Some(own.min(cap)),
                 (own, cap) => own.or(cap),
             };
             self.limit = self.deadline_at.map(|at| at.saturating_duration_since(now));
-            let _ = self.shared.family.deadline.set(self.deadline_at);
             self.deadline = self
                 .deadline_at
                 .map(|at| Box::pin(tokio::time::sleep_until(at)));
@@ -588,9 +595,12 @@ where
                         let invocation = (call.invocation > 0).then_some(call.invocation);
                         if let Some(invocation) = invocation {
                             self.shared.restore_memo(invocation, call.memo);
-                            let mut restored = lock(&self.shared.family.restored);
-                            for (label, snapshot) in call.children {
-                                restored.push((invocation, label, snapshot));
+                            if !call.children.is_empty() {
+                                let family = self.shared.family.get_or_init(Box::default);
+                                let mut restored = lock(&family.restored);
+                                for (label, snapshot) in call.children {
+                                    restored.push((invocation, label, snapshot));
+                                }
                             }
                         }
                         self.start(call.step, call.event, call.attempt, invocation);
@@ -905,7 +915,11 @@ where
                     .iter()
                     .any(|r| r.meta().response == Some(event.id()))
             {
-                match self.shared.family.offer(event) {
+                let offered = match self.shared.family.get() {
+                    Some(family) => family.offer(event),
+                    None => Some(event),
+                };
+                match offered {
                     Some(event) => event,
                     None => continue,
                 }
@@ -1114,6 +1128,7 @@ where
             retries: self.runner.config.steps[step].retry.is_some(),
             invocation: call.order,
             asked: std::sync::Mutex::new(Vec::new()),
+            deadline: self.deadline_at,
         };
         call.span = tracing::debug_span!(
             "workflow.step",
@@ -1390,7 +1405,7 @@ where
                     .position(|r| r.meta().response == id && r.answered_by(&event))
                 {
                     self.pending_requests.remove(i);
-                    if let Some(upward) = &self.shared.family.upward {
+                    if let Some(upward) = self.shared.family.get().and_then(|f| f.upward.as_ref()) {
                         let mut awaiting = lock(&upward.awaiting);
                         if let Some(i) = awaiting.iter().position(|r| Some(*r) == id) {
                             awaiting.remove(i);
@@ -1433,7 +1448,7 @@ where
 
     /// A child run tells its parent which answer its pending request waits for.
     fn await_response(&self, request: &DynEvent) {
-        if let Some(upward) = &self.shared.family.upward {
+        if let Some(upward) = self.shared.family.get().and_then(|f| f.upward.as_ref()) {
             if let Some(response) = request.meta().response {
                 lock(&upward.awaiting).push(response);
             }
@@ -1627,7 +1642,10 @@ where
         invocation: u64,
     ) -> std::result::Result<Vec<ChildRecord>, SnapshotError> {
         let mut children = Vec::new();
-        for (inv, label, child) in self.shared.family.running() {
+        let Some(family) = self.shared.family.get() else {
+            return Ok(Vec::new());
+        };
+        for (inv, label, child) in family.running() {
             if inv != invocation {
                 continue;
             }
@@ -1777,7 +1795,12 @@ impl<W: Workflow, F> Executor<W, F> {
     /// The run ends with `outcome`: its children end first (their ends come before its own on
     /// its stream), with the run's timeout when it timed out, cancelled otherwise.
     fn stop_children(&mut self, outcome: &Outcome, saved: bool) {
-        if self.shared.family.parent_ended(outcome, saved) {
+        if self
+            .shared
+            .family
+            .get()
+            .is_some_and(|f| f.parent_ended(outcome, saved))
+        {
             for call in &mut self.calls {
                 call.future.set(None);
             }
@@ -1790,22 +1813,23 @@ impl<W: Workflow, F> Drop for Executor<W, F> {
         // The run's future was dropped before it ended (the caller dropped `run()`, or the
         // runtime shut down): the run is cancelled, and its stream still ends.
         if !self.ended {
-            let outcome = if let Some(outcome) = self.shared.family.dropped_outcome() {
-                // A child run stopped by its parent's end.
-                outcome
-            } else if self.shared.timed_out.load(Ordering::Acquire) {
-                // Its handler gave up at the deadline while a step held the thread.
-                let error = WorkflowError::TimedOut {
-                    timeout: self
-                        .limit
-                        .or(self.runner.config.timeout)
-                        .unwrap_or_default(),
-                    active: Vec::new(),
+            let outcome =
+                if let Some(outcome) = self.shared.family.get().and_then(|f| f.dropped_outcome()) {
+                    // A child run stopped by its parent's end.
+                    outcome
+                } else if self.shared.timed_out.load(Ordering::Acquire) {
+                    // Its handler gave up at the deadline while a step held the thread.
+                    let error = WorkflowError::TimedOut {
+                        timeout: self
+                            .limit
+                            .or(self.runner.config.timeout)
+                            .unwrap_or_default(),
+                        active: Vec::new(),
+                    };
+                    Outcome::TimedOut(error.to_string())
+                } else {
+                    Outcome::Cancelled
                 };
-                Outcome::TimedOut(error.to_string())
-            } else {
-                Outcome::Cancelled
-            };
             self.stop_children(&outcome, false);
             self.shared.stream.end(outcome);
         }

@@ -172,7 +172,7 @@ struct Subscriber {
 #[derive(Debug)]
 pub(crate) struct Publisher {
     /// A child run's stream goes to its parent's, marked with the child's place.
-    forward: Option<Forward>,
+    forward: Option<Box<Forward>>,
     subscribers: Mutex<Subscribers>,
     /// Can anyone read what is published? A handler exists, or a subscription does.
     open: AtomicBool,
@@ -230,7 +230,7 @@ impl Publisher {
     /// The stream of a child run: what it publishes goes to its parent's stream.
     pub(crate) fn child(capacity: usize, forward: Forward) -> Publisher {
         Publisher {
-            forward: Some(forward),
+            forward: Some(Box::new(forward)),
             ..Publisher::new(capacity)
         }
     }
