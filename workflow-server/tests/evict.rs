@@ -10,62 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{Sse, get, post, wait_ended};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use common::{Ask, Scratch, Sse, get, post, wait_ended};
 use serde_json::{Value, json};
 use tidewater::prelude::*;
 use tidewater::store::{RunStatus, SqliteStore, Store};
-
-#[derive(Debug, Clone, Event, Serialize, Deserialize, JsonSchema)]
-#[event(request = Verdict)]
-struct Review {
-    text: String,
-}
-
-#[derive(Debug, Clone, Event, Serialize, Deserialize, JsonSchema)]
-#[event(response)]
-struct Verdict {
-    approved: bool,
-}
-
-struct Ask {
-    proposals: Arc<AtomicU32>,
-}
-
-#[workflow(durable)]
-impl Ask {
-    #[step]
-    async fn propose(&self, ev: StartEvent<String>) -> Review {
-        self.proposals.fetch_add(1, Ordering::SeqCst);
-        Review { text: ev.0 }
-    }
-
-    #[step]
-    async fn decide(&self, ev: Verdict) -> StopEvent<String> {
-        StopEvent(if ev.approved { "published" } else { "dropped" }.into())
-    }
-}
-
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "tidewater-server-evict-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 async fn serve(db: &std::path::Path, proposals: &Arc<AtomicU32>) -> std::net::SocketAddr {
     let server = tidewater_server::Server::new()
@@ -111,14 +59,15 @@ fn answer(approved: bool) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_run_leaves_memory_and_its_answer_brings_it_back() {
-    let scratch = Scratch::new("answer");
+    let scratch = Scratch::new("evict-answer");
     let db = scratch.0.join("server.db");
     let proposals = Arc::new(AtomicU32::new(0));
     let addr = serve(&db, &proposals).await;
     let id = start(addr, "tidewater").await;
 
     // A reader from the start, kept open across the eviction.
-    let (status, mut sse) = Sse::open(addr, &format!("/events/{id}"), &[]).await;
+    let from_start = format!("/events/{id}?after_sequence=-1");
+    let (status, mut sse) = Sse::open(addr, &from_start, &[]).await;
     assert_eq!(status, 200);
     let first = loop {
         match sse.next().await.expect("the request arrives") {
@@ -199,7 +148,7 @@ async fn a_parked_run_leaves_memory_and_its_answer_brings_it_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_run_can_be_cancelled() {
-    let scratch = Scratch::new("cancel");
+    let scratch = Scratch::new("evict-cancel");
     let db = scratch.0.join("server.db");
     let proposals = Arc::new(AtomicU32::new(0));
     let addr = serve(&db, &proposals).await;

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{get, post, wait_ended};
+use common::{Ask, Scratch, get, log_types, post, wait_ended};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -53,37 +53,6 @@ impl Trip {
     }
 }
 
-#[derive(Debug, Clone, Event, Serialize, Deserialize, JsonSchema)]
-#[event(request = Verdict)]
-struct Review {
-    text: String,
-}
-
-#[derive(Debug, Clone, Event, Serialize, Deserialize, JsonSchema)]
-#[event(response)]
-struct Verdict {
-    approved: bool,
-}
-
-struct Ask;
-
-#[workflow(durable)]
-impl Ask {
-    #[step]
-    async fn propose(&self, ev: StartEvent<String>) -> Review {
-        Review { text: ev.0 }
-    }
-
-    #[step]
-    async fn decide(&self, ev: Verdict) -> StopEvent<String> {
-        StopEvent(if ev.approved {
-            "published".into()
-        } else {
-            "dropped".into()
-        })
-    }
-}
-
 /// Not durable: its in-flight run cannot survive a restart.
 struct Plain;
 
@@ -108,7 +77,7 @@ fn child_server() {
             .unwrap();
         tidewater_server::Server::new()
             .serve_workflow("trip", Trip.runner())
-            .serve_workflow("ask", Ask.runner())
+            .serve_workflow("ask", Ask::default().runner())
             .serve_workflow("plain", Plain.runner())
             .sqlite(db)
             .serve_on(listener, std::future::pending())
@@ -157,10 +126,8 @@ fn id(reply: &common::Reply) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_server_loses_no_run() {
-    let dir = std::env::temp_dir().join(format!("tw-restart-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("server.db");
-    let _ = std::fs::remove_file(&db);
+    let scratch = Scratch::new("restart");
+    let db = scratch.0.join("server.db");
 
     let first = start_child(&db).await;
     let addr = first.1;
@@ -233,40 +200,14 @@ async fn a_sigkilled_server_loses_no_run() {
     );
     // The resumed run published its request again for whoever watches it now; the log keeps
     // it once.
-    let log = get(
-        addr,
-        &format!("/events/{waiting}?sse=false&after_sequence=-1"),
-    )
-    .await;
-    let types: Vec<String> = log
-        .body
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    assert_eq!(types, ["Review", "StopEvent"]);
+    assert_eq!(log_types(addr, &waiting).await, ["Review", "StopEvent"]);
     // Finished handlers stay readable, with their event logs.
     let kept = get(addr, &format!("/results/{done}")).await;
     assert_eq!(
         (kept.status, kept.json()["result"].clone()),
         (200, json!("dropped"))
     );
-    let log = get(addr, &format!("/events/{done}?sse=false&after_sequence=-1")).await;
-    let types: Vec<String> = log
-        .body
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    assert_eq!(types, ["Review", "StopEvent"]);
+    assert_eq!(log_types(addr, &done).await, ["Review", "StopEvent"]);
     // The non-durable run is failed with the reason; the corrupt record too.
     let plain_data = get(addr, &format!("/handlers/{plain}")).await.json();
     assert_eq!(plain_data["status"], "failed");
@@ -294,5 +235,4 @@ async fn a_sigkilled_server_loses_no_run() {
         200
     );
     drop(second);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{get, post, wait_ended};
+use common::{Ask, Scratch, get, log_types, post, wait_ended};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -46,33 +46,6 @@ impl Trip {
     }
 }
 
-#[derive(Debug, Clone, Event, Serialize, Deserialize, JsonSchema)]
-#[event(request = Verdict)]
-struct Review {
-    text: String,
-}
-
-#[derive(Debug, Clone, Event, Serialize, Deserialize, JsonSchema)]
-#[event(response)]
-struct Verdict {
-    approved: bool,
-}
-
-struct Ask;
-
-#[workflow(durable)]
-impl Ask {
-    #[step]
-    async fn propose(&self, ev: StartEvent<String>) -> Review {
-        Review { text: ev.0 }
-    }
-
-    #[step]
-    async fn decide(&self, ev: Verdict) -> StopEvent<bool> {
-        StopEvent(ev.approved)
-    }
-}
-
 /// Not durable: sleeps for as many milliseconds as it is told.
 struct Nap;
 
@@ -82,14 +55,6 @@ impl Nap {
     async fn nap(&self, ev: StartEvent<u64>) -> StopEvent<u64> {
         tokio::time::sleep(Duration::from_millis(ev.0)).await;
         StopEvent(ev.0)
-    }
-}
-
-struct Scratch(std::path::PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -107,7 +72,7 @@ fn server(
             }
             .runner(),
         )
-        .serve_workflow("ask", Ask.runner())
+        .serve_workflow("ask", Ask::default().runner())
         .serve_workflow("nap", Nap.runner())
         .sqlite(db)
         .shutdown_grace(Duration::from_millis(300))
@@ -126,10 +91,7 @@ async fn start(addr: std::net::SocketAddr, name: &str, input: serde_json::Value)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_shutdown_saves_durable_runs_and_a_new_server_finishes_them() {
-    let dir = std::env::temp_dir().join(format!("tidewater-shutdown-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let scratch = Scratch(dir);
+    let scratch = Scratch::new("shutdown");
     let db = scratch.0.join("server.db");
     let legs = Arc::new(Mutex::new(Vec::new()));
     let started = Arc::new(tokio::sync::Notify::new());
@@ -186,19 +148,11 @@ async fn a_graceful_shutdown_saves_durable_runs_and_a_new_server_finishes_them()
     .await;
     assert_eq!(sent.status, 200, "{}", sent.body);
     let answered = wait_ended(addr, &ask).await;
-    assert_eq!(answered["result"]["value"]["result"], true, "{answered}");
-    let log = get(addr, &format!("/events/{ask}?sse=false&after_sequence=-1")).await;
-    let types: Vec<String> = log
-        .body
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    assert_eq!(types, ["Review", "StopEvent"]);
+    assert_eq!(
+        answered["result"]["value"]["result"], "published",
+        "{answered}"
+    );
+    assert_eq!(log_types(addr, &ask).await, ["Review", "StopEvent"]);
     // The plain run could not be saved: cancelled at the end of the grace period.
     let plain = get(addr, &format!("/handlers/{nap}")).await.json();
     assert_eq!(plain["status"], "cancelled", "{plain}");

@@ -100,6 +100,47 @@ impl Approval {
     }
 }
 
+/// Durable: asks a human, then publishes or drops; counts its proposals (a side effect that
+/// must happen once whatever the evictions, restarts and shutdowns).
+#[derive(Default)]
+pub struct Ask {
+    pub proposals: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+#[workflow(durable)]
+impl Ask {
+    #[step]
+    async fn propose(&self, ev: StartEvent<String>) -> Review {
+        self.proposals
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Review { text: ev.0 }
+    }
+
+    #[step]
+    async fn decide(&self, ev: Verdict) -> StopEvent<String> {
+        StopEvent(if ev.approved { "published" } else { "dropped" }.into())
+    }
+}
+
+/// A scratch directory, removed on drop.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir =
+            std::env::temp_dir().join(format!("tidewater-server-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[derive(Debug, Clone, Event, Serialize, Deserialize, JsonSchema)]
 pub struct Tick {
     pub n: u64,
@@ -328,6 +369,20 @@ impl Sse {
         }
         out
     }
+}
+
+/// The types of a handler's whole event log, read as NDJSON.
+pub async fn log_types(addr: SocketAddr, id: &str) -> Vec<String> {
+    let log = get(addr, &format!("/events/{id}?sse=false&after_sequence=-1")).await;
+    log.body
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
 }
 
 /// Polls `GET /handlers/{id}` until the handler is no longer running.
