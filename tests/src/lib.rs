@@ -3,6 +3,7 @@
 
 pub mod checkout;
 pub mod durable;
+pub mod nested;
 pub mod process;
 pub mod relay;
 

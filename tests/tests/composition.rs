@@ -826,22 +826,6 @@ on_both_runtimes!(a_snapshot_of_the_parent_holds_its_running_child_and_resume_go
 async fn a_child_that_finished_before_the_snapshot_is_not_run_again() {
     // The parent's step runs two children one after the other; the snapshot is taken while
     // the second asks: the first's output is in the step's record.
-    struct Twice {
-        asker: Runner<Asker>,
-    }
-    #[workflow(durable)]
-    impl Twice {
-        #[step]
-        async fn handle(
-            &self,
-            ctx: &Context<Self>,
-            ev: StartEvent<String>,
-        ) -> Result<StopEvent<String>, WorkflowError> {
-            let first = ctx.run_child(&self.asker, format!("{} 1", ev.0)).await?;
-            let second = ctx.run_child(&self.asker, format!("{} 2", ev.0)).await?;
-            Ok(StopEvent(format!("{first}, {second}")))
-        }
-    }
     let drafts = Arc::new(AtomicU32::new(0));
     let runner = Twice {
         asker: Asker {
@@ -1034,3 +1018,173 @@ async fn a_durable_parent_that_ends_closes_its_childs_record() {
     assert_eq!(parent.status, RunStatus::Failed);
 }
 on_both_runtimes!(a_durable_parent_that_ends_closes_its_childs_record);
+
+/// Panics: a child's panic is its failure, not the parent's.
+struct Panicky;
+
+#[workflow]
+impl Panicky {
+    #[step]
+    async fn boom(&self, _ev: StartEvent<()>) -> StopEvent<()> {
+        panic!("the child broke")
+    }
+}
+
+struct CallsPanicky {
+    child: Runner<Panicky>,
+}
+
+#[workflow]
+impl CallsPanicky {
+    #[step]
+    async fn call(
+        &self,
+        ctx: &Context<Self>,
+        _ev: StartEvent<()>,
+    ) -> Result<StopEvent<()>, WorkflowError> {
+        ctx.run_child(&self.child, ()).await?;
+        Ok(StopEvent(()))
+    }
+}
+
+async fn a_child_that_panics_fails_the_calling_step_with_its_panic() {
+    let error = CallsPanicky {
+        child: Panicky.runner(),
+    }
+    .runner()
+    .run(())
+    .await
+    .unwrap_err();
+    let Some(WorkflowError::ChildFailed { source, .. }) = error.step_error::<WorkflowError>()
+    else {
+        panic!("{error:?}")
+    };
+    assert!(
+        matches!(&**source, WorkflowError::StepPanicked { step: "boom", message } if message == "the child broke"),
+        "{source:?}"
+    );
+}
+on_both_runtimes!(a_child_that_panics_fails_the_calling_step_with_its_panic);
+
+async fn cancelling_a_fan_out_stops_every_child() {
+    struct Fan {
+        sleeper: Runner<Sleeper>,
+    }
+    #[workflow]
+    impl Fan {
+        #[step]
+        async fn fan(
+            &self,
+            ctx: &Context<Self>,
+            ev: StartEvent<u64>,
+        ) -> Result<StopEvent<u64>, WorkflowError> {
+            let all = ctx.run_children(&self.sleeper, vec![ev.0; 5]).await?;
+            Ok(StopEvent(all.iter().sum()))
+        }
+    }
+    let live = Live::default();
+    let mut run = Fan {
+        sleeper: Sleeper { live: live.clone() }.runner(),
+    }
+    .runner()
+    .start(60_000);
+    let events = run.events();
+    while live.count() < 5 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    run.cancel();
+    assert!(matches!((&mut run).await, Err(WorkflowError::Cancelled)));
+    assert_eq!(live.count(), 0);
+    let lines: Vec<String> = drain(events).await.iter().map(describe).collect();
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert!(
+        lines[..5]
+            .iter()
+            .all(|l| l == "[fan/Sleeper] end Cancelled"),
+        "{lines:?}"
+    );
+    assert_eq!(lines[5], "end Cancelled");
+}
+on_both_runtimes!(cancelling_a_fan_out_stops_every_child);
+
+/// Runs two children one after the other; the second asks.
+struct Twice {
+    asker: Runner<Asker>,
+}
+
+#[workflow(durable)]
+impl Twice {
+    #[step]
+    async fn handle(
+        &self,
+        ctx: &Context<Self>,
+        ev: StartEvent<String>,
+    ) -> Result<StopEvent<String>, WorkflowError> {
+        let first = ctx.run_child(&self.asker, format!("{} 1", ev.0)).await?;
+        let second = ctx.run_child(&self.asker, format!("{} 2", ev.0)).await?;
+        Ok(StopEvent(format!("{first}, {second}")))
+    }
+}
+
+async fn a_durable_parent_resumed_after_a_crash_takes_a_finished_childs_output_from_its_record() {
+    // Crash while the second child asks: the first child finished (its record holds its
+    // output), the parent's step had not. On resume the step runs again; its first
+    // `run_child` returns the stored output and runs nothing, its second goes on.
+    let store = Arc::new(MemoryStore::new());
+    let drafts = Arc::new(AtomicU32::new(0));
+    {
+        let store = store.clone();
+        let drafts = drafts.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let runner = Twice {
+                    asker: Asker { drafts }.runner(),
+                }
+                .runner()
+                .store(store);
+                let mut run = runner.start_durable("twice", "q".into()).unwrap();
+                let mut events = run.events();
+                next_question(&mut events).await;
+                run.send_response(Reply { text: "one".into() });
+                let (_, topic) = next_question(&mut events).await;
+                assert_eq!(topic, "q 2");
+                drop(run);
+            });
+        })
+        .join()
+        .unwrap();
+    }
+    assert_eq!(drafts.load(Ordering::SeqCst), 2);
+    let first = store.load("twice/handle/1/Asker#0").unwrap().unwrap();
+    assert_eq!(first.status, RunStatus::Finished);
+    assert_eq!(
+        store
+            .load("twice/handle/1/Asker#1")
+            .unwrap()
+            .unwrap()
+            .status,
+        RunStatus::Running
+    );
+
+    let after = Arc::new(AtomicU32::new(0));
+    let runner = Twice {
+        asker: Asker {
+            drafts: after.clone(),
+        }
+        .runner(),
+    }
+    .runner()
+    .store(store.clone());
+    let resumed = runner
+        .answer("twice", Reply { text: "two".into() })
+        .unwrap();
+    assert_eq!(resumed.await.unwrap(), "one, two");
+    assert_eq!(after.load(Ordering::SeqCst), 0, "no child step ran again");
+}
+on_both_runtimes!(
+    a_durable_parent_resumed_after_a_crash_takes_a_finished_childs_output_from_its_record
+);
