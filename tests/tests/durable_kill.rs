@@ -97,6 +97,15 @@ async fn reference(scratch: &Scratch) -> (String, Vec<String>) {
     (output, lines)
 }
 
+/// How the killed run is taken up again.
+#[derive(Clone, Copy)]
+enum Resume {
+    /// `Runner::resume_stored(key)`.
+    ByKey,
+    /// `Runner::adopt_orphans()`, as a worker polling for a dead worker's runs does.
+    Adopt,
+}
+
 /// What the parent saw when the child died.
 struct AtKill {
     snapshot: Snapshot,
@@ -111,6 +120,7 @@ async fn resume_and_check(
     key: &str,
     at_kill: &AtKill,
     reference: &(String, Vec<String>),
+    how: Resume,
 ) {
     let store = Arc::new(SqliteStore::open(db).unwrap());
     let runner = Pipeline {
@@ -120,7 +130,18 @@ async fn resume_and_check(
     }
     .runner()
     .store(store.clone());
-    let run = runner.resume_stored(key).unwrap();
+    let run = match how {
+        Resume::ByKey => runner.resume_stored(key).unwrap(),
+        Resume::Adopt => {
+            // Found without being named: the only run of the store whose owner is gone.
+            let mut adopted = runner.adopt_orphans().unwrap();
+            let keys: Vec<&str> = adopted.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(keys, [key]);
+            // Taken: a second look finds nothing more to adopt.
+            assert!(runner.adopt_orphans().unwrap().is_empty());
+            adopted.pop().unwrap().1
+        }
+    };
     let output = tokio::time::timeout(DEADLINE, run)
         .await
         .expect("the resumed run ends in time")
@@ -245,7 +266,7 @@ async fn a_run_killed_inside_a_step_resumes_without_repeating_completed_steps() 
         "{}",
         at_kill.snapshot.completed
     );
-    resume_and_check(&db, &log, key, &at_kill, &reference).await;
+    resume_and_check(&db, &log, key, &at_kill, &reference, Resume::ByKey).await;
     let all = read_log(&log);
     assert_eq!(
         all.iter().filter(|l| *l == hang).count(),
@@ -289,7 +310,7 @@ async fn a_run_killed_between_checkpoints_resumes_from_the_last_one() {
     drop(store);
     let at_kill = state_at_kill(&db, &log, key);
     assert!(at_kill.snapshot.completed >= 5);
-    resume_and_check(&db, &log, key, &at_kill, &reference).await;
+    resume_and_check(&db, &log, key, &at_kill, &reference, Resume::ByKey).await;
     eprintln!(
         "killed after {killed_at:?} with {} completions journaled, {} in flight; \
          resumed and checked in {:?} total",
@@ -498,4 +519,53 @@ async fn a_paused_owner_keeps_its_run_and_finishes_it_alone() {
         store.load(key).unwrap().unwrap().output,
         Some(serde_json::json!(reference.0))
     );
+}
+
+/// A worker that dies leaves its run to whoever looks for orphans: `adopt_orphans` finds the
+/// killed run by itself (and nothing else: not a run that a live owner is running, not a
+/// finished one), resumes it, and it ends as the uninterrupted run does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_run_is_adopted_by_another_worker() {
+    let scratch = Scratch::new("durable-kill", "adopt");
+    let reference = reference(&scratch).await;
+    let (db, log, key) = (
+        scratch.path("runs.db"),
+        scratch.path("effects.log"),
+        "job-3",
+    );
+    // A finished run in the same file: never adopted.
+    let quiet_log = scratch.path("finished.log");
+    let finished = Pipeline {
+        log: quiet_log.clone(),
+        delay: Duration::ZERO,
+        hang_on: None,
+    }
+    .runner()
+    .store(Arc::new(SqliteStore::open(&db).unwrap()))
+    .start_durable("finished", PARTS)
+    .unwrap();
+    assert_eq!(finished.await.unwrap(), reference.0);
+    // A run of this process, alive and running while the orphans are looked for: not adopted.
+    let live = Pipeline {
+        log: scratch.path("live.log"),
+        delay: Duration::from_millis(200),
+        hang_on: None,
+    }
+    .runner()
+    .store(Arc::new(SqliteStore::open(&db).unwrap()))
+    .start_durable("live", PARTS)
+    .unwrap();
+
+    let hang = "step work input 2";
+    let mut child = spawn(&db, &log, key, 20, Some(hang));
+    child.wait_until("part 2 is being worked", || {
+        read_log(&log).iter().any(|l| l == hang)
+    });
+    child.kill();
+    let at_kill = state_at_kill(&db, &log, key);
+    resume_and_check(&db, &log, key, &at_kill, &reference, Resume::Adopt).await;
+    let live = tokio::time::timeout(DEADLINE, live)
+        .await
+        .expect("the live run ends in time");
+    assert_eq!(live.unwrap(), reference.0);
 }

@@ -764,6 +764,72 @@ impl<W: Workflow> Runner<W> {
         Ok(false)
     }
 
+    /// Takes over, in this process, every run of this workflow in the runner's store that has
+    /// no live owner and work to do: runs whose process died or whose lease ran out (a crashed
+    /// or frozen worker), and runs a shutdown saved with steps queued. Each is resumed from its
+    /// last checkpoint as [`Runner::resume_stored`] does, and its handler returned with its key.
+    /// Runs that a live owner holds, runs of other workflows, runs parked only on unanswered
+    /// requests (an answer brings them back) and child runs (their parent resumes them) are
+    /// left alone; a record that cannot be resumed is skipped with a `tracing` warning.
+    ///
+    /// A worker calls it at start and then every few seconds: a dead worker's runs finish
+    /// elsewhere with no operator action. Two workers calling it at once take each run once
+    /// (the store's ownership rules decide).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use tidewater::prelude::*;
+    /// # use tidewater::store::MemoryStore;
+    /// # #[derive(Default)] struct Job;
+    /// # #[workflow(durable)] impl Job {
+    /// #     #[step] async fn go(&self, ev: StartEvent<u8>) -> StopEvent<u8> { StopEvent(ev.0) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let runner = Job.runner().store(Arc::new(MemoryStore::new()));
+    /// for (key, run) in runner.adopt_orphans().unwrap() {
+    ///     tokio::spawn(async move { (key, run.await) });
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`WorkflowError::Durable`] when the runner has no store or the workflow is not durable;
+    /// [`WorkflowError::Store`] when the store cannot list its runs.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn adopt_orphans(&self) -> Result<Vec<(String, Handler<W>)>> {
+        let store = self.durable_store("*")?;
+        let mut keys = store.keys(RunStatus::Running)?;
+        keys.extend(store.keys(RunStatus::Waiting)?);
+        let mut adopted = Vec::new();
+        for key in keys {
+            let record = match store.load(&key) {
+                Ok(Some(record)) => record,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::warn!(%key, %error, "adopt_orphans: record not readable");
+                    continue;
+                }
+            };
+            let snapshot = &record.snapshot;
+            let has_work = !snapshot.in_flight.is_empty() || !snapshot.queued.is_empty();
+            if snapshot.workflow != W::GRAPH.workflow
+                || (record.status == RunStatus::Waiting && !has_work)
+                || is_child_key(&*store, &key)
+            {
+                continue;
+            }
+            match self.resume_stored(&key) {
+                Ok(handler) => adopted.push((key, handler)),
+                // A live owner has it, or it ended meanwhile.
+                Err(WorkflowError::Durable { .. }) => {}
+                Err(error) => tracing::warn!(%key, %error, "adopt_orphans: run not resumed"),
+            }
+        }
+        Ok(adopted)
+    }
+
     /// The output of a finished journaled run, read from the store.
     ///
     /// # Errors
@@ -902,4 +968,10 @@ pub(crate) fn post_external<W: Workflow>(
         target,
         from: crate::context::Sender::Outside,
     });
+}
+
+/// Is `key` a child run's (`{parent key}/{step}/{n}/{label}`), resumed by its parent?
+fn is_child_key(store: &dyn Store, key: &str) -> bool {
+    key.match_indices('/')
+        .any(|(at, _)| matches!(store.load(&key[..at]), Ok(Some(_))))
 }

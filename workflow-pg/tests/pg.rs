@@ -335,17 +335,20 @@ async fn a_worker_paused_past_its_lease_is_taken_over_and_fenced() {
         refused.to_string().contains("is owned by process"),
         "{refused}"
     );
+    // A worker looking for orphans finds none: A holds its run.
+    assert!(runner_b.adopt_orphans().unwrap().is_empty());
 
     // A stalls past its lease (as a worker frozen by SIGSTOP or a partition would): its lease
     // runs out, and B takes the run over and finishes it.
     server.sql("runs", "UPDATE tidewater_runs SET lease_until = 0");
-    let output = tokio::time::timeout(
-        Duration::from_secs(20),
-        runner_b.resume_stored("job").unwrap(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    // B finds the run by itself, as a worker polling for orphans does.
+    let mut adopted = runner_b.adopt_orphans().unwrap();
+    let keys: Vec<&str> = adopted.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["job"]);
+    let output = tokio::time::timeout(Duration::from_secs(20), adopted.pop().unwrap().1)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(output, 3, "B ran the three hops (2, 1, 0)");
 
     // A wakes up and completes its step: the write is fenced, and its run ends with that.
