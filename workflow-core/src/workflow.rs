@@ -159,8 +159,9 @@ pub trait Workflow: Sized + Send + Sync + 'static {
     /// # Errors
     /// See [`Runner::run`].
     fn run(self, input: Self::Input) -> impl Future<Output = Result<Self::Output>> + Send {
-        let runner = Runner::new(self);
-        async move { runner.run(input).await }
+        // Made now, not at the first poll: the run's span is a child of the caller's span
+        // where `run` is called, as with `Runner::run`.
+        Runner::new(self).run(input)
     }
 
     /// Starts the workflow on `input` in a new task and returns its [`Handler`].

@@ -127,6 +127,18 @@ pub struct OpenAiClient {
     retry: RetryPolicy,
     /// The strictest structured-output mode the server has not refused (a `JsonMode` index).
     json_mode: Arc<AtomicU8>,
+    /// Headers computed for each request ([`OpenAiClient::request_headers`]).
+    headers: Option<RequestHeaders>,
+}
+
+/// A function giving headers for each request, called inside the model call's span.
+#[derive(Clone)]
+struct RequestHeaders(Arc<dyn Fn() -> Vec<(String, String)> + Send + Sync>);
+
+impl std::fmt::Debug for RequestHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestHeaders(..)")
+    }
 }
 
 /// The default time limit of one attempt: two minutes, five for a server on this machine (a
@@ -172,6 +184,7 @@ impl OpenAiClient {
             connect_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             json_mode: Arc::new(AtomicU8::new(0)),
+            headers: None,
         })
     }
 
@@ -200,6 +213,28 @@ impl OpenAiClient {
     /// Sends `Authorization: Bearer <key>`.
     pub fn api_key(mut self, key: impl Into<String>) -> OpenAiClient {
         self.api_key = Some(key.into());
+        self
+    }
+
+    /// Adds the headers `headers()` returns to every request (each attempt), calling it inside
+    /// the model call's `tracing` span: the way to send a W3C `traceparent` naming that span,
+    /// so that the model server's own trace continues the workflow's (with the
+    /// `tidewater-otel` crate: `.request_headers(tidewater_otel::traceparent_header)`), or a
+    /// per-request id. A header that is not a valid HTTP header is left out.
+    ///
+    /// ```
+    /// use tidewater_llm::OpenAiClient;
+    ///
+    /// let llm = OpenAiClient::new("http://127.0.0.1:11434/v1", "llama3.2")
+    ///     .unwrap()
+    ///     .request_headers(|| vec![("x-request-source".to_string(), "docs".to_string())]);
+    /// # let _ = llm;
+    /// ```
+    pub fn request_headers(
+        mut self,
+        headers: impl Fn() -> Vec<(String, String)> + Send + Sync + 'static,
+    ) -> OpenAiClient {
+        self.headers = Some(RequestHeaders(Arc::new(headers)));
         self
     }
 
@@ -290,10 +325,23 @@ impl OpenAiClient {
         } else {
             "application/json"
         };
-        let request = self
+        let mut request = self
             .endpoint
             .post(path, self.api_key.as_deref(), accept, body)
             .map_err(|e| (e, None))?;
+        if let Some(RequestHeaders(headers)) = &self.headers {
+            for (name, value) in headers() {
+                match (
+                    hyper::header::HeaderName::from_bytes(name.as_bytes()),
+                    hyper::header::HeaderValue::from_str(&value),
+                ) {
+                    (Ok(name), Ok(value)) => {
+                        request.headers_mut().insert(name, value);
+                    }
+                    _ => tracing::warn!(header = %name, "left out a header that is not valid HTTP"),
+                }
+            }
+        }
         let timeout = |url: String| LlmError::Timeout {
             url,
             timeout: limit,

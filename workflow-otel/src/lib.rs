@@ -165,6 +165,58 @@ impl Telemetry {
     }
 }
 
+/// The W3C `traceparent` of the current `tracing` span (`00-<trace id>-<span id>-<flags>`),
+/// to send with an outgoing request so that the callee's trace continues this one; `None`
+/// when the current span is not exported by a [`Telemetry`] layer.
+///
+/// ```
+/// // Outside any exported span: nothing to propagate.
+/// assert_eq!(tidewater_otel::traceparent(), None);
+/// ```
+pub fn traceparent() -> Option<String> {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = tracing::Span::current().context();
+    if !context.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .inject_context(&context, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// [`traceparent`] as the header list `OpenAiClient::request_headers` of `tidewater-llm`
+/// takes: every model call then carries the `traceparent` of its own span.
+pub fn traceparent_header() -> Vec<(String, String)> {
+    traceparent()
+        .map(|value| vec![("traceparent".to_string(), value)])
+        .unwrap_or_default()
+}
+
+/// Makes `span` a child of the remote span a W3C `traceparent` header names (an incoming
+/// request's): start a run inside `span` and the whole run joins the caller's trace. Returns
+/// whether the header was valid and the span exported (otherwise nothing changes).
+///
+/// ```
+/// let span = tracing::info_span!("http.request");
+/// // Not a traceparent: refused, nothing changes.
+/// assert!(!tidewater_otel::set_remote_parent(&span, "not-a-traceparent"));
+/// ```
+pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) -> bool {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let mut carrier = std::collections::HashMap::new();
+    carrier.insert("traceparent".to_string(), traceparent.to_string());
+    let context = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+    if !context.span().span_context().is_valid() {
+        return false;
+    }
+    span.set_parent(context).is_ok()
+}
+
 /// A minimal blocking HTTP/1.1 client (one connection per export, `Connection: close`): the
 /// batch processor exports from a thread of its own, outside any async runtime, so no
 /// runtime-bound client (and no extra HTTP stack) is needed.

@@ -298,3 +298,138 @@ fn runs_steps_and_child_runs_are_exported_as_one_span_tree() {
         assert!(child.end_time_unix_nano <= delegate[0].end_time_unix_nano);
     }
 }
+
+/// A model server speaking OpenAI's `/chat/completions`: answers every request with one
+/// canned completion and keeps each request's `traceparent` header.
+fn model_server() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let store = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 8192];
+            let (head, length) = loop {
+                let n = stream.read(&mut buf).unwrap();
+                assert!(n > 0);
+                raw.extend_from_slice(&buf[..n]);
+                if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8(raw[..end].to_vec()).unwrap();
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            let l = l.to_ascii_lowercase();
+                            l.strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    raw.drain(..end + 4);
+                    break (head, length);
+                }
+            };
+            while raw.len() < length {
+                let n = stream.read(&mut buf).unwrap();
+                assert!(n > 0);
+                raw.extend_from_slice(&buf[..n]);
+            }
+            for line in head.lines() {
+                if line.to_ascii_lowercase().starts_with("traceparent:") {
+                    store
+                        .lock()
+                        .unwrap()
+                        .push(line["traceparent:".len()..].trim().to_string());
+                }
+            }
+            let body = r#"{"id":"c1","object":"chat.completion","model":"fake-1","choices":[{"index":0,"message":{"role":"assistant","content":"1"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}"#;
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(response.as_bytes()).unwrap();
+        }
+    });
+    (base, seen)
+}
+
+/// Asks a real HTTP client that sends the `traceparent` of its model call's span.
+struct Asks {
+    llm: tidewater_llm::OpenAiClient,
+}
+
+#[workflow]
+impl Asks {
+    #[step]
+    async fn ask(&self, ev: StartEvent<u32>) -> Result<StopEvent<u32>, LlmError> {
+        let answer = self
+            .llm
+            .chat(ChatRequest::user(format!("{}", ev.0)))
+            .await?;
+        Ok(StopEvent(ev.0 + answer.content().len() as u32))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn a_run_joins_its_callers_trace_and_model_calls_carry_their_traceparent() {
+    const CALLER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    const CALLER_SPAN: &str = "b7ad6b7169203331";
+    let (address, received) = receiver();
+    let (base, seen) = model_server();
+    let telemetry = Telemetry::otlp_http(&address, "otel-propagation").unwrap();
+    let subscriber = tracing_subscriber::registry().with(telemetry.layer());
+    tracing::subscriber::with_default(subscriber, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let llm = tidewater_llm::OpenAiClient::new(&base, "fake-1")
+            .unwrap()
+            .request_headers(tidewater_otel::traceparent_header);
+        // An incoming request's header: the run started inside its span joins that trace.
+        let request = tracing::info_span!("http.request");
+        assert!(tidewater_otel::set_remote_parent(
+            &request,
+            &format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01")
+        ));
+        let run = request.in_scope(|| Asks { llm }.run(1));
+        assert_eq!(runtime.block_on(run).unwrap(), 2);
+    });
+    telemetry.shutdown().unwrap();
+
+    let got = received.lock().unwrap();
+    let find = |name: &str| -> &Span {
+        got.spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no `{name}` span"))
+    };
+    let (request, run, step, call) = (
+        find("http.request"),
+        find("workflow.run"),
+        find("workflow.step"),
+        find("chat fake-1"),
+    );
+    for span in [request, run, step, call] {
+        assert_eq!(hex(&span.trace_id), CALLER_TRACE, "{}", span.name);
+    }
+    assert_eq!(
+        hex(&request.parent_span_id),
+        CALLER_SPAN,
+        "the caller's span"
+    );
+    assert_eq!(run.parent_span_id, request.span_id);
+    assert_eq!(step.parent_span_id, run.span_id);
+    assert_eq!(call.parent_span_id, step.span_id);
+    // The model server was told which span called it.
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        *seen,
+        [format!("00-{CALLER_TRACE}-{}-01", hex(&call.span_id))],
+        "one request, with the model call's traceparent"
+    );
+}
