@@ -433,3 +433,109 @@ fn a_run_joins_its_callers_trace_and_model_calls_carry_their_traceparent() {
         "one request, with the model call's traceparent"
     );
 }
+
+struct Echo;
+
+#[workflow]
+impl Echo {
+    #[step]
+    async fn echo(&self, ev: StartEvent<u32>) -> StopEvent<u32> {
+        StopEvent(ev.0)
+    }
+}
+
+/// A blocking HTTP/1.1 POST; the whole answer.
+fn post(addr: std::net::SocketAddr, path: &str, body: &str, headers: &[(&str, &str)]) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn the_server_starts_each_run_in_its_callers_trace() {
+    const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const CALLER_SPAN: &str = "00f067aa0ba902b7";
+    let (address, received) = receiver();
+    let telemetry = Telemetry::otlp_http(&address, "otel-server").unwrap();
+    let subscriber = tracing_subscriber::registry().with(telemetry.layer());
+    tracing::subscriber::with_default(subscriber, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = tidewater_server::Server::new()
+                .serve_workflow("echo", Echo.runner())
+                .run_span(|workflow, traceparent| {
+                    let span = tracing::info_span!("http.run", workflow);
+                    if let Some(traceparent) = traceparent {
+                        tidewater_otel::set_remote_parent(&span, traceparent);
+                    }
+                    span
+                });
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let serving = tokio::spawn(server.serve_on(listener, async {
+                let _ = stopped.await;
+            }));
+            let answer = tokio::task::spawn_blocking(move || {
+                post(
+                    addr,
+                    "/workflows/echo/run",
+                    r#"{"start_event": 5}"#,
+                    &[(
+                        "traceparent",
+                        &format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"),
+                    )],
+                )
+            })
+            .await
+            .unwrap();
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            let _ = stop.send(());
+            serving.await.unwrap().unwrap();
+        });
+    });
+    telemetry.shutdown().unwrap();
+
+    let got = received.lock().unwrap();
+    let find = |name: &str| -> &Span {
+        got.spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no `{name}` span in {:?}",
+                    got.spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+                )
+            })
+    };
+    let (request, run, step) = (
+        find("http.run"),
+        find("workflow.run"),
+        find("workflow.step"),
+    );
+    assert_eq!(attributes(request)["workflow"], "echo");
+    assert_eq!(
+        hex(&request.parent_span_id),
+        CALLER_SPAN,
+        "the caller's span"
+    );
+    assert_eq!(run.parent_span_id, request.span_id);
+    assert_eq!(step.parent_span_id, run.span_id);
+    for span in [request, run, step] {
+        assert_eq!(hex(&span.trace_id), CALLER_TRACE, "{}", span.name);
+    }
+}

@@ -26,7 +26,12 @@ pub(crate) struct Shared {
     pub(crate) persist: Option<Arc<crate::persist::Persist>>,
     /// Evict durable runs parked for a human after this long (only with `persist`).
     pub(crate) evict_after: Option<Duration>,
+    /// The span each run is started in (`Server::run_span`).
+    pub(crate) run_span: Option<RunSpan>,
 }
+
+/// Makes the span a run starts in, from the workflow's name and the request's `traceparent`.
+pub(crate) type RunSpan = Arc<dyn Fn(&str, Option<&str>) -> tracing::Span + Send + Sync>;
 
 pub(crate) type AppState = Arc<Shared>;
 
@@ -198,6 +203,12 @@ fn start(
             format!("Validation error for 'start_event': {e}"),
         )
     };
+    // The run's span is made when it starts, as a child of the span current then.
+    let span = state
+        .run_span
+        .as_ref()
+        .map(|span| span(name, traceparent(headers).as_deref()));
+    let _entered = span.as_ref().map(tracing::Span::enter);
     let run = match &state.persist {
         Some(p) => wf
             .start_stored(&handler_id, input, p.store.clone(), state.evict_after)

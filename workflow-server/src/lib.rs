@@ -72,6 +72,7 @@ pub struct Server {
     sqlite: Option<std::path::PathBuf>,
     evict_after: Option<Duration>,
     shutdown_grace: Duration,
+    run_span: Option<api::RunSpan>,
 }
 
 impl std::fmt::Debug for Server {
@@ -127,7 +128,30 @@ impl Server {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             page: None,
             sqlite: None,
+            run_span: None,
         }
+    }
+
+    /// Starts every run (`/run`, `/run-nowait`) inside the span `span(workflow, traceparent)`
+    /// returns, given the workflow's name and the request's W3C `traceparent` header: the
+    /// run's own span is a child of it. With `tidewater-otel`, a span whose remote parent is
+    /// the header makes each run join its caller's trace:
+    ///
+    /// ```ignore
+    /// Server::new().run_span(|workflow, traceparent| {
+    ///     let span = tracing::info_span!("http.run", workflow);
+    ///     if let Some(traceparent) = traceparent {
+    ///         tidewater_otel::set_remote_parent(&span, traceparent);
+    ///     }
+    ///     span
+    /// })
+    /// ```
+    pub fn run_span(
+        mut self,
+        span: impl Fn(&str, Option<&str>) -> tracing::Span + Send + Sync + 'static,
+    ) -> Server {
+        self.run_span = Some(Arc::new(span));
+        self
     }
 
     /// Serves `runner`'s workflow under `name` (replacing one of that name). Its input must be
@@ -272,6 +296,7 @@ impl Server {
             heartbeat: self.heartbeat,
             evict_after: persist.as_ref().and(self.evict_after),
             persist,
+            run_span: self.run_span,
         });
         if let Some(p) = &state.persist {
             restore(&state, p)?;
