@@ -60,9 +60,10 @@
 //!
 //! A failed run is a [`WorkflowError`]; return [`Report`] from `main` to print it as sentences.
 //!
-//! The guide chapters live in `docs/` of the repository: fundamentals, the compile-time
-//! checks, the runtime (state, fan-in, streaming, retries, time limits), durability
-//! (human-in-the-loop, snapshots, durable runs), and reading the expansion with `cargo expand`.
+//! The guide chapters are in [`guide`] (the repository's `docs/`, included): fundamentals, the
+//! compile-time checks, the runtime (state, fan-in, streaming, retries, time limits),
+//! durability (human-in-the-loop, snapshots, durable runs), composition, pictures and traces,
+//! and reading the expansion with `cargo expand`.
 //!
 //! Features: `macros` (default) re-exports the macros; `sqlite` adds
 //! `store::SqliteStore`, an embedded store for durable runs; `viz` adds `viz`, pictures of a
@@ -88,6 +89,34 @@ pub mod trace;
 #[cfg(feature = "viz")]
 pub mod viz;
 mod workflow;
+
+/// The guide: the chapters of the repository's `docs/`, included as they are (links between
+/// chapters point at the repository's files). Built only by rustdoc.
+#[cfg(doc)]
+pub mod guide {
+    #[doc = include_str!("../guide/fundamentals.md")]
+    pub mod fundamentals {}
+    #[doc = include_str!("../guide/compile-time-checks.md")]
+    pub mod compile_time_checks {}
+    #[doc = include_str!("../guide/runtime.md")]
+    pub mod runtime {}
+    #[doc = include_str!("../guide/durability.md")]
+    pub mod durability {}
+    #[doc = include_str!("../guide/composition.md")]
+    pub mod composition {}
+    #[doc = include_str!("../guide/visualize.md")]
+    pub mod visualize {}
+    #[doc = include_str!("../guide/server.md")]
+    pub mod server {}
+    #[doc = include_str!("../guide/scale-out.md")]
+    pub mod scale_out {}
+    #[doc = include_str!("../guide/llm.md")]
+    pub mod llm {}
+    #[doc = include_str!("../guide/cargo-expand.md")]
+    pub mod cargo_expand {}
+    #[doc = include_str!("../guide/design.md")]
+    pub mod design {}
+}
 
 pub use child::ChildCall;
 pub use context::{CollectSet, Context, EventOf, RunId, WaitFor};
