@@ -1188,3 +1188,60 @@ async fn a_durable_parent_resumed_after_a_crash_takes_a_finished_childs_output_f
 on_both_runtimes!(
     a_durable_parent_resumed_after_a_crash_takes_a_finished_childs_output_from_its_record
 );
+
+async fn a_parents_trace_records_its_children() {
+    let mut run = planner(1)
+        .runner()
+        .trace(true)
+        .start(questions(&["a", "b"]));
+    let recording = run.recording().unwrap();
+    let events = run.events();
+    (&mut run).await.unwrap();
+    let ids: Vec<u64> = drain(events)
+        .await
+        .iter()
+        .filter_map(|i| i.child().map(|(p, _)| p[0].run_id))
+        .collect();
+    let trace = recording.trace();
+    let children: Vec<String> = trace
+        .entries
+        .iter()
+        .filter_map(|e| match &e.what {
+            tidewater::trace::TraceEvent::ChildStarted {
+                step,
+                workflow,
+                run_id,
+            } => Some(format!(
+                "started {step} {workflow} {}",
+                ids.contains(run_id)
+            )),
+            tidewater::trace::TraceEvent::ChildEnded {
+                step,
+                workflow,
+                run_id,
+                outcome,
+            } => Some(format!(
+                "ended {step} {workflow} {} {outcome}",
+                ids.contains(run_id)
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        children,
+        [
+            "started plan Research true",
+            "started plan Research true",
+            "ended plan Research true stopped",
+            "ended plan Research true stopped",
+        ]
+    );
+    let timeline = trace.timeline();
+    assert!(
+        timeline.contains("plan started child Research#")
+            && timeline.contains("plan's child Research#")
+            && timeline.contains(" ended: stopped"),
+        "{timeline}"
+    );
+}
+on_both_runtimes!(a_parents_trace_records_its_children);

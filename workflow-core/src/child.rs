@@ -413,11 +413,44 @@ impl<W: Workflow, C: Workflow> ChildCall<'_, W, C> {
             control,
         });
         self.slot = Some(slot);
+        self.record(
+            |step, workflow, run_id| crate::trace::TraceEvent::ChildStarted {
+                step,
+                workflow,
+                run_id,
+            },
+        );
         Ok(Begun::Running)
+    }
+
+    /// Records a child's start or end in the parent's trace, when the parent records one.
+    fn record(&self, event: impl FnOnce(String, String, u64) -> crate::trace::TraceEvent) {
+        if let (Some(recorder), Some(id)) = (self.ctx.shared.trace.get(), self.id) {
+            recorder.record(event(
+                id.step.to_string(),
+                id.workflow.to_string(),
+                id.run_id,
+            ));
+        }
+    }
+
+    fn record_end(&self, outcome: String) {
+        self.record(
+            |step, workflow, run_id| crate::trace::TraceEvent::ChildEnded {
+                step,
+                workflow,
+                run_id,
+                outcome,
+            },
+        );
     }
 
     /// Leaves the parent's registry and drops the child run (its stream ends if it has not).
     fn stop(&mut self) {
+        if self.slot.is_some() {
+            // Stopped before it ended: with its step.
+            self.record_end("cancelled".to_string());
+        }
         if self.entry != 0 {
             if let Some(family) = self.ctx.shared.family.get() {
                 lock(&family.children).retain(|e| e.id != self.entry);
@@ -445,6 +478,11 @@ impl<W: Workflow, C: Workflow> Future for ChildCall<'_, W, C> {
             .as_ref()
             .expect("a child call polled after it completed");
         let result = std::task::ready!(lock(slot).poll_child(cx));
+        this.record_end(match &result {
+            Ok(_) => "stopped".to_string(),
+            Err(error) => format!("failed: {}", crate::error::chain(error)),
+        });
+        this.slot = None;
         this.stop();
         Poll::Ready(match result {
             Ok(output) => {

@@ -148,6 +148,26 @@ pub enum TraceEvent {
         /// `stopped`, `failed: ..`, `timed out: ..`, `cancelled` or `suspended`.
         outcome: String,
     },
+    /// A step started a child run (`Context::run_child`).
+    ChildStarted {
+        /// The calling step.
+        step: String,
+        /// The child's workflow.
+        workflow: String,
+        /// The child's run id.
+        run_id: u64,
+    },
+    /// A child run ended, or was stopped with its step.
+    ChildEnded {
+        /// The calling step.
+        step: String,
+        /// The child's workflow.
+        workflow: String,
+        /// The child's run id.
+        run_id: u64,
+        /// `stopped`, `failed: ..` (timeouts included) or `cancelled` (stopped with its step).
+        outcome: String,
+    },
 }
 
 /// Per-step totals of a trace.
@@ -379,6 +399,17 @@ impl Trace {
                     format!("? answered: {}{waited}", short(response))
                 }
                 TraceEvent::Ended { outcome } => format!("> ended: {outcome}"),
+                TraceEvent::ChildStarted {
+                    step,
+                    workflow,
+                    run_id,
+                } => format!("  {step} started child {workflow}#{run_id}"),
+                TraceEvent::ChildEnded {
+                    step,
+                    workflow,
+                    run_id,
+                    outcome,
+                } => format!("  {step}'s child {workflow}#{run_id} ended: {outcome}"),
             };
             let _ = writeln!(out, "{:>10}  {line}", human(entry.at_us));
         }
