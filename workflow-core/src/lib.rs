@@ -91,8 +91,9 @@ pub mod viz;
 mod workflow;
 
 /// The guide: the chapters of the repository's `docs/`, included as they are (links between
-/// chapters point at the repository's files). Built only by rustdoc.
-#[cfg(doc)]
+/// chapters point at the repository's files). Built only by rustdoc, and not as doctests: the
+/// chapters' code blocks are sketches (`cfg(doctest)` is set while rustdoc collects tests).
+#[cfg(all(doc, not(doctest)))]
 pub mod guide {
     #[doc = include_str!("../guide/fundamentals.md")]
     pub mod fundamentals {}
