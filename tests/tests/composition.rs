@@ -1245,3 +1245,73 @@ async fn a_parents_trace_records_its_children() {
     );
 }
 on_both_runtimes!(a_parents_trace_records_its_children);
+
+/// Three durable levels: `Top` runs `Middle`, which runs `Research`-like `Leaf`s.
+#[derive(Debug, Clone, Copy)]
+struct Leaf;
+
+#[workflow(durable)]
+impl Leaf {
+    #[step]
+    async fn leaf(&self, ev: StartEvent<u32>) -> StopEvent<u32> {
+        StopEvent(ev.0 * 2)
+    }
+}
+
+struct Middle {
+    leaf: Runner<Leaf>,
+}
+
+#[workflow(durable)]
+impl Middle {
+    #[step]
+    async fn split(
+        &self,
+        ctx: &Context<Self>,
+        ev: StartEvent<u32>,
+    ) -> Result<StopEvent<u32>, WorkflowError> {
+        let parts = ctx.run_children(&self.leaf, [ev.0, ev.0 + 1]).await?;
+        Ok(StopEvent(parts.iter().sum()))
+    }
+}
+
+struct Top {
+    middle: Runner<Middle>,
+}
+
+#[workflow(durable)]
+impl Top {
+    #[step]
+    async fn start(
+        &self,
+        ctx: &Context<Self>,
+        ev: StartEvent<u32>,
+    ) -> Result<StopEvent<u32>, WorkflowError> {
+        Ok(StopEvent(ctx.run_child(&self.middle, ev.0).await?))
+    }
+}
+
+async fn grandchildren_of_a_durable_run_are_journaled_under_their_parents_keys() {
+    let store = Arc::new(MemoryStore::new());
+    let runner = Top {
+        middle: Middle {
+            leaf: Leaf.runner(),
+        }
+        .runner(),
+    }
+    .runner()
+    .store(store.clone());
+    let out = runner.start_durable("top", 5).unwrap().await.unwrap();
+    assert_eq!(out, 22);
+    assert_eq!(
+        store.keys(RunStatus::Finished).unwrap(),
+        [
+            "top",
+            "top/start/1/Middle#0",
+            "top/start/1/Middle#0/split/1/Leaf#0",
+            "top/start/1/Middle#0/split/1/Leaf#1",
+        ]
+    );
+    assert!(store.keys(RunStatus::Running).unwrap().is_empty());
+}
+on_both_runtimes!(grandchildren_of_a_durable_run_are_journaled_under_their_parents_keys);
