@@ -1,7 +1,7 @@
 //! A durable run saves what it accepts before it acts on it (issue 18 items 2 and 3): an
 //! answer is in the store as soon as it is routed, not when the step taking it completes; a
-//! failed attempt is saved before its retry delay, so a crash during the delay goes on with the
-//! next attempt; an answer the run cannot take is refused and leaves the run as it was; a stray
+//! failed attempt is saved before its retry delay, with the time the delay ends, so a crash
+//! during the delay goes on with the next attempt after the rest of the delay; an answer the run cannot take is refused and leaves the run as it was; a stray
 //! answer of a type outside the graph does not fail the run's next checkpoint.
 //!
 //! A crash is the run's runtime dropped under it: its task is dropped mid-step, as a killed
@@ -213,6 +213,40 @@ fn a_crash_during_a_retry_delay_goes_on_with_the_next_attempt(multi: bool) {
     });
     drop(crashed);
     assert_eq!(*review.attempts.lock().unwrap(), [1]);
+    let saved = store.load("f").unwrap().unwrap();
+    let due = saved.snapshot.in_flight[0]
+        .retry_at_ms
+        .expect("the end of the retry delay is saved");
+    // Resumed before the delay is over: the run waits out the rest of it (an hour), not a
+    // fresh delay and not no delay at all.
+    let resumed = runtime(multi);
+    resumed.block_on(async {
+        let run = runner.resume_stored("f").unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            *review.attempts.lock().unwrap(),
+            [1],
+            "the next attempt waits for the end of the delay"
+        );
+        let snapshot = run.snapshot().await.unwrap();
+        assert_eq!(snapshot.in_flight[0].attempt, 2);
+        let kept = snapshot.in_flight[0].retry_at_ms.unwrap();
+        assert!(kept.abs_diff(due) <= 5, "{kept} vs {due}");
+    });
+    drop(resumed);
+    // The delay ended while the process was down (the record says it ended a second ago):
+    // the resumed run goes on with the next attempt at once, never the failed one again.
+    let lease = store
+        .acquire(
+            "f",
+            &tidewater::store::Owner::this_process(),
+            tidewater::store::Claim::Resume,
+        )
+        .unwrap();
+    let mut record = store.load("f").unwrap().unwrap();
+    record.snapshot.in_flight[0].retry_at_ms = Some(due - 3_600_000 - 1000);
+    store.save("f", &lease, &record).unwrap();
+    store.release("f", &lease).unwrap();
     let output = runtime(multi).block_on(async {
         tokio::time::timeout(DEADLINE, runner.resume_stored("f").unwrap())
             .await

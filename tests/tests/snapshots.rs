@@ -344,10 +344,15 @@ async fn a_corrupt_snapshot_is_an_error_naming_the_bad_field() {
     );
 
     let mut newer = snapshot.clone();
-    newer.format = 2;
+    newer.format = tidewater::snapshot::SNAPSHOT_FORMAT + 1;
     assert_eq!(
         resume_error(&newer),
-        "bad snapshot field `format`: snapshot format 2 is not supported; this build reads format 1"
+        format!(
+            "bad snapshot field `format`: unsupported format {}: this build reads formats 1 to {} \
+             (was it written by a newer build?)",
+            tidewater::snapshot::SNAPSHOT_FORMAT + 1,
+            tidewater::snapshot::SNAPSHOT_FORMAT
+        )
     );
 
     let mut other = snapshot.clone();

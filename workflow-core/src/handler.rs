@@ -75,6 +75,16 @@ impl<W: Workflow> Handler<W> {
         }
     }
 
+    /// A resumed run keeps the deadline its snapshot had (Unix milliseconds): so does its
+    /// handler.
+    pub(crate) fn keep_deadline(mut self, at_ms: Option<u64>) -> Handler<W> {
+        if let (Some((_, sleep)), Some(at)) = (&mut self.deadline, at_ms) {
+            let at = crate::snapshot::unix_millis_to_instant(at);
+            sleep.as_mut().reset(at + DEADLINE_GRACE);
+        }
+        self
+    }
+
     #[cfg(feature = "serve")]
     pub(crate) fn shared_arc(&self) -> Arc<RunShared<W>> {
         self.shared.clone()

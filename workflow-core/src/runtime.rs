@@ -264,6 +264,8 @@ pub(crate) struct Restored {
     pub(crate) pending_requests: Vec<DynEvent>,
     pub(crate) recoveries: u32,
     pub(crate) completed: u64,
+    /// When the run's time limit passes (Unix milliseconds), if the snapshot kept it.
+    pub(crate) deadline_ms: Option<u64>,
 }
 
 /// An invocation that was running when the snapshot was taken.
@@ -276,6 +278,9 @@ pub(crate) struct RestoredCall {
     pub(crate) memo: Vec<crate::snapshot::MemoRecord>,
     /// Its children that were running: (label, snapshot).
     pub(crate) children: Vec<(String, Snapshot)>,
+    /// The attempt is due when this retry delay ends (Unix milliseconds): the invocation was
+    /// waiting out its backoff.
+    pub(crate) retry_at_ms: Option<u64>,
 }
 
 /// Runs one workflow run to its end.
@@ -520,7 +525,15 @@ where
             }
             self.begun = true;
             let now = tokio::time::Instant::now();
-            let own = self.runner.config.timeout.map(|limit| now + limit);
+            // A resumed run keeps the deadline it had (a crash does not buy it a fresh limit).
+            let kept = match &self.init {
+                Some(Init::Resume(restored)) => restored.deadline_ms,
+                _ => None,
+            };
+            let own = self.runner.config.timeout.map(|limit| match kept {
+                Some(at) => crate::snapshot::unix_millis_to_instant(at),
+                None => now + limit,
+            });
             // A child's deadline is the earlier of its own and its parent's.
             let cap = self
                 .shared
@@ -532,7 +545,12 @@ where
                 (Some(own), Some(cap)) => Some(own.min(cap)),
                 (own, cap) => own.or(cap),
             };
-            self.limit = self.deadline_at.map(|at| at.saturating_duration_since(now));
+            // The limit a timeout names: the runner's own, unless the parent's deadline comes
+            // first (then what was left of it).
+            self.limit = match (own, self.deadline_at) {
+                (Some(own), Some(at)) if own == at => self.runner.config.timeout,
+                (_, at) => at.map(|at| at.saturating_duration_since(now)),
+            };
             self.deadline = self
                 .deadline_at
                 .map(|at| Box::pin(tokio::time::sleep_until(at)));
@@ -603,7 +621,11 @@ where
                                 }
                             }
                         }
-                        self.start(call.step, call.event, call.attempt, invocation);
+                        // One that was waiting out a retry delay waits out the rest of it.
+                        let retry_at = call
+                            .retry_at_ms
+                            .map(crate::snapshot::unix_millis_to_instant);
+                        self.start_with(call.step, call.event, call.attempt, invocation, retry_at);
                     } else {
                         state.queue.push_back(call.event);
                         self.queued += 1;
@@ -1196,6 +1218,19 @@ where
     /// Starts an invocation of `step` on `event`: a new one, or the one numbered
     /// `invocation` again (a resumed run).
     fn start(&mut self, step: usize, event: DynEvent, attempt: u32, invocation: Option<u64>) {
+        self.start_with(step, event, attempt, invocation, None);
+    }
+
+    /// [`Executor::start`]; with `retry_at`, attempt `attempt` is due only then: the
+    /// invocation waits out the rest of a retry delay first (a resumed run).
+    fn start_with(
+        &mut self,
+        step: usize,
+        event: DynEvent,
+        attempt: u32,
+        invocation: Option<u64>,
+        retry_at: Option<tokio::time::Instant>,
+    ) {
         if self.runner.config.on_loop[step] {
             self.loop_invocations += 1;
             if self
@@ -1238,7 +1273,16 @@ where
             call.input = Some(event.clone());
         }
         call.wake.queued.store(true, Ordering::Relaxed);
-        self.begin_attempt(index, event);
+        match retry_at {
+            Some(at) if call.attempt > 1 => {
+                // The attempt before it failed: back off until `at`, then `BackoffOver` starts
+                // this one (polled at once, so that the timer knows whom to wake).
+                call.attempt -= 1;
+                arm_until(&mut call.timer, at);
+                call.phase = Phase::Backoff;
+            }
+            _ => self.begin_attempt(index, event),
+        }
         self.ready.push_back(index as u32);
     }
 
@@ -1542,11 +1586,14 @@ where
         running.sort_by_key(|c| c.order);
         for call in running {
             let input = call.input.as_ref().expect("durable runs keep every input");
-            // Waiting out a retry delay: that attempt failed, the next one is due.
-            let attempt = if call.phase == Phase::Backoff {
-                call.attempt + 1
+            // Waiting out a retry delay: that attempt failed, the next one is due when the
+            // delay ends.
+            let (attempt, retry_at_ms) = if call.phase == Phase::Backoff {
+                let timer = call.timer.as_ref().expect("a retry delay has a timer");
+                let at = crate::snapshot::instant_to_unix_millis(timer.deadline());
+                (call.attempt + 1, Some(at))
             } else {
-                call.attempt
+                (call.attempt, None)
             };
             let i = in_flight.len();
             in_flight.push(InFlightRecord {
@@ -1556,6 +1603,7 @@ where
                 invocation: call.order,
                 memo: self.shared.memo_of(call.order),
                 children: self.capture_children(i, call.order)?,
+                retry_at_ms,
             });
         }
         let mut queued = Vec::new();
@@ -1629,6 +1677,9 @@ where
             recoveries: self.recoveries,
             stream_seq: self.shared.stream_seq.load(Ordering::Relaxed),
             invocations: self.started,
+            deadline_ms: self
+                .deadline_at
+                .map(crate::snapshot::instant_to_unix_millis),
         })
     }
 
@@ -1766,6 +1817,7 @@ where
                 // Suspended runs were saved as waiting; a run that could not journal cannot
                 // journal its end either.
                 Err(WorkflowError::Suspended { .. } | WorkflowError::Store(_)) => Ok(()),
+                Err(WorkflowError::Cancelled) => self.save(RunStatus::Cancelled, None, None),
                 Err(error) => self.save(RunStatus::Failed, None, Some(crate::error::chain(error))),
             };
             if let Err(error) = saved {
@@ -1923,6 +1975,11 @@ fn arm(timer: &mut Option<Pin<Box<Sleep>>>, after: std::time::Duration) {
     let deadline = now
         .checked_add(after)
         .unwrap_or_else(|| now + std::time::Duration::from_secs(86_400 * 365 * 30));
+    arm_until(timer, deadline);
+}
+
+/// Arms `timer` to fire at `deadline`, allocating it the first time.
+fn arm_until(timer: &mut Option<Pin<Box<Sleep>>>, deadline: tokio::time::Instant) {
     match timer {
         Some(timer) => timer.as_mut().reset(deadline),
         None => *timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
@@ -1944,13 +2001,10 @@ pub(crate) fn restore<W: Workflow>(
     snapshot: &Snapshot,
     fingerprint: &str,
 ) -> std::result::Result<(W::State, Box<Restored>), SnapshotError> {
-    if snapshot.format != SNAPSHOT_FORMAT {
+    if snapshot.format == 0 || snapshot.format > SNAPSHOT_FORMAT {
         return Err(SnapshotError::new(
             "format",
-            format!(
-                "snapshot format {} is not supported; this build reads format {SNAPSHOT_FORMAT}",
-                snapshot.format
-            ),
+            crate::snapshot::unsupported_format(snapshot.format.into()),
         ));
     }
     if snapshot.workflow != W::GRAPH.workflow {
@@ -2026,6 +2080,7 @@ pub(crate) fn restore<W: Workflow>(
                 .iter()
                 .map(|c| (c.label.clone(), c.snapshot.clone()))
                 .collect(),
+            retry_at_ms: record.retry_at_ms,
         });
     }
     let mut queued = Vec::new();
@@ -2047,6 +2102,7 @@ pub(crate) fn restore<W: Workflow>(
             pending_requests,
             recoveries: snapshot.recoveries,
             completed: snapshot.completed,
+            deadline_ms: snapshot.deadline_ms,
         }),
     ))
 }

@@ -17,8 +17,27 @@ use crate::event::{DynEvent, Event, EventKind, StepFailure};
 use crate::graph::Graph;
 use crate::workflow::Workflow;
 
-/// The snapshot format this build writes and reads.
-pub const SNAPSHOT_FORMAT: u32 = 1;
+/// The snapshot format this build writes; it reads every format from 1 up to this one.
+///
+/// Format 2 added the run's deadline (`Snapshot::deadline_ms`) and the end of a retry delay
+/// (`InFlightRecord::retry_at_ms`); a format-1 snapshot has neither (a resumed run gets a
+/// fresh time limit, and a step waiting out a delay retries at once).
+pub const SNAPSHOT_FORMAT: u32 = 2;
+
+/// The `format` of a snapshot given as JSON, when it is newer than this build reads.
+pub(crate) fn newer_format(snapshot: &Value) -> Option<u64> {
+    snapshot["format"]
+        .as_u64()
+        .filter(|&format| format > u64::from(SNAPSHOT_FORMAT))
+}
+
+/// Why a snapshot of `format` cannot be read.
+pub(crate) fn unsupported_format(format: u64) -> String {
+    format!(
+        "unsupported format {format}: this build reads formats 1 to {SNAPSHOT_FORMAT} (was it \
+         written by a newer build?)"
+    )
+}
 
 /// A captured run. Serialize it however you like (`to_json` is there for convenience) and give
 /// it to `Runner::resume` in this or another process.
@@ -63,6 +82,11 @@ pub struct Snapshot {
     /// before it was kept.
     #[serde(default)]
     pub invocations: u64,
+    /// When the run's time limit (`Runner::timeout`) passes, in milliseconds since the Unix
+    /// epoch: a resumed run keeps it rather than starting a fresh limit. `None` for a run with
+    /// no limit, and in format-1 snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
 }
 
 /// One serialized event: its stable name and its data.
@@ -100,6 +124,12 @@ pub struct InFlightRecord {
     /// instead of starting over. Children of a durable run keep their own journal instead.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<ChildRecord>,
+    /// The attempt `attempt` is due after a retry delay that ends at this time, in milliseconds
+    /// since the Unix epoch: the invocation was waiting out its backoff, and a resumed run
+    /// waits out the rest of it. `None` when the attempt was running (or in format-1
+    /// snapshots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<u64>,
 }
 
 /// A child run that was running inside an in-flight invocation.
@@ -188,6 +218,12 @@ impl Snapshot {
     pub fn from_json(text: &str) -> Result<Snapshot, SnapshotError> {
         let mut deserializer = serde_json::Deserializer::from_str(text);
         serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+            // A newer build's snapshot may have fields this one does not know: its format is
+            // what to report, not the first unknown field.
+            let value = serde_json::from_str::<Value>(text).unwrap_or_default();
+            if let Some(format) = newer_format(&value) {
+                return SnapshotError::new("format", unsupported_format(format));
+            }
             let path = error.path().to_string();
             let path = if path == "." || path == "?" {
                 String::new()
@@ -219,10 +255,278 @@ pub fn fingerprint(graph: &Graph) -> String {
     format!("{:016x}", crate::EventId::of(&text).raw())
 }
 
+/// Now, in milliseconds since the Unix epoch (the clock of `deadline_ms` and `retry_at_ms`,
+/// which must mean the same in another process).
+pub(crate) fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A tokio instant as a wall-clock time in milliseconds since the Unix epoch (rounded up, so
+/// that a resumed run never acts before it).
+pub(crate) fn instant_to_unix_millis(at: tokio::time::Instant) -> u64 {
+    let now = tokio::time::Instant::now();
+    if at < now {
+        let ago = u64::try_from((now - at).as_millis()).unwrap_or(u64::MAX);
+        return unix_millis().saturating_sub(ago);
+    }
+    let micros = u64::try_from((at - now).as_micros()).unwrap_or(u64::MAX);
+    unix_millis().saturating_add(micros.div_ceil(1000))
+}
+
+/// A wall-clock time in milliseconds since the Unix epoch as a tokio instant.
+pub(crate) fn unix_millis_to_instant(at: u64) -> tokio::time::Instant {
+    let wall = unix_millis();
+    let now = tokio::time::Instant::now();
+    if at < wall {
+        // Passed: as long ago as it was (or now, before the clock's start).
+        let ago = std::time::Duration::from_millis(wall - at);
+        return now.checked_sub(ago).unwrap_or(now);
+    }
+    let left = std::time::Duration::from_millis(at - wall);
+    // As `tokio::time::sleep` does with a delay too long to represent: thirty years.
+    now.checked_add(left)
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(86_400 * 365 * 30))
+}
+
 /// Serializes a durable workflow's state or output (generated code calls this).
+///
+/// A NaN or an infinity is refused with the path of its field: JSON cannot hold it
+/// (`serde_json` writes `null`, which then does not read back as a number, and the run could
+/// not be resumed).
 #[doc(hidden)]
 pub fn to_value<T: Serialize>(value: &T) -> Result<Value, String> {
-    serde_json::to_value(value).map_err(|e| e.to_string())
+    let json = serde_json::to_value(value).map_err(|e| e.to_string())?;
+    // Only a value holding a null can hold a non-finite number: the common case pays a walk.
+    if has_null(&json) {
+        if let Err(error) = serde_path_to_error::serialize(value, finite::Finite) {
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            return Err(if path == "." || path == "?" {
+                inner.to_string()
+            } else {
+                format!("`{path}` {inner}")
+            });
+        }
+    }
+    Ok(json)
+}
+
+fn has_null(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Array(items) => items.iter().any(has_null),
+        Value::Object(fields) => fields.values().any(has_null),
+        _ => false,
+    }
+}
+
+/// A serializer that produces nothing and fails on a NaN or an infinity.
+mod finite {
+    use serde::Serialize;
+    use serde::ser;
+
+    pub(super) struct Finite;
+
+    #[derive(Debug)]
+    pub(super) struct NotFinite(String);
+
+    impl std::fmt::Display for NotFinite {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl std::error::Error for NotFinite {}
+
+    impl ser::Error for NotFinite {
+        fn custom<T: std::fmt::Display>(message: T) -> NotFinite {
+            NotFinite(message.to_string())
+        }
+    }
+
+    fn check(value: f64) -> Result<(), NotFinite> {
+        if value.is_finite() {
+            return Ok(());
+        }
+        Err(NotFinite(format!(
+            "is {value}, which JSON cannot hold (it would be saved as null and the run could \
+             not be resumed)"
+        )))
+    }
+
+    macro_rules! accept {
+        ($($method:ident($($ty:ty)?)),* $(,)?) => {
+            $(fn $method(self $(, _: $ty)?) -> Result<(), NotFinite> { Ok(()) })*
+        };
+    }
+
+    impl ser::Serializer for Finite {
+        type Ok = ();
+        type Error = NotFinite;
+        type SerializeSeq = Finite;
+        type SerializeTuple = Finite;
+        type SerializeTupleStruct = Finite;
+        type SerializeTupleVariant = Finite;
+        type SerializeMap = Finite;
+        type SerializeStruct = Finite;
+        type SerializeStructVariant = Finite;
+
+        accept!(
+            serialize_bool(bool),
+            serialize_i8(i8),
+            serialize_i16(i16),
+            serialize_i32(i32),
+            serialize_i64(i64),
+            serialize_i128(i128),
+            serialize_u8(u8),
+            serialize_u16(u16),
+            serialize_u32(u32),
+            serialize_u64(u64),
+            serialize_u128(u128),
+            serialize_char(char),
+            serialize_str(&str),
+            serialize_bytes(&[u8]),
+            serialize_none(),
+            serialize_unit(),
+            serialize_unit_struct(&'static str),
+        );
+
+        fn serialize_f32(self, value: f32) -> Result<(), NotFinite> {
+            check(value.into())
+        }
+        fn serialize_f64(self, value: f64) -> Result<(), NotFinite> {
+            check(value)
+        }
+        fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<(), NotFinite> {
+            value.serialize(Finite)
+        }
+        fn serialize_unit_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+        ) -> Result<(), NotFinite> {
+            Ok(())
+        }
+        fn serialize_newtype_struct<T: ?Sized + Serialize>(
+            self,
+            _: &'static str,
+            value: &T,
+        ) -> Result<(), NotFinite> {
+            value.serialize(Finite)
+        }
+        fn serialize_newtype_variant<T: ?Sized + Serialize>(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            value: &T,
+        ) -> Result<(), NotFinite> {
+            value.serialize(Finite)
+        }
+        fn serialize_seq(self, _: Option<usize>) -> Result<Finite, NotFinite> {
+            Ok(Finite)
+        }
+        fn serialize_tuple(self, _: usize) -> Result<Finite, NotFinite> {
+            Ok(Finite)
+        }
+        fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Finite, NotFinite> {
+            Ok(Finite)
+        }
+        fn serialize_tuple_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Finite, NotFinite> {
+            Ok(Finite)
+        }
+        fn serialize_map(self, _: Option<usize>) -> Result<Finite, NotFinite> {
+            Ok(Finite)
+        }
+        fn serialize_struct(self, _: &'static str, _: usize) -> Result<Finite, NotFinite> {
+            Ok(Finite)
+        }
+        fn serialize_struct_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Finite, NotFinite> {
+            Ok(Finite)
+        }
+    }
+
+    macro_rules! compound {
+        ($($trait:ident :: $method:ident),* $(,)?) => {
+            $(impl ser::$trait for Finite {
+                type Ok = ();
+                type Error = NotFinite;
+                fn $method<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), NotFinite> {
+                    value.serialize(Finite)
+                }
+                fn end(self) -> Result<(), NotFinite> {
+                    Ok(())
+                }
+            })*
+        };
+    }
+
+    compound!(
+        SerializeSeq::serialize_element,
+        SerializeTuple::serialize_element,
+        SerializeTupleStruct::serialize_field,
+        SerializeTupleVariant::serialize_field,
+    );
+
+    impl ser::SerializeMap for Finite {
+        type Ok = ();
+        type Error = NotFinite;
+        fn serialize_key<T: ?Sized + Serialize>(&mut self, key: &T) -> Result<(), NotFinite> {
+            key.serialize(Finite)
+        }
+        fn serialize_value<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), NotFinite> {
+            value.serialize(Finite)
+        }
+        fn end(self) -> Result<(), NotFinite> {
+            Ok(())
+        }
+    }
+
+    impl ser::SerializeStruct for Finite {
+        type Ok = ();
+        type Error = NotFinite;
+        fn serialize_field<T: ?Sized + Serialize>(
+            &mut self,
+            _: &'static str,
+            value: &T,
+        ) -> Result<(), NotFinite> {
+            value.serialize(Finite)
+        }
+        fn end(self) -> Result<(), NotFinite> {
+            Ok(())
+        }
+    }
+
+    impl ser::SerializeStructVariant for Finite {
+        type Ok = ();
+        type Error = NotFinite;
+        fn serialize_field<T: ?Sized + Serialize>(
+            &mut self,
+            _: &'static str,
+            value: &T,
+        ) -> Result<(), NotFinite> {
+            value.serialize(Finite)
+        }
+        fn end(self) -> Result<(), NotFinite> {
+            Ok(())
+        }
+    }
 }
 
 /// Deserializes a durable workflow's state or output (generated code calls this).

@@ -37,6 +37,47 @@ pub enum RunStatus {
     Finished,
     /// Ended with an error (`RunRecord::error`).
     Failed,
+    /// Ended by `Handler::cancel`: nothing to resume. (A run whose future is dropped, e.g. when
+    /// its process shuts down, is not cancelled in the store: it stays `Running`, to resume.)
+    Cancelled,
+}
+
+impl RunStatus {
+    /// The status's name in a store's `status` column: `running`, `waiting`, `finished`,
+    /// `failed` or `cancelled`.
+    ///
+    /// ```
+    /// use tidewater::store::RunStatus;
+    /// assert_eq!(RunStatus::Cancelled.name(), "cancelled");
+    /// assert_eq!(RunStatus::from_name("cancelled"), Some(RunStatus::Cancelled));
+    /// assert_eq!(RunStatus::from_name("paused"), None);
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Waiting => "waiting",
+            RunStatus::Finished => "finished",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// The status named `name` ([`RunStatus::name`]), or `None` for a name this build does
+    /// not know (a store reports such a row as an error rather than skipping it).
+    pub fn from_name(name: &str) -> Option<RunStatus> {
+        RunStatus::ALL
+            .into_iter()
+            .find(|status| status.name() == name)
+    }
+
+    /// Every status this build knows, in declaration order.
+    pub const ALL: [RunStatus; 5] = [
+        RunStatus::Running,
+        RunStatus::Waiting,
+        RunStatus::Finished,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+    ];
 }
 
 /// The journal entry of one run.
@@ -53,6 +94,48 @@ pub struct RunRecord {
     /// The run's trace up to this checkpoint, when its runner records (`Runner::trace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<crate::trace::Trace>,
+}
+
+impl RunRecord {
+    /// Reads the record of run `key` from the JSON text a store keeps (stores call this, so
+    /// that they all report a bad record alike).
+    ///
+    /// ```
+    /// use tidewater::store::RunRecord;
+    ///
+    /// // A newer build's record, with fields this build does not know: its format is named.
+    /// let text = r#"{"status": "Running", "snapshot": {"format": 99, "shiny": true}}"#;
+    /// let error = RunRecord::from_json("k", text).unwrap_err();
+    /// assert!(error.message.contains("unsupported format 99"), "{error}");
+    /// ```
+    ///
+    /// # Errors
+    /// [`StoreErrorKind::Failed`]: a record of a format newer than this build reads
+    /// ("unsupported format N", whatever else is in it), or a corrupt one, naming the path of
+    /// the bad field.
+    pub fn from_json(key: &str, text: &str) -> Result<RunRecord, StoreError> {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+            let newer = serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|value| crate::snapshot::newer_format(&value["snapshot"]));
+            if let Some(format) = newer {
+                return StoreError::new(format!(
+                    "the record of run `{key}` is of {}",
+                    crate::snapshot::unsupported_format(format)
+                ));
+            }
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            if path == "." || path == "?" {
+                StoreError::new(format!("corrupt record of run `{key}`: {inner}"))
+            } else {
+                StoreError::new(format!(
+                    "corrupt record of run `{key}` at `{path}`: {inner}"
+                ))
+            }
+        })
+    }
 }
 
 /// A store refused or failed a call.

@@ -302,6 +302,9 @@ impl<W: Workflow> Runner<W> {
     /// never a success. Under [`Runner::max_concurrent_runs`] the clock starts at admission and
     /// only the run itself watches it (the second case). Prefer
     /// `tokio::task::spawn_blocking` for blocking work.
+    ///
+    /// A run resumed from a snapshot or a store keeps the deadline it had (a crash does not buy
+    /// it a fresh `limit`); one resumed after its deadline times out at once.
     pub fn timeout(mut self, limit: Duration) -> Runner<W> {
         self.config.timeout = Some(limit);
         self
@@ -571,7 +574,7 @@ impl<W: Workflow> Runner<W> {
             shared.clone(),
             Init::Resume(restored),
         ));
-        Ok(Handler::new(shared, task, self.handler_deadline()))
+        Ok(Handler::new(shared, task, self.handler_deadline()).keep_deadline(snapshot.deadline_ms))
     }
 
     /// Journals every run started with [`Runner::start_durable`] in `store`: a checkpoint at

@@ -380,24 +380,10 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
     })
 }
 
-fn status_name(status: RunStatus) -> &'static str {
-    match status {
-        RunStatus::Running => "running",
-        RunStatus::Waiting => "waiting",
-        RunStatus::Finished => "finished",
-        RunStatus::Failed => "failed",
-        _ => "unknown",
-    }
-}
-
-fn status_of(name: &str) -> Option<RunStatus> {
-    Some(match name {
-        "running" => RunStatus::Running,
-        "waiting" => RunStatus::Waiting,
-        "finished" => RunStatus::Finished,
-        "failed" => RunStatus::Failed,
-        _ => return None,
-    })
+fn unknown_status(key: &str, status: &str) -> StoreError {
+    StoreError::new(format!(
+        "run `{key}` has an unknown status `{status}` (written by a newer build?)"
+    ))
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreError> {
@@ -432,10 +418,8 @@ impl Store for PgStore {
                         None => (None, None),
                         Some(row) => {
                             let name: String = row.get(0);
-                            let Some(status) = status_of(&name) else {
-                                return Ok(Acquired::Refused(StoreError::new(format!(
-                                    "run `{k}` has an unknown status `{name}`"
-                                ))));
+                            let Some(status) = RunStatus::from_name(&name) else {
+                                return Ok(Acquired::Refused(unknown_status(&k, &name)));
                             };
                             let empty: bool = row.get(1);
                             let holder: Option<String> = row.get(2);
@@ -517,7 +501,7 @@ impl Store for PgStore {
         let json = serde_json::to_string(record).map_err(|e| {
             StoreError::new(format!("cannot serialize the record of run `{key}`: {e}"))
         })?;
-        let status = status_name(record.status);
+        let status = record.status.name();
         let (k, epoch, owner, ttl) = (
             key.to_string(),
             lease.epoch as i64,
@@ -565,18 +549,23 @@ impl Store for PgStore {
 
     fn load(&self, key: &str) -> Result<Option<RunRecord>, StoreError> {
         let k = key.to_string();
-        let text: Option<String> = self.call(move |connection| {
+        let row: Option<(String, String)> = self.call(move |connection| {
             connection.run(&format!("cannot load run `{k}`"), |client| {
                 Ok(client
                     .query_opt(
-                        "SELECT record FROM tidewater_runs WHERE key = $1 AND record != ''",
+                        "SELECT status, record FROM tidewater_runs WHERE key = $1 AND record != ''",
                         &[&k],
                     )?
-                    .map(|row| row.get(0)))
+                    .map(|row| (row.get(0), row.get(1))))
             })
         })?;
-        text.map(|text| from_json(&text, &format!("record of run `{key}`")))
-            .transpose()
+        let Some((status, text)) = row else {
+            return Ok(None);
+        };
+        if RunStatus::from_name(&status).is_none() {
+            return Err(unknown_status(key, &status));
+        }
+        RunRecord::from_json(key, &text).map(Some)
     }
 
     fn append_event(
@@ -629,9 +618,13 @@ impl Store for PgStore {
         })?;
         rows.into_iter()
             .map(|(seq, text)| {
-                let seq = u64::try_from(seq).map_err(|_| {
-                    StoreError::new(format!("run `{key}` has an impossible event number {seq}"))
-                })?;
+                // Numbers start at 1: anything else is a row this store never wrote.
+                let seq = u64::try_from(seq)
+                    .ok()
+                    .filter(|&seq| seq > 0)
+                    .ok_or_else(|| {
+                        StoreError::new(format!("run `{key}` has an impossible event number {seq}"))
+                    })?;
                 Ok((
                     seq,
                     from_json(&text, &format!("event {seq} of run `{key}`"))?,
@@ -641,10 +634,19 @@ impl Store for PgStore {
     }
 
     fn keys(&self, status: RunStatus) -> Result<Vec<String>, StoreError> {
-        let name = status_name(status);
-        self.call(move |connection| {
+        let name = status.name();
+        let (keys, unknown) = self.call(move |connection| {
             connection.run(&format!("cannot list the {name} runs"), |client| {
-                Ok(client
+                // A row of a status this build does not know is in no list: say so rather
+                // than leave it out unseen.
+                let known: Vec<&str> = RunStatus::ALL.iter().map(|s| s.name()).collect();
+                let unknown: Option<(String, String)> = client
+                    .query_opt(
+                        "SELECT key, status FROM tidewater_runs WHERE status <> ALL($1) LIMIT 1",
+                        &[&known],
+                    )?
+                    .map(|row| (row.get(0), row.get(1)));
+                let keys: Vec<String> = client
                     .query(
                         "SELECT key FROM tidewater_runs WHERE status = $1 AND record != ''
                          ORDER BY key",
@@ -652,8 +654,13 @@ impl Store for PgStore {
                     )?
                     .into_iter()
                     .map(|row| row.get(0))
-                    .collect())
+                    .collect();
+                Ok((keys, unknown))
             })
-        })
+        })?;
+        match unknown {
+            Some((key, status)) => Err(unknown_status(&key, &status)),
+            None => Ok(keys),
+        }
     }
 }

@@ -373,3 +373,63 @@ async fn a_worker_paused_past_its_lease_is_taken_over_and_fenced() {
     let seqs: Vec<u64> = b.events("job").unwrap().iter().map(|(s, _)| *s).collect();
     assert_eq!(seqs, [1, 2, 3], "one journal, B's");
 }
+
+/// Rows this build cannot read are errors naming the run, never skipped nor read as something
+/// else: an unknown status (in `load`, in every `keys` list and in `acquire`), an event
+/// numbered below 1, a record of a newer snapshot format with fields this build does not know.
+#[test]
+fn pg_store_reports_the_rows_it_cannot_read() {
+    use tidewater::store::conformance::{event, record};
+    use tidewater::store::{Claim, Owner};
+    let server = PgServer::start("rows");
+    let store = PgStore::connect(&server.create_db("rows")).unwrap();
+    let me = Owner::this_process();
+    for key in ["a", "b", "c"] {
+        let lease = store.acquire(key, &me, Claim::Start).unwrap();
+        store.append_event(key, &lease, 1, &event(1)).unwrap();
+        store
+            .save(key, &lease, &record(RunStatus::Running, 1, 1))
+            .unwrap();
+    }
+    server.sql(
+        "rows",
+        "UPDATE tidewater_runs SET status = 'paused' WHERE key = 'b'",
+    );
+    let unknown = "store: run `b` has an unknown status `paused` (written by a newer build?)";
+    assert_eq!(store.load("b").unwrap_err().to_string(), unknown);
+    for status in RunStatus::ALL {
+        assert_eq!(store.keys(status).unwrap_err().to_string(), unknown);
+    }
+    assert_eq!(
+        store
+            .acquire("b", &Owner::this_process(), Claim::Resume)
+            .unwrap_err()
+            .to_string(),
+        unknown
+    );
+    server.sql("rows", "DELETE FROM tidewater_runs WHERE key = 'b'");
+
+    server.sql(
+        "rows",
+        "UPDATE tidewater_events SET seq = 0 WHERE key = 'a'",
+    );
+    assert_eq!(
+        store.events("a").unwrap_err().to_string(),
+        "store: run `a` has an impossible event number 0"
+    );
+
+    let mut newer = serde_json::to_value(record(RunStatus::Running, 1, 1)).unwrap();
+    newer["snapshot"]["format"] = serde_json::json!(99);
+    newer["snapshot"]["a_field_from_the_future"] = serde_json::json!(true);
+    let text = newer.to_string().replace('\'', "''");
+    server.sql(
+        "rows",
+        &format!("UPDATE tidewater_runs SET record = '{text}' WHERE key = 'c'"),
+    );
+    let error = store.load("c").unwrap_err().to_string();
+    assert!(
+        error.starts_with("store: the record of run `c` is of unsupported format 99:"),
+        "{error}"
+    );
+    assert_eq!(store.keys(RunStatus::Running).unwrap(), ["a", "c"]);
+}

@@ -47,6 +47,7 @@ pub fn record(status: RunStatus, completed: u64, stream_seq: u64) -> RunRecord {
             recoveries: 0,
             stream_seq,
             invocations: completed,
+            deadline_ms: None,
         },
         output: (status == RunStatus::Finished).then(|| serde_json::json!("done")),
         error: (status == RunStatus::Failed).then(|| "it broke".to_string()),
@@ -111,6 +112,7 @@ fn keys_by_status(store: &impl Store) {
         ("a", RunStatus::Waiting),
         ("b", RunStatus::Running),
         ("d", RunStatus::Failed),
+        ("f", RunStatus::Cancelled),
     ] {
         let lease = start(store, key);
         store.save(key, &lease, &record(status, 1, 0)).unwrap();
@@ -119,7 +121,19 @@ fn keys_by_status(store: &impl Store) {
     assert_eq!(store.keys(RunStatus::Waiting).unwrap(), ["a", "c"]);
     assert_eq!(store.keys(RunStatus::Running).unwrap(), ["b"]);
     assert_eq!(store.keys(RunStatus::Failed).unwrap(), ["d"]);
+    assert_eq!(store.keys(RunStatus::Cancelled).unwrap(), ["f"]);
     assert!(store.keys(RunStatus::Finished).unwrap().is_empty());
+    assert_eq!(
+        store.load("f").unwrap().map(|r| r.status),
+        Some(RunStatus::Cancelled)
+    );
+    // A cancelled run has ended: nothing to resume, and its key can start a new run.
+    let me = Owner::this_process();
+    assert_eq!(
+        kind(store.acquire("f", &me, Claim::Resume)),
+        StoreErrorKind::Ended
+    );
+    assert!(store.acquire("f", &me, Claim::Start).is_ok());
 }
 
 fn events_in_order_and_rewritten(store: &impl Store) {

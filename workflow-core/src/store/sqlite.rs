@@ -63,6 +63,8 @@ CREATE TABLE IF NOT EXISTS events (
 pub struct SqliteStore {
     connection: Mutex<Connection>,
     path: Option<PathBuf>,
+    /// Opened with [`SqliteStore::open_read_only`]: every write is refused.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -96,6 +98,71 @@ impl SqliteStore {
         let connection = Connection::open(path)
             .map_err(|e| StoreError::new(format!("cannot open `{}`: {e}", path.display())))?;
         SqliteStore::setup(connection, Some(path.to_path_buf()))
+    }
+
+    /// Opens the database at `path` for reading only: a monitor that lists and reads runs
+    /// ([`Store::keys`], [`Store::load`], [`Store::events`]) while their owners write, with
+    /// no need to write the file (nor its directory, once a writer has made the `-shm` file
+    /// beside it). The file is never created nor changed; every write
+    /// ([`Store::acquire`], [`Store::save`], [`Store::append_event`], [`Store::release`]) is
+    /// refused.
+    ///
+    /// ```
+    /// use tidewater::store::{RunStatus, SqliteStore, Store};
+    ///
+    /// let path = std::env::temp_dir().join(format!("doc-ro-{}.db", std::process::id()));
+    /// let writer = SqliteStore::open(&path).unwrap();
+    /// let monitor = SqliteStore::open_read_only(&path).unwrap();
+    /// assert!(monitor.keys(RunStatus::Running).unwrap().is_empty());
+    /// assert!(monitor.load("nope").unwrap().is_none());
+    /// # drop((writer, monitor));
+    /// # for suffix in ["", "-wal", "-shm"] {
+    /// #     let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// When the file does not exist, cannot be read, is not an SQLite database, or has no
+    /// table of runs.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        use rusqlite::OpenFlags;
+        let path = path.as_ref();
+        let at = format!("`{}`", path.display());
+        let connection = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| StoreError::new(format!("cannot open {at} read-only: {e}")))?;
+        connection
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| StoreError::new(format!("cannot set the busy timeout of {at}: {e}")))?;
+        let tables: i64 = connection
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('runs', 'events')",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(|e| StoreError::new(format!("cannot read the tables of {at}: {e}")))?;
+        if tables != 2 {
+            return Err(StoreError::new(format!(
+                "{at} holds no durable runs (no `runs` and `events` tables)"
+            )));
+        }
+        Ok(SqliteStore {
+            connection: Mutex::new(connection),
+            path: Some(path.to_path_buf()),
+            read_only: true,
+        })
+    }
+
+    /// Refuses a write of a store opened read-only.
+    fn writable(&self, what: &str, key: &str) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::new(format!(
+                "cannot {what} run `{key}`: the store was opened read-only"
+            )));
+        }
+        Ok(())
     }
 
     /// A private database in memory, gone when the store is dropped (tests).
@@ -155,17 +222,15 @@ impl SqliteStore {
         Ok(SqliteStore {
             connection: Mutex::new(connection),
             path,
+            read_only: false,
         })
     }
 }
 
-fn status_name(status: RunStatus) -> &'static str {
-    match status {
-        RunStatus::Running => "running",
-        RunStatus::Waiting => "waiting",
-        RunStatus::Finished => "finished",
-        RunStatus::Failed => "failed",
-    }
+fn unknown_status(key: &str, status: &str) -> StoreError {
+    StoreError::new(format!(
+        "run `{key}` has an unknown status `{status}` (written by a newer build?)"
+    ))
 }
 
 fn now_millis() -> i64 {
@@ -194,18 +259,9 @@ fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     })
 }
 
-fn status_of(name: &str) -> Option<RunStatus> {
-    Some(match name {
-        "running" => RunStatus::Running,
-        "waiting" => RunStatus::Waiting,
-        "finished" => RunStatus::Finished,
-        "failed" => RunStatus::Failed,
-        _ => return None,
-    })
-}
-
 impl Store for SqliteStore {
     fn acquire(&self, key: &str, owner: &Owner, claim: Claim) -> Result<Lease, StoreError> {
+        self.writable("acquire", key)?;
         let fail = |e: rusqlite::Error| StoreError::new(format!("cannot acquire run `{key}`: {e}"));
         let owner_json = serde_json::to_string(owner)
             .map_err(|e| StoreError::new(format!("cannot serialize the owner: {e}")))?;
@@ -226,9 +282,8 @@ impl Store for SqliteStore {
         let (status, holder) = match &row {
             None => (None, None),
             Some((status, empty, holder)) => {
-                let status = status_of(status).ok_or_else(|| {
-                    StoreError::new(format!("run `{key}` has an unknown status `{status}`"))
-                })?;
+                let status =
+                    RunStatus::from_name(status).ok_or_else(|| unknown_status(key, status))?;
                 let holder = holder
                     .as_deref()
                     .map(from_json::<Owner>)
@@ -275,6 +330,7 @@ impl Store for SqliteStore {
     }
 
     fn save(&self, key: &str, lease: &Lease, record: &RunRecord) -> Result<(), StoreError> {
+        self.writable("save", key)?;
         let json = serde_json::to_string(record).map_err(|e| {
             StoreError::new(format!("cannot serialize the record of run `{key}`: {e}"))
         })?;
@@ -288,7 +344,7 @@ impl Store for SqliteStore {
                  WHERE key = ?1 AND epoch = ?5 AND owner_id = ?6",
                 params![
                     key,
-                    status_name(record.status),
+                    record.status.name(),
                     json,
                     now_millis(),
                     lease.epoch as i64,
@@ -303,6 +359,7 @@ impl Store for SqliteStore {
     }
 
     fn release(&self, key: &str, lease: &Lease) -> Result<(), StoreError> {
+        self.writable("release", key)?;
         lock(&self.connection)
             .execute(
                 "UPDATE runs SET owner_id = NULL, owner = NULL
@@ -314,19 +371,21 @@ impl Store for SqliteStore {
     }
 
     fn load(&self, key: &str) -> Result<Option<RunRecord>, StoreError> {
-        let text: Option<String> = lock(&self.connection)
+        let row: Option<(String, String)> = lock(&self.connection)
             .query_row(
-                "SELECT record FROM runs WHERE key = ?1 AND record != ''",
+                "SELECT status, record FROM runs WHERE key = ?1 AND record != ''",
                 params![key],
-                |row| row.get(0),
+                |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .optional()
             .map_err(|e| StoreError::new(format!("cannot load run `{key}`: {e}")))?;
-        text.map(|text| {
-            from_json(&text)
-                .map_err(|reason| StoreError::new(format!("corrupt record of run `{key}`{reason}")))
-        })
-        .transpose()
+        let Some((status, text)) = row else {
+            return Ok(None);
+        };
+        if RunStatus::from_name(&status).is_none() {
+            return Err(unknown_status(key, &status));
+        }
+        RunRecord::from_json(key, &text).map(Some)
     }
 
     fn append_event(
@@ -336,6 +395,7 @@ impl Store for SqliteStore {
         seq: u64,
         event: &EventRecord,
     ) -> Result<(), StoreError> {
+        self.writable("journal an event of", key)?;
         let json = serde_json::to_string(event).map_err(|e| {
             StoreError::new(format!("cannot serialize event {seq} of run `{key}`: {e}"))
         })?;
@@ -380,7 +440,14 @@ impl Store for SqliteStore {
             let event = from_json(&text).map_err(|reason| {
                 StoreError::new(format!("corrupt event {seq} of run `{key}`{reason}"))
             })?;
-            events.push((seq.max(0) as u64, event));
+            // Numbers start at 1: anything else is a row this store never wrote.
+            let seq = u64::try_from(seq)
+                .ok()
+                .filter(|&seq| seq > 0)
+                .ok_or_else(|| {
+                    StoreError::new(format!("run `{key}` has an impossible event number {seq}"))
+                })?;
+            events.push((seq, event));
         }
         Ok(events)
     }
@@ -389,11 +456,29 @@ impl Store for SqliteStore {
         let fail =
             |e: rusqlite::Error| StoreError::new(format!("cannot list the {status:?} runs: {e}"));
         let connection = lock(&self.connection);
+        // A row of a status this build does not know is in no list: say so rather than leave
+        // it out unseen.
+        let known = RunStatus::ALL.map(RunStatus::name);
+        let slots: Vec<String> = (1..=known.len()).map(|i| format!("?{i}")).collect();
+        let unknown: Option<(String, String)> = connection
+            .query_row(
+                &format!(
+                    "SELECT key, status FROM runs WHERE status NOT IN ({}) LIMIT 1",
+                    slots.join(", ")
+                ),
+                rusqlite::params_from_iter(known),
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(fail)?;
+        if let Some((key, status)) = unknown {
+            return Err(unknown_status(&key, &status));
+        }
         let mut statement = connection
             .prepare_cached("SELECT key FROM runs WHERE status = ?1 AND record != '' ORDER BY key")
             .map_err(fail)?;
         let keys = statement
-            .query_map(params![status_name(status)], |row| row.get(0))
+            .query_map(params![status.name()], |row| row.get(0))
             .map_err(fail)?
             .collect::<Result<Vec<String>, _>>()
             .map_err(fail)?;
@@ -514,6 +599,144 @@ mod tests {
                 .starts_with("store: corrupt event 1 of run `a`: invalid length 0"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_row_of_an_unknown_status_or_an_impossible_number_is_an_error() {
+        let store = SqliteStore::in_memory().unwrap();
+        for key in ["a", "b"] {
+            let lease = start(&store, key);
+            store
+                .save(key, &lease, &record(RunStatus::Running, 1, 0))
+                .unwrap();
+        }
+        lock(&store.connection)
+            .execute("UPDATE runs SET status = 'paused' WHERE key = 'b'", [])
+            .unwrap();
+        let unknown = "store: run `b` has an unknown status `paused` (written by a newer build?)";
+        assert_eq!(store.load("b").unwrap_err().to_string(), unknown);
+        // Not left out of the lists unseen: every list says so.
+        for status in RunStatus::ALL {
+            assert_eq!(store.keys(status).unwrap_err().to_string(), unknown);
+        }
+        let error = store
+            .acquire("b", &Owner::this_process(), Claim::Resume)
+            .unwrap_err();
+        assert_eq!(error.to_string(), unknown);
+        assert!(store.load("a").unwrap().is_some(), "other runs still read");
+
+        for (seq, text) in [(0, "0"), (-3, "-3")] {
+            let connection = lock(&store.connection);
+            connection.execute("DELETE FROM events", []).unwrap();
+            connection
+                .execute(
+                    "INSERT INTO events (key, seq, event) VALUES ('a', ?1, ?2)",
+                    params![seq, serde_json::to_string(&event(1)).unwrap()],
+                )
+                .unwrap();
+            drop(connection);
+            assert_eq!(
+                store.events("a").unwrap_err().to_string(),
+                format!("store: run `a` has an impossible event number {text}"),
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_of_a_newer_format_is_named_even_with_new_fields() {
+        let store = SqliteStore::in_memory().unwrap();
+        let lease = start(&store, "a");
+        store
+            .save("a", &lease, &record(RunStatus::Running, 1, 0))
+            .unwrap();
+        let mut json = serde_json::to_value(record(RunStatus::Running, 1, 0)).unwrap();
+        json["snapshot"]["format"] = serde_json::json!(crate::snapshot::SNAPSHOT_FORMAT + 1);
+        json["snapshot"]["a_field_from_the_future"] = serde_json::json!([1, 2]);
+        lock(&store.connection)
+            .execute(
+                "UPDATE runs SET record = ?1 WHERE key = 'a'",
+                params![json.to_string()],
+            )
+            .unwrap();
+        let error = store.load("a").unwrap_err().to_string();
+        let newer = crate::snapshot::SNAPSHOT_FORMAT + 1;
+        assert_eq!(
+            error,
+            format!(
+                "store: the record of run `a` is of unsupported format {newer}: this build reads \
+                 formats 1 to {} (was it written by a newer build?)",
+                crate::snapshot::SNAPSHOT_FORMAT
+            )
+        );
+        // The same snapshot given as JSON text.
+        let error =
+            crate::snapshot::Snapshot::from_json(&json["snapshot"].to_string()).unwrap_err();
+        assert_eq!(error.path, "format");
+        assert!(
+            error
+                .reason
+                .starts_with(&format!("unsupported format {newer}:")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_monitor_opens_the_file_read_only_and_lists_and_reads_runs() {
+        let dir = TempDir::new("read-only");
+        let path = dir.0.join("runs.db");
+        assert!(
+            SqliteStore::open_read_only(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("read-only"),
+            "a missing file is not created"
+        );
+        assert!(!path.exists());
+        let writer = SqliteStore::open(&path).unwrap();
+        let lease = start(&writer, "a");
+        writer.append_event("a", &lease, 1, &event(1)).unwrap();
+        writer
+            .save("a", &lease, &record(RunStatus::Running, 2, 1))
+            .unwrap();
+        let monitor = SqliteStore::open_read_only(&path).unwrap();
+        assert_eq!(monitor.keys(RunStatus::Running).unwrap(), ["a"]);
+        assert_eq!(
+            monitor.load("a").unwrap(),
+            Some(record(RunStatus::Running, 2, 1))
+        );
+        assert_eq!(monitor.events("a").unwrap(), [(1, event(1))]);
+        // The writer goes on; the monitor sees it.
+        writer.append_event("a", &lease, 2, &event(2)).unwrap();
+        writer
+            .save("a", &lease, &record(RunStatus::Finished, 3, 2))
+            .unwrap();
+        assert_eq!(monitor.keys(RunStatus::Finished).unwrap(), ["a"]);
+        assert_eq!(monitor.events("a").unwrap().len(), 2);
+        // Every write is refused, and the run is left as it was.
+        let me = Owner::this_process();
+        let refused = monitor.acquire("b", &me, Claim::Start).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "store: cannot acquire run `b`: the store was opened read-only"
+        );
+        assert!(
+            monitor
+                .save("a", &lease, &record(RunStatus::Running, 1, 0))
+                .is_err()
+        );
+        assert!(monitor.append_event("a", &lease, 3, &event(3)).is_err());
+        assert!(monitor.release("a", &lease).is_err());
+        assert_eq!(
+            writer.load("a").unwrap(),
+            Some(record(RunStatus::Finished, 3, 2))
+        );
+        // A file with no runs table is not a store.
+        let other = dir.0.join("other.db");
+        let connection = Connection::open(&other).unwrap();
+        connection.execute_batch("CREATE TABLE t (x)").unwrap();
+        drop(connection);
+        let error = SqliteStore::open_read_only(&other).unwrap_err().to_string();
+        assert!(error.contains("holds no durable runs"), "{error}");
     }
 
     #[test]
