@@ -1015,7 +1015,11 @@ async fn a_durable_parent_that_ends_closes_its_childs_record() {
         Some("stopped by its parent: the parent run ended first")
     );
     let parent = store.load("desk-3").unwrap().unwrap();
-    assert_eq!(parent.status, RunStatus::Cancelled, "the parent was cancelled");
+    assert_eq!(
+        parent.status,
+        RunStatus::Cancelled,
+        "the parent was cancelled"
+    );
 }
 on_both_runtimes!(a_durable_parent_that_ends_closes_its_childs_record);
 

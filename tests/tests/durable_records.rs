@@ -338,3 +338,41 @@ fn a_resumed_run_keeps_its_deadline_current_thread() {
 fn a_resumed_run_keeps_its_deadline_multi_thread() {
     a_resumed_run_keeps_its_deadline(true);
 }
+
+// --- A cancelled run's record keeps the failures before the cancel --------------------------
+
+/// `call` fails; it is retried after an hour (the cancel comes during the delay).
+struct FlakyCall;
+
+#[workflow(durable)]
+impl FlakyCall {
+    #[step(retry = RetryPolicy::fixed(3, Duration::from_secs(3600)))]
+    async fn call(&self, _ev: StartEvent<u32>) -> Result<StopEvent<u32>, std::io::Error> {
+        Err(std::io::Error::other("connection refused"))
+    }
+}
+
+async fn a_cancelled_record_keeps_the_failures_before_the_cancel() {
+    let store = Arc::new(MemoryStore::new());
+    let runner = FlakyCall.runner().store(store.clone());
+    let mut run = runner.start_durable("f", 1).unwrap();
+    until("the first attempt to fail", || !run.failures().is_empty()).await;
+    run.cancel();
+    assert!(matches!((&mut run).await, Err(WorkflowError::Cancelled)));
+    let record = store.load("f").unwrap().unwrap();
+    assert_eq!(record.status, RunStatus::Cancelled);
+    assert_eq!(
+        record.error.as_deref(),
+        Some("cancelled after step `call` attempt 1 failed: connection refused")
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_cancelled_record_keeps_the_failures_before_the_cancel_current_thread() {
+    a_cancelled_record_keeps_the_failures_before_the_cancel().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_record_keeps_the_failures_before_the_cancel_multi_thread() {
+    a_cancelled_record_keeps_the_failures_before_the_cancel().await;
+}

@@ -620,3 +620,197 @@ async fn a_retried_join_sees_the_same_set_current_thread() {
 async fn a_retried_join_sees_the_same_set_multi_thread() {
     a_retried_join_sees_the_same_set().await;
 }
+
+// --- After a cancel, the failures before it are still readable (17.7) -----------------------
+
+#[derive(Debug, Clone, Event)]
+struct Patched(u32);
+
+#[derive(Debug, Clone, Event)]
+struct Holding(u32);
+
+#[derive(Debug, thiserror::Error)]
+#[error("connection refused")]
+struct Refused;
+
+/// `plan`'s job goes to `flaky` (retried after an hour, so it is in its retry delay at the
+/// cancel) and `broken` (fails for good, recovered into `hold`, which waits for ever).
+struct Cancelled;
+
+#[workflow]
+impl Cancelled {
+    #[step]
+    async fn plan(&self, _ev: StartEvent<()>) -> Job {
+        Job(7)
+    }
+
+    #[step(retry = RetryPolicy::fixed(3, std::time::Duration::from_secs(3600)))]
+    async fn flaky(&self, _ev: Job) -> Result<StopEvent<u32>, Refused> {
+        Err(Refused)
+    }
+
+    #[step]
+    async fn broken(&self, _ev: Job) -> Result<Patched, DiskFull> {
+        Err(DiskFull)
+    }
+
+    #[step]
+    async fn recover(&self, failure: StepFailure) -> Patched {
+        Patched(failure.input.downcast_ref::<Job>().unwrap().0)
+    }
+
+    #[step]
+    async fn hold(&self, ctx: &Context<Self>, ev: Patched) -> StopEvent<u32> {
+        ctx.write_event_to_stream(Holding(ev.0));
+        std::future::pending::<()>().await;
+        StopEvent(ev.0)
+    }
+}
+
+async fn the_failures_before_a_cancel_stay_readable() {
+    let mut run = Cancelled.runner().start(());
+    let mut events = run.events();
+    let first = events.next().await.unwrap();
+    assert_eq!(first.event::<Holding>().map(|h| h.0), Some(7), "{first:?}");
+    // `broken` failed and was recovered; `flaky` failed and waits out its retry delay.
+    while run.failures().len() < 2 {
+        tokio::task::yield_now().await;
+    }
+    run.cancel();
+    assert!(matches!((&mut run).await, Err(WorkflowError::Cancelled)));
+    let rest: Vec<StreamItem> = events.collect().await;
+    assert!(
+        matches!(rest.as_slice(), [StreamItem::End(Outcome::Cancelled)]),
+        "{rest:?}"
+    );
+    let mut failures: Vec<(&str, u32, bool, String)> = run
+        .failures()
+        .iter()
+        .map(|f| (f.step, f.attempt, f.retried, f.error.to_string()))
+        .collect();
+    failures.sort();
+    assert_eq!(
+        failures,
+        [
+            ("broken", 1, false, "the disk is full".to_string()),
+            ("flaky", 1, true, "connection refused".to_string()),
+        ]
+    );
+    // The error values themselves, not only their text.
+    assert!(
+        run.failures()
+            .iter()
+            .any(|f| f.error.downcast_ref::<Refused>().is_some())
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_failures_before_a_cancel_stay_readable_current_thread() {
+    the_failures_before_a_cancel_stay_readable().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failures_before_a_cancel_stay_readable_multi_thread() {
+    the_failures_before_a_cancel_stay_readable().await;
+}
+
+// --- A trace tells which attempt sent each event (17.3) --------------------------------------
+
+#[derive(Debug, Clone, Event)]
+struct Ping(u32);
+
+/// `send` sends a ping on every attempt; its first attempt then fails. Both pings are
+/// delivered (what a failed attempt sent stays sent), and the trace says which attempt sent each.
+struct Sends {
+    pings: Mutex<Vec<(u32, u32)>>,
+}
+
+#[workflow]
+impl Sends {
+    #[step(retry = RetryPolicy::fixed(2, std::time::Duration::from_millis(1)), emits = [Ping])]
+    async fn send(&self, ctx: &Context<Self>, _ev: StartEvent<()>) -> Result<(), DiskFull> {
+        ctx.send_event(Ping(ctx.attempt()));
+        if ctx.attempt() == 1 {
+            return Err(DiskFull);
+        }
+        Ok(())
+    }
+
+    #[step]
+    async fn count(&self, ctx: &Context<Self>, ev: Ping) -> Option<StopEvent<usize>> {
+        self.pings.lock().unwrap().push((ev.0, ctx.attempt()));
+        let all = ctx.collect(ev, 2)?;
+        Some(StopEvent(all.len()))
+    }
+}
+
+async fn a_trace_names_the_attempt_that_sent_each_event() {
+    let runner = Sends {
+        pings: Mutex::default(),
+    }
+    .runner()
+    .trace(true);
+    let mut run = runner.start(());
+    let recording = run.recording().unwrap();
+    assert_eq!((&mut run).await.unwrap(), 2);
+    let trace = recording.trace();
+    let sent: Vec<(String, Option<String>, Option<u32>)> = trace
+        .entries
+        .iter()
+        .filter_map(|e| match &e.what {
+            tidewater::trace::TraceEvent::EventSent {
+                event,
+                step,
+                attempt,
+                ..
+            } => Some((event.clone(), step.clone(), *attempt)),
+            _ => None,
+        })
+        .collect();
+    let ping = "failure_semantics::Ping".to_string();
+    let send = Some("send".to_string());
+    assert_eq!(
+        sent,
+        [(ping.clone(), send.clone(), Some(1)), (ping, send, Some(2))]
+    );
+    // In order: the first attempt's send, its failure, the retry's send.
+    let order: Vec<String> = trace
+        .entries
+        .iter()
+        .filter_map(|e| match &e.what {
+            tidewater::trace::TraceEvent::EventSent { attempt, .. } => {
+                Some(format!("sent by attempt {}", attempt.unwrap()))
+            }
+            tidewater::trace::TraceEvent::StepFailed { step, attempt, .. } => {
+                Some(format!("{step} attempt {attempt} failed"))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "sent by attempt 1",
+            "send attempt 1 failed",
+            "sent by attempt 2"
+        ]
+    );
+    assert!(
+        trace.timeline().contains("sent Ping (by send, attempt 2)"),
+        "{}",
+        trace.timeline()
+    );
+    let mut pings = runner.workflow().pings.lock().unwrap().clone();
+    pings.sort();
+    assert_eq!(pings, [(1, 1), (2, 1)], "both attempts' pings delivered");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_trace_names_the_attempt_that_sent_each_event_current_thread() {
+    a_trace_names_the_attempt_that_sent_each_event().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_names_the_attempt_that_sent_each_event_multi_thread() {
+    a_trace_names_the_attempt_that_sent_each_event().await;
+}

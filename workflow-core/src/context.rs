@@ -79,6 +79,8 @@ pub(crate) struct RunShared<W: Workflow> {
     /// What the collects of invocations of steps with retries did, so that a retry sees the
     /// same fan-in: keyed by (step, worker) and the buffer's key.
     pub(crate) held: Mutex<HeldSets>,
+    /// The latest failed attempts (`Handler::failures`), oldest first.
+    pub(crate) failures: Mutex<std::collections::VecDeque<crate::error::FailedAttempt>>,
     /// Durable runs: stream events written by invocations still running, keyed by
     /// (step, worker); journaled when the invocation ends (see `write_event_to_stream`).
     pub(crate) journal_pending: Mutex<Vec<((usize, u32), crate::snapshot::EventRecord)>>,
@@ -373,6 +375,7 @@ impl<W: Workflow> RunShared<W> {
             stream_seq: AtomicU64::new(0),
             journal_pending: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
+            failures: Mutex::new(std::collections::VecDeque::new()),
             memos: Mutex::new(Vec::new()),
             flush_requests: Mutex::new(Vec::new()),
             snapshot_requests: Mutex::new(Some(Vec::new())),
@@ -390,6 +393,15 @@ impl<W: Workflow> RunShared<W> {
     /// Asks the loop for a snapshot at its next turn.
     ///
     /// A run that is over drops `reply` at once: its handler reads that as `Cancelled`.
+    /// Keeps a failed attempt for `Handler::failures` (the latest `KEPT_FAILURES`).
+    pub(crate) fn failed(&self, failure: crate::error::FailedAttempt) {
+        let mut failures = lock(&self.failures);
+        if failures.len() == crate::error::KEPT_FAILURES {
+            failures.pop_front();
+        }
+        failures.push_back(failure);
+    }
+
     pub(crate) fn request_snapshot(&self, reply: SnapshotReply) {
         if let Some(requests) = lock(&self.snapshot_requests).as_mut() {
             requests.push(reply);
@@ -833,8 +845,24 @@ impl<W: Workflow> Context<W> {
 
     /// Durable workflows: counts this send in the invocation's record, and tells whether an
     /// earlier run of this attempt already sent it (the invocation runs again after a resume):
-    /// then it is not sent again.
+    /// then it is not sent again. A send that goes out is recorded in the run's trace, with
+    /// the step and the attempt sending it.
     pub(crate) fn sent_before(&self, event: &'static str, target: Option<usize>) -> bool {
+        let again = self.sent_before_in_journal(event, target);
+        if !again {
+            if let Some(trace) = self.shared.trace.get() {
+                trace.record(crate::trace::TraceEvent::EventSent {
+                    event: event.to_string(),
+                    target: target.map(|t| W::GRAPH.steps[t].name.to_string()),
+                    step: Some(W::GRAPH.steps[self.step].name.to_string()),
+                    attempt: Some(self.attempt),
+                });
+            }
+        }
+        again
+    }
+
+    fn sent_before_in_journal(&self, event: &'static str, target: Option<usize>) -> bool {
         if !W::DURABLE {
             return false;
         }

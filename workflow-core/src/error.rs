@@ -7,6 +7,57 @@ use crate::graph::GraphError;
 use crate::snapshot::SnapshotError;
 use crate::store::StoreError;
 
+/// A step attempt that failed, as [`Handler::failures`](crate::Handler::failures) lists it:
+/// readable whatever the run's end, so that a run cancelled (or timed out) after some of its
+/// steps failed, were retried or were recovered still tells what went wrong.
+///
+/// ```
+/// use tidewater::prelude::*;
+///
+/// #[derive(Debug, Clone, Event)]
+/// struct Never;
+///
+/// struct Flaky;
+///
+/// #[workflow]
+/// impl Flaky {
+///     #[step(retry = RetryPolicy::fixed(5, std::time::Duration::from_secs(60)))]
+///     async fn call(&self, _ev: StartEvent<()>) -> Result<StopEvent<()>, std::io::Error> {
+///         Err(std::io::Error::other("connection refused"))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let mut run = Flaky.runner().start(());
+/// while run.failures().is_empty() {
+///     tokio::task::yield_now().await;
+/// }
+/// run.cancel(); // during the retry delay
+/// assert!(matches!((&mut run).await, Err(WorkflowError::Cancelled)));
+/// let failed = &run.failures()[0];
+/// assert_eq!((failed.step, failed.attempt, failed.retried), ("call", 1, true));
+/// assert_eq!(failed.error.to_string(), "connection refused");
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct FailedAttempt {
+    /// The step.
+    pub step: &'static str,
+    /// Which attempt failed (from 1).
+    pub attempt: u32,
+    /// The step's worker.
+    pub worker: u32,
+    /// The error (for a panic or a step's time limit, the `WorkflowError` saying so).
+    pub error: std::sync::Arc<dyn std::error::Error + Send + Sync>,
+    /// Whether the step was to be retried after it (otherwise the failure was final: handed
+    /// to the catch-error step, or the run's end).
+    pub retried: bool,
+}
+
+/// How many failed attempts a run keeps for [`FailedAttempt`] (the latest ones).
+pub(crate) const KEPT_FAILURES: usize = 100;
+
 /// The error type a step may return: any error that is `Send + Sync`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 

@@ -187,6 +187,20 @@ impl<W: Workflow> Handler<W> {
         self.shared.suspend();
     }
 
+    /// The step attempts that failed so far in this run, oldest first (the latest 100): those
+    /// that were retried, those handed to the catch-error step, and the one that ended the
+    /// run. Readable during the run and after its end, whatever the end: after
+    /// [`Handler::cancel`] the errors of the steps that had failed before it are here, though
+    /// the run's error is only [`WorkflowError::Cancelled`]. See [`FailedAttempt`].
+    ///
+    /// [`FailedAttempt`]: crate::FailedAttempt
+    pub fn failures(&self) -> Vec<crate::FailedAttempt> {
+        crate::stream::lock(&self.shared.failures)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     /// A copy of the run's state as it is now.
     pub fn state(&self) -> W::State
     where

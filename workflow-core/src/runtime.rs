@@ -22,7 +22,7 @@ use tokio::time::Sleep;
 
 use crate::child::ChildControl;
 use crate::context::{CollectBuffer, Context, RunShared};
-use crate::error::{BoxError, Result, SharedError, WorkflowError};
+use crate::error::{BoxError, FailedAttempt, Result, SharedError, WorkflowError};
 use crate::event::StepFailure;
 use crate::event::{DynEvent, EventId, EventKind};
 use crate::graph::Graph;
@@ -908,7 +908,12 @@ where
                     crate::context::Sender::Run => false,
                 };
             }
-            if let Some(trace) = &self.trace {
+            // A step's send was traced when it was made, with the sending attempt.
+            if let Some(trace) = self
+                .trace
+                .as_ref()
+                .filter(|_| !matches!(envelope.from, crate::context::Sender::Step(_)))
+            {
                 let event = envelope.event.name().to_string();
                 trace.record(if envelope.event.kind() == EventKind::Response {
                     TraceEvent::HumanAnswer { response: event }
@@ -916,6 +921,8 @@ where
                     TraceEvent::EventSent {
                         event,
                         target: envelope.target.map(|t| W::GRAPH.steps[t].name.to_string()),
+                        step: None,
+                        attempt: None,
                     }
                 });
             }
@@ -1025,6 +1032,18 @@ where
                             retry_in_us: None,
                         });
                     }
+                    let (attempt, worker) = (call.attempt, call.worker);
+                    let kept = WorkflowError::StepPanicked {
+                        step,
+                        message: message.clone(),
+                    };
+                    self.shared.failed(FailedAttempt {
+                        step,
+                        attempt,
+                        worker,
+                        error: Arc::new(kept),
+                        retried: false,
+                    });
                     let error = WorkflowError::StepPanicked { step, message };
                     return Some(self.finish(index, Err(Failed::fatal(error))));
                 }
@@ -1044,6 +1063,13 @@ where
                         });
                     }
                     let error = WorkflowError::StepTimedOut { step, timeout };
+                    self.shared.failed(FailedAttempt {
+                        step,
+                        attempt: call.attempt,
+                        worker: call.worker,
+                        error: Arc::new(WorkflowError::StepTimedOut { step, timeout }),
+                        retried: false,
+                    });
                     return Some(self.finish(index, Err(Failed::fatal(error))));
                 }
                 Polled::Failed(error) => error,
@@ -1073,7 +1099,15 @@ where
                 tracing::debug!(step = name, run_id, attempt, %error, ?delay, "retrying step");
                 call.future.set(None);
                 call.span = tracing::Span::none();
-                call.last_error = Some(Arc::from(error));
+                let error: Arc<dyn std::error::Error + Send + Sync> = Arc::from(error);
+                self.shared.failed(FailedAttempt {
+                    step: name,
+                    attempt,
+                    worker: call.worker,
+                    error: error.clone(),
+                    retried: true,
+                });
+                call.last_error = Some(error);
                 arm(&mut call.timer, delay);
                 call.phase = Phase::Backoff;
                 // Durable runs save the failed attempt before the delay: a crash during it
@@ -1095,6 +1129,13 @@ where
                 });
             }
             let last: Arc<dyn std::error::Error + Send + Sync> = Arc::from(error);
+            self.shared.failed(FailedAttempt {
+                step: name,
+                attempt,
+                worker: call.worker,
+                error: last.clone(),
+                retried: false,
+            });
             let failed = Failed {
                 error: WorkflowError::StepFailed {
                     step: name,
@@ -1780,6 +1821,27 @@ where
         Ok(())
     }
 
+    /// What a cancelled run's record says of the attempts that had failed before the cancel
+    /// (`None` when none had).
+    fn failures_before_cancel(&self) -> Option<String> {
+        let failures = lock(&self.shared.failures);
+        if failures.is_empty() {
+            return None;
+        }
+        let each: Vec<String> = failures
+            .iter()
+            .map(|f| {
+                format!(
+                    "step `{}` attempt {} failed: {}",
+                    f.step,
+                    f.attempt,
+                    crate::error::chain(&*f.error)
+                )
+            })
+            .collect();
+        Some(format!("cancelled after {}", each.join("; ")))
+    }
+
     /// Publishes the terminal item once, and journals the outcome of a durable run.
     fn end(&mut self, result: Result<W::Output>) -> Poll<Result<W::Output>> {
         self.ended = true;
@@ -1817,7 +1879,11 @@ where
                 // Suspended runs were saved as waiting; a run that could not journal cannot
                 // journal its end either.
                 Err(WorkflowError::Suspended { .. } | WorkflowError::Store(_)) => Ok(()),
-                Err(WorkflowError::Cancelled) => self.save(RunStatus::Cancelled, None, None),
+                // Cancelled: the failures before the cancel stay readable in the store.
+                Err(WorkflowError::Cancelled) => {
+                    let failures = self.failures_before_cancel();
+                    self.save(RunStatus::Cancelled, None, failures)
+                }
                 Err(error) => self.save(RunStatus::Failed, None, Some(crate::error::chain(error))),
             };
             if let Err(error) = saved {

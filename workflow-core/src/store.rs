@@ -89,7 +89,8 @@ pub struct RunRecord {
     pub snapshot: Snapshot,
     /// The output of a finished run.
     pub output: Option<serde_json::Value>,
-    /// The error message of a failed run.
+    /// The error message of a failed run; for a cancelled run, the step attempts that had
+    /// failed before the cancel (`cancelled after step `x` attempt 1 failed: ...`), if any.
     pub error: Option<String>,
     /// The run's trace up to this checkpoint, when its runner records (`Runner::trace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

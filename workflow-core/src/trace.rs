@@ -130,6 +130,13 @@ pub enum TraceEvent {
         event: String,
         /// The step it was sent to, when targeted.
         target: Option<String>,
+        /// The step that sent it; `None` from outside the run.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<String>,
+        /// The attempt of that step that sent it (from 1): what a failed attempt sent stays
+        /// sent (a retry does not take it back), and this tells it from what the retry sends.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attempt: Option<u32>,
     },
     /// A request was published for a human (or another system) to answer, or a step began
     /// waiting inline for an answer (`ctx.wait_for`).
@@ -379,10 +386,24 @@ impl Trace {
                         None => format!("x {step} failed for good after {time}: {error}"),
                     }
                 }
-                TraceEvent::EventSent { event, target } => match target {
-                    Some(target) => format!("  sent {} to {target}", short(event)),
-                    None => format!("  sent {}", short(event)),
-                },
+                TraceEvent::EventSent {
+                    event,
+                    target,
+                    step,
+                    attempt,
+                } => {
+                    let sent = match target {
+                        Some(target) => format!("  sent {} to {target}", short(event)),
+                        None => format!("  sent {}", short(event)),
+                    };
+                    // A retried step's sends say which attempt made them.
+                    match (step, attempt) {
+                        (Some(step), Some(attempt)) if *attempt > 1 => {
+                            format!("{sent} (by {step}, attempt {attempt})")
+                        }
+                        _ => sent,
+                    }
+                }
                 TraceEvent::HumanWait { request } => {
                     waits.push(entry.at_us);
                     format!("? waiting for a human: {}", short(request))
