@@ -1,8 +1,10 @@
 //! Adversarial tests of the executor: wake-ups from other threads while the run loop is
 //! between "drain" and "sleep", stale wakes of reused calls, the poll budget, timers that fire
 //! when the run has nothing else to do, cancel at awkward moments, stuck detection, panics at
-//! various points, and many concurrent runs. Every run is bounded by a timeout, so a lost
-//! wake-up fails the test instead of hanging it.
+//! various points, many concurrent runs, and failures interleaved with foreign wake-ups
+//! (recovered failures on a busy step, retries of a join racing its fan-in, snapshots taken in
+//! a retry delay and resumed). Every run is bounded by a timeout, so a lost wake-up fails the
+//! test instead of hanging it.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -1110,5 +1112,364 @@ async fn thousands_of_concurrent_runs_with_random_yields_all_finish_correctly() 
     for (run, task) in tasks {
         let out = bounded(&format!("run {run}"), task).await.unwrap().unwrap();
         assert_eq!(out, 4 * run * 10 + 14, "run {run}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failures interleaved with foreign wake-ups (issue 17): recovered failures on a busy
+// two-worker step, retries of a join racing its fan-in, and snapshots taken during a retry
+// delay and resumed, again and again.
+
+#[derive(Debug, Clone, Event)]
+struct Task(u32);
+
+#[derive(Debug, Clone, Event)]
+struct TaskDone(u32);
+
+/// `work` (two workers, woken from a std thread) fails the odd tasks; `recover` turns each
+/// failure into its `TaskDone`; `gather` waits for all of them.
+struct Recovering {
+    width: u32,
+    log: Mutex<Vec<String>>,
+    busy: AtomicU32,
+    most_busy: AtomicU32,
+}
+
+#[workflow]
+impl Recovering {
+    #[step(emits = [Task])]
+    async fn plan(&self, ctx: &Context<Self>, _ev: StartEvent<()>) {
+        for i in 0..self.width {
+            ctx.send_event(Task(i));
+        }
+    }
+
+    #[step(num_workers = 2)]
+    async fn work(&self, ev: Task) -> Result<TaskDone, Boom> {
+        let busy = self.busy.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_busy.fetch_max(busy, Ordering::SeqCst);
+        external(Fire::Thread).await;
+        self.log.lock().unwrap().push(format!("work {}", ev.0));
+        self.busy.fetch_sub(1, Ordering::SeqCst);
+        if !ev.0.is_multiple_of(2) {
+            Err(Boom(ev.0))
+        } else {
+            Ok(TaskDone(ev.0))
+        }
+    }
+
+    #[step]
+    async fn recover(&self, failure: StepFailure) -> TaskDone {
+        external(Fire::Thread).await;
+        let task = failure.input.downcast_ref::<Task>().unwrap().0;
+        self.log.lock().unwrap().push(format!("recover {task}"));
+        TaskDone(task)
+    }
+
+    #[step]
+    async fn gather(&self, ctx: &Context<Self>, ev: TaskDone) -> Option<StopEvent<Vec<u32>>> {
+        let all = ctx.collect(ev, self.width as usize)?;
+        let mut tasks: Vec<u32> = all.iter().map(|d| d.0).collect();
+        tasks.sort_unstable();
+        Some(StopEvent(tasks))
+    }
+}
+
+async fn recovered_failures_under_foreign_wakes(rounds: u32) {
+    for round in 0..rounds {
+        let width = 12;
+        let runner = Recovering {
+            width,
+            log: Mutex::default(),
+            busy: AtomicU32::new(0),
+            most_busy: AtomicU32::new(0),
+        }
+        .runner()
+        .max_recoveries(width);
+        let mut run = runner.start(());
+        let out = bounded(&format!("recovered failures, round {round}"), &mut run).await;
+        assert_eq!(
+            out.unwrap(),
+            (0..width).collect::<Vec<_>>(),
+            "round {round}"
+        );
+        let flow = runner.workflow();
+        assert!(flow.most_busy.load(Ordering::SeqCst) <= 2, "two workers");
+        let log = flow.log.lock().unwrap().clone();
+        for task in 0..width {
+            let work = log.iter().position(|l| *l == format!("work {task}"));
+            let recover = log.iter().position(|l| *l == format!("recover {task}"));
+            match (task % 2, work, recover) {
+                (0, Some(_), None) => {}
+                (1, Some(w), Some(r)) => assert!(w < r, "task {task}: {log:?}"),
+                _ => panic!("task {task} in round {round}: {log:?}"),
+            }
+        }
+        // Every recovered failure is readable, final (not retried), with its own error.
+        let mut failed: Vec<(u32, String)> = run
+            .failures()
+            .iter()
+            .map(|f| {
+                assert_eq!((f.step, f.attempt, f.retried), ("work", 1, false));
+                let task = f.error.downcast_ref::<Boom>().unwrap().0;
+                (task, f.error.to_string())
+            })
+            .collect();
+        failed.sort();
+        let odd: Vec<(u32, String)> = (0..width)
+            .filter(|t| !t.is_multiple_of(2))
+            .map(|t| (t, format!("boom {t}")))
+            .collect();
+        assert_eq!(failed, odd, "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn recovered_failures_under_foreign_wakes_current_thread() {
+    recovered_failures_under_foreign_wakes(20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovered_failures_under_foreign_wakes_multi_thread() {
+    recovered_failures_under_foreign_wakes(20).await;
+}
+
+#[derive(Debug, Clone, Event)]
+struct Share(u32);
+
+#[derive(Debug, Clone, Event)]
+struct Piece(u32);
+
+/// What one attempt of `join` saw: (piece, attempt, the set `collect` returned).
+type Collected = (u32, u32, Option<Vec<u32>>);
+
+/// `part` (three workers, woken from a std thread) delivers the pieces in a random order;
+/// `join` retries: the first attempt of an even piece fails after buffering it, and the first
+/// attempt that completes the set fails after `collect` handed it the set.
+struct RetriedJoin {
+    width: u32,
+    log: Mutex<Vec<Collected>>,
+}
+
+#[workflow]
+impl RetriedJoin {
+    #[step(emits = [Share])]
+    async fn fan(&self, ctx: &Context<Self>, _ev: StartEvent<()>) {
+        for i in 0..self.width {
+            ctx.send_event(Share(i));
+        }
+    }
+
+    #[step(num_workers = 3)]
+    async fn part(&self, ev: Share) -> Piece {
+        external(Fire::Thread).await;
+        Piece(ev.0)
+    }
+
+    #[step(retry = RetryPolicy::fixed(3, Duration::from_millis(1)))]
+    async fn join(
+        &self,
+        ctx: &Context<Self>,
+        ev: Piece,
+    ) -> Result<Option<StopEvent<Vec<u32>>>, Boom> {
+        let piece = ev.0;
+        let set = ctx
+            .collect(ev, self.width as usize)
+            .map(|s| s.iter().map(|p| p.0).collect::<Vec<_>>());
+        self.log
+            .lock()
+            .unwrap()
+            .push((piece, ctx.attempt(), set.clone()));
+        if ctx.attempt() == 1 && (piece.is_multiple_of(2) || set.is_some()) {
+            external(Fire::Thread).await;
+            return Err(Boom(piece));
+        }
+        Ok(set.map(|mut set| {
+            set.sort_unstable();
+            StopEvent(set)
+        }))
+    }
+}
+
+async fn retries_of_a_join_racing_its_fan_in(rounds: u32) {
+    for round in 0..rounds {
+        let width = 6;
+        let runner = RetriedJoin {
+            width,
+            log: Mutex::default(),
+        }
+        .runner();
+        let mut run = runner.start(());
+        let out = bounded(&format!("retried join, round {round}"), &mut run).await;
+        // Each piece exactly once: none lost by a failed attempt, none buffered twice.
+        assert_eq!(
+            out.unwrap(),
+            (0..width).collect::<Vec<_>>(),
+            "round {round}"
+        );
+        let log = runner.workflow().log.lock().unwrap().clone();
+        let sets: Vec<&Collected> = log.iter().filter(|(_, _, set)| set.is_some()).collect();
+        // The set went to one invocation: its failed first attempt, then its retry, the same.
+        assert_eq!(sets.len(), 2, "round {round}: {log:?}");
+        assert_eq!(sets[0].0, sets[1].0, "{log:?}");
+        assert_eq!((sets[0].1, sets[1].1), (1, 2), "{log:?}");
+        assert_eq!(sets[0].2, sets[1].2, "the retry sees the same set: {log:?}");
+        let completing = sets[0].0;
+        // Every piece's first attempt comes before its retry.
+        for piece in 0..width {
+            let attempts: Vec<u32> = log
+                .iter()
+                .filter(|(p, _, _)| *p == piece)
+                .map(|(_, a, _)| *a)
+                .collect();
+            let expected: &[u32] = if piece.is_multiple_of(2) || piece == completing {
+                &[1, 2]
+            } else {
+                &[1]
+            };
+            assert_eq!(attempts, expected, "piece {piece}, round {round}: {log:?}");
+        }
+        let mut retried: Vec<u32> = run
+            .failures()
+            .iter()
+            .map(|f| {
+                assert_eq!((f.step, f.attempt, f.retried), ("join", 1, true));
+                f.error.downcast_ref::<Boom>().unwrap().0
+            })
+            .collect();
+        retried.sort_unstable();
+        let mut expected: Vec<u32> = (0..width)
+            .filter(|p| p.is_multiple_of(2) || *p == completing)
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(retried, expected, "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn retries_of_a_join_racing_its_fan_in_current_thread() {
+    retries_of_a_join_racing_its_fan_in(20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_of_a_join_racing_its_fan_in_multi_thread() {
+    retries_of_a_join_racing_its_fan_in(20).await;
+}
+
+#[derive(Debug, Clone, Event, serde::Serialize, serde::Deserialize)]
+struct Attempted(u32);
+
+/// `call` fails its first attempt; the next one is due after `delay`.
+struct Backoff {
+    attempts: Arc<Mutex<Vec<u32>>>,
+}
+
+#[workflow(durable)]
+impl Backoff {
+    #[step(retry = RetryPolicy::fixed(3, Duration::from_secs(10)))]
+    async fn call(&self, ctx: &Context<Self>, ev: StartEvent<u32>) -> Result<StopEvent<u32>, Boom> {
+        self.attempts.lock().unwrap().push(ctx.attempt());
+        ctx.write_event_to_stream(Attempted(ctx.attempt()));
+        if ctx.attempt() == 1 {
+            return Err(Boom(ev.0));
+        }
+        Ok(StopEvent(ev.0 + ctx.attempt()))
+    }
+}
+
+/// Attempt 1 fails at t=0 (the retry is due at t=10 s); snapshots at t=3 s and, from the
+/// resumed run, at t=5 s, each resumed: the retry runs once, at t=10 s, never early, never
+/// twice, and attempt 1 never runs again.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn snapshots_in_a_retry_delay_keep_the_rest_of_it_paused_clock() {
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let runner = Backoff {
+        attempts: attempts.clone(),
+    }
+    .runner();
+    let began = tokio::time::Instant::now();
+    let mut first = runner.start(5);
+    while first.failures().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let at_3s = first.snapshot().await.unwrap();
+    first.cancel();
+    assert!(matches!((&mut first).await, Err(WorkflowError::Cancelled)));
+    assert_eq!(at_3s.in_flight.len(), 1);
+    assert_eq!(at_3s.in_flight[0].attempt, 2, "the next attempt is due");
+    let due = at_3s.in_flight[0].retry_at_ms.expect("when it is due");
+
+    let mut second = runner.resume(&at_3s).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let at_5s = second.snapshot().await.unwrap();
+    second.cancel();
+    assert!(matches!((&mut second).await, Err(WorkflowError::Cancelled)));
+    // The due time is wall-clock: the paused tokio clock moved 2 s that the wall clock did
+    // not, so the same moment reads 2 s earlier (on a real clock it reads the same, see the
+    // multi-thread test). What is left of the delay is the same: 5 s.
+    let kept = at_5s.in_flight[0].retry_at_ms.unwrap();
+    assert!((kept + 2_000).abs_diff(due) <= 5, "{kept} vs {due}");
+    assert_eq!(*attempts.lock().unwrap(), [1], "no attempt yet");
+
+    let resumed = tokio::time::Instant::now();
+    let mut third = runner.resume(&at_5s).unwrap();
+    let events = third.events();
+    // Paused clock: a bound longer than the delay (`bounded`'s 5 s would fire first).
+    let out = tokio::time::timeout(Duration::from_secs(60), &mut third)
+        .await
+        .expect("the resumed retry ends")
+        .unwrap();
+    assert_eq!(out, 7);
+    let waited = resumed.elapsed();
+    // The rest of the delay: 5 s (less the few real milliseconds the test took).
+    assert!(
+        waited > Duration::from_millis(4_500) && waited <= Duration::from_millis(5_001),
+        "{waited:?}"
+    );
+    assert!(began.elapsed() >= Duration::from_millis(9_500));
+    assert_eq!(*attempts.lock().unwrap(), [1, 2]);
+    let items: Vec<StreamItem> = events.collect().await;
+    assert_eq!(items.len(), 2, "{items:?}");
+    assert_eq!(items[0].event::<Attempted>().map(|a| a.0), Some(2));
+    assert!(matches!(items[1], StreamItem::End(Outcome::Stopped)));
+}
+
+/// The same on a multi-thread runtime, on the real clock: a snapshot in the delay, resumed,
+/// does not retry at once, and a snapshot of the resumed run names the same due time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_in_a_retry_delay_keep_the_rest_of_it_multi_thread() {
+    for round in 0..5 {
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let runner = Backoff {
+            attempts: attempts.clone(),
+        }
+        .runner();
+        let mut first = runner.start(5);
+        bounded("the first attempt to fail", async {
+            while first.failures().is_empty() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        let snapshot = first.snapshot().await.unwrap();
+        first.cancel();
+        assert!(matches!((&mut first).await, Err(WorkflowError::Cancelled)));
+        let due = snapshot.in_flight[0].retry_at_ms.unwrap();
+        let mut resumed = runner.resume(&snapshot).unwrap();
+        // Foreign wakes and a pause: the run is polled, and still does not retry.
+        external(Fire::Thread).await;
+        tokio::time::sleep(Duration::from_millis(50 + random(100))).await;
+        assert_eq!(*attempts.lock().unwrap(), [1], "round {round}");
+        let again = resumed.snapshot().await.unwrap();
+        assert_eq!(again.in_flight[0].attempt, 2);
+        let kept = again.in_flight[0].retry_at_ms.unwrap();
+        assert!(kept.abs_diff(due) <= 5, "{kept} vs {due}");
+        resumed.cancel();
+        assert!(matches!(
+            (&mut resumed).await,
+            Err(WorkflowError::Cancelled)
+        ));
+        assert_eq!(*attempts.lock().unwrap(), [1], "round {round}");
     }
 }
