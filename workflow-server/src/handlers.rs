@@ -427,6 +427,19 @@ async fn pump(
                 entry.push(step_state("not_running", step, worker));
             }
             StreamItem::End(_) => break,
+            StreamItem::Child { path, item } => {
+                // A child run's events (its progress, its requests for a human) are logged
+                // with the path of the child that published them; its steps and its end
+                // are its own business.
+                if let StreamItem::Event(event) = &*item {
+                    let mut event = envelope(event);
+                    event["child"] = path
+                        .iter()
+                        .map(|c| json!({ "step": c.step, "workflow": c.workflow, "run_id": c.run_id }))
+                        .collect();
+                    entry.push(event);
+                }
+            }
             _ => {}
         }
     }
