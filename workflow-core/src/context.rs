@@ -1006,7 +1006,9 @@ impl<W: Workflow> Context<W> {
     /// once every type has arrived; `None` until then. Each complete set is returned exactly
     /// once, whatever the arrival order. A type may stand at several positions
     /// (`(Hit, Miss, Hit)` waits for two `Hit`s); an event of a type the tuple does not hold is
-    /// left alone (`None`, not buffered), for the step to handle itself.
+    /// left alone (`None`, not buffered), for the step to handle itself. A tuple holding a type
+    /// the step does not accept could never complete: written with a turbofish
+    /// (`collect_each::<(A, B)>`), it does not compile.
     ///
     /// ```
     /// use tidewater::prelude::*;

@@ -259,7 +259,7 @@ pub mod __private {
     #[cfg(feature = "serve")]
     pub use crate::serve;
     pub use crate::snapshot;
-    pub use crate::step_ref::StepRef;
+    pub use crate::step_ref::{StepRef, step_collects};
     pub use crate::workflow::{StepConfig, Workflow, start_event};
     #[cfg(feature = "serve")]
     pub use inventory;

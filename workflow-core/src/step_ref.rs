@@ -101,6 +101,26 @@ pub struct Left<P>(PhantomData<P>);
 #[derive(Debug)]
 pub struct Right<P>(PhantomData<P>);
 
+/// A type that a `collect_each::<(..)>` collects, and where in the step's event parameter `I`
+/// it fits (as [`Accepts`]): checked at compile time for every type of the collected tuple,
+/// since an event the step does not accept never reaches it and the set could never complete.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`collect_each` collects `{Self}`, which this step does not accept",
+    label = "a `{Self}` never reaches a step whose event parameter is `{I}`",
+    note = "the set could never complete: collect only the types of the step's event parameter (an `Either` of them), or add `{Self}` to it"
+)]
+pub trait CollectedBy<I, Position> {}
+
+impl<E: Event> CollectedBy<E, Here> for E {}
+impl<E: CollectedBy<L, P>, L, R, P> CollectedBy<Either<L, R>, Left<P>> for E {}
+impl<E: CollectedBy<R, P>, L, R, P> CollectedBy<Either<L, R>, Right<P>> for E {}
+
+/// Used by the generated code: compiles only when a step whose event parameter is `I` accepts
+/// `E`, a type its `collect_each::<(..)>` collects.
+#[doc(hidden)]
+pub fn step_collects<E: CollectedBy<I, P>, I, P>() {}
+
 impl<E: Event> Accepts<E, Here> for E {}
 impl<E, L: Accepts<E, P>, R, P> Accepts<E, Left<P>> for Either<L, R> {}
 impl<E, L, R: Accepts<E, P>, P> Accepts<E, Right<P>> for Either<L, R> {}

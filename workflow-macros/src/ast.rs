@@ -22,6 +22,9 @@ pub(crate) struct Step {
     pub(crate) emits: Vec<Type>,
     /// The return type's span (the name's, for `-> ()` left out), for rustc's errors on it.
     pub(crate) output_span: Span,
+    /// The types of the tuples its body collects with `collect_each::<(..)>` (written with a
+    /// turbofish), each checked against `input` by rustc.
+    pub(crate) collected: Vec<Type>,
     pub(crate) options: StepOptions,
 }
 
@@ -66,6 +69,38 @@ pub(crate) fn type_span(ty: &Type) -> Span {
     last_segment(ty).map_or_else(|| ty.span(), |seg| seg.ident.span())
 }
 
+/// The types of the tuples collected by `collect_each::<(A, B, ..)>` calls in `body` (at any
+/// depth), in order. Only the turbofish form is seen: a call whose tuple type is inferred is
+/// checked at run time only (an event of a type the tuple does not hold is left alone).
+fn collected_types(body: impl Iterator<Item = proc_macro2::TokenStream>, out: &mut Vec<Type>) {
+    use proc_macro2::TokenTree;
+    for stream in body {
+        let tokens: Vec<TokenTree> = stream.into_iter().collect();
+        for (i, token) in tokens.iter().enumerate() {
+            match token {
+                TokenTree::Group(group) => {
+                    collected_types(std::iter::once(group.stream()), out);
+                }
+                TokenTree::Ident(ident) if ident == "collect_each" => {
+                    let rest: proc_macro2::TokenStream = tokens[i + 1..].iter().cloned().collect();
+                    let turbofish = |input: syn::parse::ParseStream<'_>| {
+                        let args = syn::AngleBracketedGenericArguments::parse_turbofish(input)?;
+                        input.parse::<proc_macro2::TokenStream>()?;
+                        Ok(args)
+                    };
+                    let Ok(args) = syn::parse::Parser::parse2(turbofish, rest) else {
+                        continue;
+                    };
+                    if let Some(GenericArgument::Type(Type::Tuple(tuple))) = args.args.first() {
+                        out.extend(tuple.elems.iter().cloned());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Removes the `#[step]` attributes of `item` and returns the model of its steps.
 pub(crate) fn parse(item: &mut ItemImpl, errors: &mut Errors) -> Model {
     let mut steps = Vec::new();
@@ -91,7 +126,17 @@ pub(crate) fn parse(item: &mut ItemImpl, errors: &mut Errors) -> Model {
         }
         let options = parse_step_options(attr, errors);
         match parse_step(&method.sig, options, errors) {
-            Some(step) => steps.push(step),
+            Some(mut step) => {
+                collected_types(
+                    method
+                        .block
+                        .stmts
+                        .iter()
+                        .map(quote::ToTokens::to_token_stream),
+                    &mut step.collected,
+                );
+                steps.push(step)
+            }
             None => incomplete = true,
         }
     }
@@ -207,6 +252,7 @@ fn parse_step(sig: &syn::Signature, mut options: StepOptions, errors: &mut Error
         input,
         accepts,
         emits,
+        collected: Vec::new(),
         output_span: match &sig.output {
             ReturnType::Default => sig.ident.span(),
             ReturnType::Type(_, ty) => ty.span(),

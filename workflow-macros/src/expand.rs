@@ -160,6 +160,7 @@ fn generate(
         }
     });
     let steps_const = steps_const(&private, self_ty, model);
+    let collects = collect_checks(&private, model);
     let event_of = event_of_impls(&private, self_ty, model, shape);
     let checks = graph_checks(&private, self_ty, options, model, shape);
 
@@ -207,6 +208,7 @@ fn generate(
             }
 
             #steps_const
+            #collects
             #(#event_of)*
             #checks
             #serve
@@ -309,6 +311,27 @@ fn invoke_arm(private: &TokenStream, index: usize, step: &Step) -> TokenStream {
             };
             let output = #call.await;
             #emit
+        }
+    }
+}
+
+/// `collect_each::<(A, B)>` in a step: each collected type must be one the step accepts (else
+/// the set can never complete), checked by rustc and spanned on the type in the turbofish.
+fn collect_checks(private: &TokenStream, model: &Model) -> TokenStream {
+    let checks = model.steps.iter().flat_map(|step| {
+        let input = &step.input;
+        step.collected
+            .iter()
+            .map(move |ty| quote_spanned!(syn::spanned::Spanned::span(ty)=> #private::step_collects::<#ty, #input, _>();))
+    });
+    let checks: Vec<TokenStream> = checks.collect();
+    if checks.is_empty() {
+        return TokenStream::new();
+    }
+    quote! {
+        #[allow(dead_code)]
+        fn __collect_each_checks() {
+            #(#checks)*
         }
     }
 }
