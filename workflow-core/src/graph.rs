@@ -460,6 +460,72 @@ impl Graph {
         }
     }
 
+    /// Where `#[workflow]` reports steps that can never run: once per group of them, at the
+    /// last (in declaration order) of the loop that starts the group. Steps fed only by that
+    /// group follow from it and are not reported again, nor are steps downstream of a step
+    /// whose input is never produced (that rule names the cause).
+    #[doc(hidden)]
+    pub const fn reports_unreachable(&self, step: usize) -> bool {
+        if self.step_is_reachable(step) {
+            return false;
+        }
+        let mut only = [false; MAX_STEPS];
+        only[step] = true;
+        let feeders = self.close(only, false);
+        let fed = self.close(only, true);
+        let mut t = 0;
+        while t < self.steps.len() {
+            if feeders[t] {
+                if !self.all_accepts_produced(t) {
+                    return false;
+                }
+                // Every feeder of an unreachable step is unreachable: one outside this step's
+                // loop, or later on it, is where the group is reported.
+                if t != step && (!fed[t] || t > step) {
+                    return false;
+                }
+            }
+            t += 1;
+        }
+        true
+    }
+
+    /// Where `#[workflow]` reports a loop with no exit: once per loop, at its last step in
+    /// declaration order (`step_stop_check` is `2` for every step on it).
+    #[doc(hidden)]
+    pub const fn reports_endless_loop(&self, step: usize) -> bool {
+        if self.step_stop_check(step) != 2 {
+            return false;
+        }
+        let mut only = [false; MAX_STEPS];
+        only[step] = true;
+        let feeders = self.close(only, false);
+        let fed = self.close(only, true);
+        let mut t = step + 1;
+        while t < self.steps.len() {
+            if fed[t] && feeders[t] && self.step_stop_check(t) == 2 {
+                return false;
+            }
+            t += 1;
+        }
+        true
+    }
+
+    /// Does some step take an event that no step produces? Then a step that emits nothing is
+    /// most likely the one sending it with `ctx.send_event` without `emits = [..]`, and
+    /// `#[workflow]` reports only the missing producer, not that step as a dead end.
+    #[doc(hidden)]
+    pub const fn consumes_unproduced(&self) -> bool {
+        let mut s = 0;
+        while s < self.steps.len() {
+            if !self.all_accepts_produced(s) {
+                return true;
+            }
+            s += 1;
+        }
+        false
+    }
+
     /// The steps accepting `id`, in declaration order (the routing of one event type).
     pub fn consumers(&self, id: EventId) -> impl Iterator<Item = usize> + '_ {
         (0..self.steps.len()).filter(move |&s| self.accepts(s, id))

@@ -268,6 +268,17 @@ pub mod __private {
     pub use std::string::String;
     pub use std::sync::Arc;
 
+    /// `<T as IsEvent>::Event` is `T` when `T` is an event. The generated code names each event
+    /// type of a workflow through one alias of this projection, spanned on the type's first
+    /// occurrence, so a type missing `#[derive(Event)]` gives one error there, not one per use.
+    pub trait IsEvent {
+        /// `Self`.
+        type Event: Event;
+    }
+    impl<T: Event> IsEvent for T {
+        type Event = T;
+    }
+
     /// Takes a step's input out of the erased event the executor routed to it.
     pub fn take_input<T: StepInput>(event: DynEvent) -> Result<T, BoxError> {
         T::from_dyn(event).map_err(|event| {
@@ -304,18 +315,6 @@ pub mod __private {
     pub trait SameStartEvent<T> {}
     impl<T> SameStartEvent<T> for T {}
 
-    /// See [`SameStartEvent`]; the same for stop events.
-    #[diagnostic::on_unimplemented(
-        message = "the workflow has several stop event types: `{Self}` and `{T}`",
-        label = "this stop event differs from the first one",
-        note = "a workflow has exactly one stop event type; every step returning a `StopEvent` must return the same one"
-    )]
-    pub trait SameStopEvent<T> {}
-    impl<T> SameStopEvent<T> for T {}
-
     /// Asserts `A` and `B` are one start event type.
     pub const fn same_start<A: SameStartEvent<B>, B>() {}
-
-    /// Asserts `A` and `B` are one stop event type.
-    pub const fn same_stop<A: SameStopEvent<B>, B>() {}
 }

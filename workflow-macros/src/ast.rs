@@ -20,6 +20,8 @@ pub(crate) struct Step {
     pub(crate) accepts: Vec<Type>,
     /// The event types the step may emit: its return type unfolded, then `emits = [..]`.
     pub(crate) emits: Vec<Type>,
+    /// The return type as written (`()` when left out).
+    pub(crate) output: Type,
     /// The return type's span (the name's, for `-> ()` left out), for rustc's errors on it.
     pub(crate) output_span: Span,
     /// The types of the tuples its body collects with `collect_each::<(..)>` (written with a
@@ -34,6 +36,11 @@ pub(crate) struct Model {
     /// Some `#[step]` had a malformed signature (already reported) and is missing from `steps`,
     /// so the whole-workflow rules (a start, a stop, any step at all) cannot be judged.
     pub(crate) incomplete: bool,
+    /// The event types the malformed steps still name (their event parameter, `Either`
+    /// unfolded, and their return type), so the stand-in `Workflow` impl emitted beside the
+    /// errors has the input and output the user meant and code calling `.run(..)` adds no
+    /// follow-on error.
+    pub(crate) broken: Vec<Type>,
 }
 
 /// Is `ty` a path whose last segment is `name` (`StartEvent`, `crate::StartEvent<T>`, ...)?
@@ -105,6 +112,7 @@ fn collected_types(body: impl Iterator<Item = proc_macro2::TokenStream>, out: &m
 pub(crate) fn parse(item: &mut ItemImpl, errors: &mut Errors) -> Model {
     let mut steps = Vec::new();
     let mut incomplete = false;
+    let mut broken = Vec::new();
     for impl_item in &mut item.items {
         let ImplItem::Fn(method) = impl_item else {
             continue;
@@ -126,7 +134,7 @@ pub(crate) fn parse(item: &mut ItemImpl, errors: &mut Errors) -> Model {
         }
         let options = parse_step_options(attr, errors);
         match parse_step(&method.sig, options, errors) {
-            Some(mut step) => {
+            Ok(mut step) => {
                 collected_types(
                     method
                         .block
@@ -137,13 +145,25 @@ pub(crate) fn parse(item: &mut ItemImpl, errors: &mut Errors) -> Model {
                 );
                 steps.push(step)
             }
-            None => incomplete = true,
+            Err(mut named) => {
+                incomplete = true;
+                broken.append(&mut named);
+            }
         }
     }
-    Model { steps, incomplete }
+    Model {
+        steps,
+        incomplete,
+        broken,
+    }
 }
 
-fn parse_step(sig: &syn::Signature, mut options: StepOptions, errors: &mut Errors) -> Option<Step> {
+/// The step, or (when its signature is malformed, and reported) the event types it still names.
+fn parse_step(
+    sig: &syn::Signature,
+    mut options: StepOptions,
+    errors: &mut Errors,
+) -> Result<Step, Vec<Type>> {
     let mut ok = true;
     if sig.asyncness.is_none() {
         errors.add(
@@ -201,8 +221,10 @@ fn parse_step(sig: &syn::Signature, mut options: StepOptions, errors: &mut Error
                 } else if event.is_some() {
                     errors.add(
                         type_span(ty),
-                        "a step takes exactly one event parameter; to accept several event types, \
-                         take one `Either<A, B>`",
+                        "a step takes exactly one event parameter\n\
+                         help: to accept several event types, take one `Either<A, B>`; to wait \
+                         until several events have all arrived, take an `Either` of them and \
+                         gather them with `ctx.collect_each`",
                     );
                     ok = false;
                 } else if let Type::Reference(reference) = ty {
@@ -229,7 +251,13 @@ fn parse_step(sig: &syn::Signature, mut options: StepOptions, errors: &mut Error
                 sig.ident
             ),
         );
-        return None;
+        let mut named = Vec::new();
+        if let ReturnType::Type(_, ty) = &sig.output {
+            // A malformed return type is not reported here: the missing event parameter is
+            // the mistake to fix first.
+            let _ = unfold_output(ty, &mut named);
+        }
+        return Err(named);
     };
     let mut accepts = Vec::new();
     unfold_either(&input, &mut accepts);
@@ -244,7 +272,11 @@ fn parse_step(sig: &syn::Signature, mut options: StepOptions, errors: &mut Error
         }
     }
     emits.append(&mut options.emits);
-    ok.then_some(Step {
+    if !ok {
+        accepts.append(&mut emits);
+        return Err(accepts);
+    }
+    Ok(Step {
         ident: sig.ident.clone(),
         has_self,
         ctx_position,
@@ -253,6 +285,10 @@ fn parse_step(sig: &syn::Signature, mut options: StepOptions, errors: &mut Error
         accepts,
         emits,
         collected: Vec::new(),
+        output: match &sig.output {
+            ReturnType::Default => syn::parse_quote!(()),
+            ReturnType::Type(_, ty) => (**ty).clone(),
+        },
         output_span: match &sig.output {
             ReturnType::Default => sig.ident.span(),
             ReturnType::Type(_, ty) => ty.span(),

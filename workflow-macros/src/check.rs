@@ -11,9 +11,9 @@ use crate::attr::Errors;
 
 /// What the token checks learned, for the code generation.
 pub(crate) struct Shape<'a> {
-    /// The start event types, as written, in step order.
+    /// The start event types, as written, in step order (then those of malformed steps).
     pub(crate) starts: Vec<&'a syn::Type>,
-    /// The stop event types, as written, in step order.
+    /// The stop event types, as written, in step order (then those of malformed steps).
     pub(crate) stops: Vec<&'a syn::Type>,
 }
 
@@ -44,12 +44,14 @@ pub(crate) fn check<'a>(item: &ItemImpl, model: &'a Model, errors: &mut Errors) 
         .steps
         .iter()
         .flat_map(|s| &s.accepts)
+        .chain(&model.broken)
         .filter(|ty| last_segment_is(ty, "StartEvent"))
         .collect();
     let stops: Vec<_> = model
         .steps
         .iter()
         .flat_map(|s| &s.emits)
+        .chain(&model.broken)
         .filter(|ty| last_segment_is(ty, "StopEvent"))
         .collect();
     // Rejects a workflow where no step has `ev: StartEvent<_>`: nothing could ever run.

@@ -2,7 +2,7 @@
 //! that rustc evaluates, each spanned on the user's token.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{quote, quote_spanned};
+use quote::{ToTokens, quote, quote_spanned};
 use syn::{ItemImpl, Type};
 
 use crate::ast::{self, Model, Step, last_segment_is, type_span};
@@ -87,12 +87,26 @@ fn generate(
         .as_ref()
         .map_or_else(|| quote!(()), |ty| quote!(#ty));
     let first_start = shape.starts[0];
-    let first_stop = shape.stops[0];
+    let (output, same_stop, output_span) = output_type(model);
+    // Spanned where a stop event mismatch is reported, so that rustc's complaint about
+    // `Self::Output` here is the same error, shown once.
+    let output_fn = respan(
+        quote! {
+            fn __output(
+                stop: #private::DynEvent,
+            ) -> ::core::result::Result<Self::Output, #private::DynEvent> {
+                #private::take_output::<Self::Output>(stop)
+            }
+        },
+        output_span,
+    );
+    let events = EventAliases::new(&private, model);
+    let aliases = &events.defs;
 
     let step_specs = model.steps.iter().map(|step| {
         let name = step.ident.to_string();
-        let accepts = step.accepts.iter().map(|ty| meta(&private, ty));
-        let emits = step.emits.iter().map(|ty| meta(&private, ty));
+        let accepts = step.accepts.iter().map(|ty| meta(&private, &events.of(ty)));
+        let emits = step.emits.iter().map(|ty| meta(&private, &events.of(ty)));
         let workers = step.options.num_workers.unwrap_or(1);
         // `#[workflow(skip_graph_checks)]` marks every step, so `Graph::validate` agrees.
         let skip = step.options.skip_graph_checks || options.skip_graph_checks;
@@ -111,7 +125,7 @@ fn generate(
         .steps
         .iter()
         .enumerate()
-        .map(|(index, step)| invoke_arm(&private, index, step));
+        .map(|(index, step)| invoke_arm(&private, &events, index, step));
     let config_arms: Vec<_> = model
         .steps
         .iter()
@@ -147,7 +161,9 @@ fn generate(
         }
     });
 
-    let durable = options.durable.then(|| durable_codec(&private, model));
+    let durable = options
+        .durable
+        .then(|| durable_codec(&private, &events, model));
     // `serve = "name"`: a registration `tidewater-server` finds through inventory.
     let serve = options.serve.as_ref().map(|name| {
         quote! {
@@ -161,16 +177,19 @@ fn generate(
     });
     let steps_const = steps_const(&private, self_ty, model);
     let collects = collect_checks(&private, model);
-    let event_of = event_of_impls(&private, self_ty, model, shape);
+    let event_of = event_of_impls(&private, &events, self_ty, model, shape);
     let checks = graph_checks(&private, self_ty, options, model, shape);
 
     quote! {
         #[doc(hidden)]
         const _: () = {
+            #(#aliases)*
+            #same_stop
+
             #[automatically_derived]
             impl #private::Workflow for #self_ty {
                 type Input = <#first_start as ::core::ops::Deref>::Target;
-                type Output = <#first_stop as ::core::ops::Deref>::Target;
+                type Output = #output;
                 type State = #state;
 
                 const GRAPH: &'static #private::Graph = &#private::Graph {
@@ -200,11 +219,7 @@ fn generate(
                     #private::start_event::<Self::Input>(input)
                 }
 
-                fn __output(
-                    stop: #private::DynEvent,
-                ) -> ::core::result::Result<Self::Output, #private::DynEvent> {
-                    #private::take_output::<Self::Output>(stop)
-                }
+                #output_fn
             }
 
             #steps_const
@@ -214,6 +229,62 @@ fn generate(
             #serve
         };
     }
+}
+
+/// The workflow's `Output`: the payload of its stop event. When steps spell their stop events
+/// differently (`StopEvent<usize>` in `write`, `StopEvent<String>` in `finish`), rustc decides
+/// whether the spellings are one type (`type Out = String;` makes them one): `Output` is then
+/// computed through a generated trait implemented only for `T: SameStop<T>`, whose message names
+/// both steps. When the types differ, that is the one error, and `Output` is left unknown, so
+/// code using the workflow's output adds no error of its own.
+fn output_type(model: &Model) -> (TokenStream, TokenStream, Span) {
+    let mut stops: Vec<(&syn::Ident, &Type)> = Vec::new();
+    for step in &model.steps {
+        for ty in &step.emits {
+            if last_segment_is(ty, "StopEvent")
+                && !stops
+                    .iter()
+                    .any(|(_, known)| type_name(known) == type_name(ty))
+            {
+                stops.push((&step.ident, ty));
+            }
+        }
+    }
+    let (first_step, first) = stops[0];
+    let mut output = quote!(<#first as ::core::ops::Deref>::Target);
+    let mut checks = Vec::new();
+    let mut span = Span::call_site();
+    for (k, (step, ty)) in stops.iter().enumerate().skip(1) {
+        let name = if stops.len() == 2 {
+            quote::format_ident!("__SameStopEvent")
+        } else {
+            quote::format_ident!("__SameStopEvent{k}")
+        };
+        let message = format!(
+            "steps `{first_step}` and `{step}` return different stop events: `{{T}}` and `{{Self}}`\n\
+             help: a workflow has one output type: let both steps return the same `StopEvent<_>`"
+        );
+        let label = format!("`{step}` returns this one, `{first_step}` returns `{{T}}`");
+        checks.push(quote! {
+            #[diagnostic::on_unimplemented(message = #message, label = #label)]
+            trait #name<T> {
+                type Output;
+            }
+            impl<T: ::core::ops::Deref<Target: ::core::marker::Sized>> #name<T> for T {
+                type Output = T::Target;
+            }
+        });
+        let same = quote_spanned!(type_span(ty)=> <#ty as #name<#first>>::Output);
+        if k == 1 {
+            output = same;
+            span = type_span(ty);
+        } else {
+            checks.push(quote! {
+                const _: ::core::marker::PhantomData<#same> = ::core::marker::PhantomData;
+            });
+        }
+    }
+    (output, quote!(#(#checks)*), span)
 }
 
 /// The stand-in `Workflow` impl emitted beside errors: the right input and output types where
@@ -283,9 +354,15 @@ fn meta(private: &TokenStream, ty: &Type) -> TokenStream {
 }
 
 /// One arm of the generated dispatch: take the input, call the method, collect its events.
-fn invoke_arm(private: &TokenStream, index: usize, step: &Step) -> TokenStream {
+fn invoke_arm(
+    private: &TokenStream,
+    events: &EventAliases,
+    index: usize,
+    step: &Step,
+) -> TokenStream {
     let ident = &step.ident;
-    let input = &step.input;
+    let input = events.of(&step.input);
+    let output = events.of(&step.output);
     let arity = step.ctx_position.map_or(1, |_| 2);
     let args = (0..arity).map(|position| {
         if position == step.event_position {
@@ -302,7 +379,7 @@ fn invoke_arm(private: &TokenStream, index: usize, step: &Step) -> TokenStream {
         quote!(Self::#ident(#(#args),*))
     };
     // Spanned on the return type: "`String` cannot be returned by a step" points there.
-    let emit = quote_spanned!(step.output_span=> #private::emit(output));
+    let emit = quote_spanned!(step.output_span=> #private::emit::<#output>(output));
     quote! {
         #index => {
             let event = match #private::take_input::<#input>(event) {
@@ -366,9 +443,9 @@ fn steps_const(private: &TokenStream, self_ty: &Type, model: &Model) -> TokenStr
 /// `#[workflow(durable)]`: (de)serialization of every event of the graph, the state and the
 /// output, so runs can be snapshotted and journaled. Each type must be `Serialize` and
 /// `Deserialize`; rustc says so, spanned on the type, when one is not.
-fn durable_codec(private: &TokenStream, model: &Model) -> TokenStream {
+fn durable_codec(private: &TokenStream, events: &EventAliases, model: &Model) -> TokenStream {
     let mut seen = std::collections::HashSet::new();
-    let events: Vec<&Type> = model
+    let types: Vec<Type> = model
         .steps
         .iter()
         .flat_map(|s| s.accepts.iter().chain(&s.emits))
@@ -376,15 +453,16 @@ fn durable_codec(private: &TokenStream, model: &Model) -> TokenStream {
         // By the type as written, not its last name: `a::Ping` and `b::Ping` are two events,
         // each with its own codec (one spelled twice only costs a branch never taken).
         .filter(|ty| seen.insert(type_name(ty)))
+        .map(|ty| events.of(ty))
         .collect();
-    let encode = events.iter().map(|ty| {
+    let encode = types.iter().map(|ty| {
         quote_spanned! {type_span(ty)=>
             if let ::core::option::Option::Some(event) = event.downcast_ref::<#ty>() {
                 return #private::snapshot::encode::<#ty>(event);
             }
         }
     });
-    let decode = events.iter().map(|ty| {
+    let decode = types.iter().map(|ty| {
         quote_spanned! {type_span(ty)=>
             if name == <#ty as #private::Event>::NAME {
                 return #private::snapshot::decode::<#ty>(data);
@@ -443,6 +521,7 @@ fn durable_codec(private: &TokenStream, model: &Model) -> TokenStream {
 /// `crate::events::Draft` give one impl.
 fn event_of_impls(
     private: &TokenStream,
+    events: &EventAliases,
     self_ty: &Type,
     model: &Model,
     shape: &Shape<'_>,
@@ -453,12 +532,119 @@ fn event_of_impls(
         .iter()
         .flat_map(|s| &s.accepts)
         .filter(|ty| !last_segment_is(ty, "StartEvent"))
-        .chain(shape.stops.first().copied())
         .filter(|ty| seen.insert(last_name(ty)))
+        .chain(shape.stops.first().copied())
         .map(|ty| {
+            // Through the alias, so a type missing `#[derive(Event)]` is not reported again
+            // here; but not for the library's own events: coherence cannot see through
+            // `<StopEvent<String> as IsEvent>::Event` and would call two such impls overlapping.
+            let ty = if ["StopEvent", "StepFailure"]
+                .iter()
+                .any(|name| last_segment_is(ty, name))
+            {
+                ty.into_token_stream()
+            } else {
+                events.of(ty).into_token_stream()
+            };
             quote! {
                 #[automatically_derived]
                 impl #private::EventOf<#self_ty> for #ty {}
+            }
+        })
+        .collect()
+}
+
+/// Every event type of the graph, by spelling, and the alias the generated code names it by:
+/// `type __Event_Draft = <Draft as IsEvent>::Event;`, spanned on the spelling's first
+/// occurrence. A type missing `#[derive(Event)]` then fails once, there, with one message
+/// ("`Review` is not an event"), instead of once per use (graph, input, output, `EventOf`).
+struct EventAliases {
+    /// `(spelling, alias)`, in order of first occurrence.
+    names: Vec<(String, syn::Ident)>,
+    /// The `type` items.
+    defs: Vec<TokenStream>,
+}
+
+impl EventAliases {
+    fn new(private: &TokenStream, model: &Model) -> Self {
+        let mut names: Vec<(String, syn::Ident)> = Vec::new();
+        let mut defs = Vec::new();
+        for ty in model
+            .steps
+            .iter()
+            .flat_map(|s| s.accepts.iter().chain(&s.emits))
+        {
+            let spelling = type_name(ty);
+            if names.iter().any(|(known, _)| *known == spelling) {
+                continue;
+            }
+            let mut alias: String = format!("__Event_{}", last_name(ty))
+                .chars()
+                .map(|c| if c.is_alphanumeric() { c } else { '_' })
+                .collect();
+            while alias.ends_with('_') {
+                alias.pop();
+            }
+            // `a::Ping` and `b::Ping`: two spellings with one last name.
+            let taken = names
+                .iter()
+                .filter(|(_, a)| a.to_string().starts_with(&alias))
+                .count();
+            if taken > 0 {
+                alias = format!("{alias}_{taken}");
+            }
+            let ident = syn::Ident::new(&alias, type_span(ty));
+            defs.push(quote! {
+                #[allow(non_camel_case_types)]
+                type #ident = <#ty as #private::IsEvent>::Event;
+            });
+            names.push((spelling, ident));
+        }
+        EventAliases { names, defs }
+    }
+
+    /// `ty` with every event type in it replaced by its alias: `Either<Draft, StopEvent<u8>>`
+    /// becomes `Either<__Event_Draft, __Event_StopEvent_u8>`.
+    fn of(&self, ty: &Type) -> Type {
+        let spelling = type_name(ty);
+        if let Some((_, alias)) = self.names.iter().find(|(known, _)| *known == spelling) {
+            return syn::parse_quote!(#alias);
+        }
+        match ty {
+            Type::Path(path) if path.qself.is_none() => {
+                let mut path = path.clone();
+                if let Some(segment) = path.path.segments.last_mut()
+                    && let syn::PathArguments::AngleBracketed(args) = &mut segment.arguments
+                {
+                    for arg in &mut args.args {
+                        if let syn::GenericArgument::Type(inner) = arg {
+                            *inner = self.of(inner);
+                        }
+                    }
+                }
+                Type::Path(path)
+            }
+            Type::Group(group) => self.of(&group.elem),
+            Type::Paren(paren) => self.of(&paren.elem),
+            _ => ty.clone(),
+        }
+    }
+}
+
+/// `tokens`, every one of them spanned on `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    use proc_macro2::{Group, TokenTree};
+    tokens
+        .into_iter()
+        .map(|tree| match tree {
+            TokenTree::Group(group) => {
+                let mut respanned = Group::new(group.delimiter(), respan(group.stream(), span));
+                respanned.set_span(span);
+                TokenTree::Group(respanned)
+            }
+            mut other => {
+                other.set_span(span);
+                other
             }
         })
         .collect()
@@ -494,13 +680,6 @@ fn graph_checks(
             const _: () = #private::same_start::<#ty, #first>();
         });
     }
-    // Rejects one step returning `StopEvent<u8>` and another `StopEvent<String>`.
-    for ty in &shape.stops[1..] {
-        let first = shape.stops[0];
-        checks.push(quote_spanned! {type_span(ty)=>
-            const _: () = #private::same_stop::<#ty, #first>();
-        });
-    }
 
     // The ids are read back from `GRAPH`, not as `<#ty as Event>::ID`: a type that is not an
     // event is then reported once (where `GRAPH` names it), not once more per rule.
@@ -513,8 +692,8 @@ fn graph_checks(
             }
             let message = format!(
                 "event `{0}` is consumed by step `{step_name}` but no step produces it\n\
-                 help: return `{0}` from a step, or send it with `ctx.send_event` from a step \
-                 marked `#[step(emits = [{0}])]`",
+                 help: if a step sends it with `ctx.send_event`, mark that step \
+                 `#[step(emits = [{0}])]`; otherwise return `{0}` from a step",
                 type_name(ty)
             );
             checks.push(quote_spanned! {type_span(ty)=>
@@ -557,19 +736,37 @@ fn graph_checks(
     if !options.skip_graph_checks {
         for (index, step) in model.steps.iter().enumerate() {
             let span = step.ident.span();
+            let takes = step
+                .accepts
+                .iter()
+                .map(|ty| format!("`{}`", type_name(ty)))
+                .collect::<Vec<_>>()
+                .join(" or ");
+            let declare = match step.accepts.as_slice() {
+                [one] => type_name(one),
+                _ => "..".to_string(),
+            };
             let unreachable = format!(
                 "step `{0}` can never run: no path from the `StartEvent` reaches it\n\
-                 help: the events `{0}` takes come only from steps that cannot run either; if a \
-                 step sends one with `ctx.send_event`, list it in that step's \
-                 `#[step(emits = [..])]`, or let a step that runs return it",
+                 help: the usual cause is a step that sends {takes} with `ctx.send_event` but does \
+                 not declare it: mark that step `#[step(emits = [{declare}])]`; otherwise let a \
+                 step that runs return {takes}",
                 step.ident
             );
-            // Rejects `a: A -> B` and `b: B -> A` when neither is fed from the start event.
-            checks.push(quote_spanned! {span=>
-                const _: () = if !#graph.step_is_reachable(#index) {
-                    ::core::panic!(#unreachable)
-                };
-            });
+            // Rejects `a: A -> B` and `b: B -> A` when neither is fed from the start event; once
+            // per such group, not for every step of it or after it. A step taking the start
+            // event always runs.
+            if !step
+                .accepts
+                .iter()
+                .any(|ty| last_segment_is(ty, "StartEvent"))
+            {
+                checks.push(quote_spanned! {span=>
+                    const _: () = if #graph.reports_unreachable(#index) {
+                        ::core::panic!(#unreachable)
+                    };
+                });
+            }
             let dead_end = format!(
                 "step `{0}` is a dead end: no event it emits can lead to a `StopEvent`\n\
                  help: return an event that leads on, e.g. `Either<Next, StopEvent<_>>`; if \
@@ -578,18 +775,48 @@ fn graph_checks(
                  only this step would otherwise end as stuck, which is what this rule prevents",
                 step.ident
             );
+            // The way out suggested on the step's own return type, where one fits.
+            let way_out = match (&step.output, shape.stops.first()) {
+                (Type::Path(_), Some(stop))
+                    if !["Result", "Option", "Vec"]
+                        .iter()
+                        .any(|name| last_segment_is(&step.output, name)) =>
+                {
+                    format!(
+                        "return `Either<{}, {}>` from `{}` and stop when the work is done",
+                        type_name(&step.output),
+                        type_name(stop),
+                        step.ident
+                    )
+                }
+                _ => "return the way out from one step on the loop, e.g. \
+                      `Either<Again, StopEvent<_>>`"
+                    .to_string(),
+            };
             let endless = format!(
-                "step `{}` is part of a loop with no exit: no event on the loop can lead to a `StopEvent`\n\
-                 help: let one step on the loop return the way out, e.g. `Either<Again, StopEvent<_>>`",
+                "step `{}` closes a loop with no exit: no step on the loop can lead to a `StopEvent`\n\
+                 help: {way_out}",
                 step.ident
             );
             // Rejects `a: Start -> B`, `b: B -> ()` (dead end) and `b: B -> C`, `c: C -> B`
-            // (a loop with no exit) when nothing on the way emits the stop event.
+            // (a loop with no exit) when nothing on the way emits the stop event. A loop is
+            // reported once, on the return type of its last step. A step with a context that
+            // emits nothing is not called a dead end while some event has no producer: it is
+            // likely that event's sender, missing its `emits = [..]`, which that rule names.
+            let dead_end_arm = if step.ctx_position.is_some() && step.emits.is_empty() {
+                quote!(1 if !#graph.consumes_unproduced())
+            } else {
+                quote!(1)
+            };
             checks.push(quote_spanned! {span=>
                 const _: () = match #graph.step_stop_check(#index) {
-                    0 => {}
-                    1 => ::core::panic!(#dead_end),
-                    _ => ::core::panic!(#endless),
+                    #dead_end_arm => ::core::panic!(#dead_end),
+                    _ => {}
+                };
+            });
+            checks.push(quote_spanned! {step.output_span=>
+                const _: () = if #graph.reports_endless_loop(#index) {
+                    ::core::panic!(#endless)
                 };
             });
         }

@@ -1,5 +1,7 @@
 // Guards: a workflow has one stop event type; `StopEvent<usize>` beside `StopEvent<String>`
-// is rejected on the second one.
+// is rejected once, naming both steps. The output type is then left unknown rather than taken
+// from the first step, so code expecting the other one gets no unrelated type mismatch (a call
+// awaiting the run repeats the same root cause).
 
 use tidewater::prelude::*;
 
@@ -25,4 +27,9 @@ impl Flow {
     }
 }
 
-fn main() {}
+fn main() {
+    let _run = async {
+        let output: String = Flow.run("draft".to_string()).await.unwrap();
+        output
+    };
+}

@@ -1,4 +1,5 @@
-// Guards: a step takes one event parameter; a second one is rejected (use `Either<A, B>`).
+// Guards: a step takes one event parameter; a second one is rejected (use `Either<A, B>`),
+// once: code running the workflow still sees its `String` output, so nothing follows on.
 
 use tidewater::prelude::*;
 
@@ -20,4 +21,9 @@ impl Flow {
     }
 }
 
-fn main() {}
+fn main() {
+    let _run = async {
+        let output: String = Flow.run("draft".to_string()).await.unwrap();
+        output
+    };
+}
