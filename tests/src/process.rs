@@ -177,3 +177,29 @@ pub fn counts(lines: &[String]) -> BTreeMap<&str, usize> {
     }
     counts
 }
+
+/// A tokio runtime for a test that runs on both: multi-threaded with two workers, or
+/// current-thread.
+pub fn runtime(multi: bool) -> tokio::runtime::Runtime {
+    if multi {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+}
+
+/// Polls `condition` every 5 ms; panics naming `what` once `limit` has passed.
+pub async fn until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < limit, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -10,7 +10,9 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use integration_tests::process::{runtime, until};
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -97,30 +99,6 @@ impl Review {
     }
 }
 
-fn runtime(multi: bool) -> tokio::runtime::Runtime {
-    if multi {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-}
-
-/// Polls `condition` every 5 ms; panics after [`DEADLINE`].
-async fn until(what: &str, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < DEADLINE, "gave up waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// The run parks for its verdict and is saved as waiting.
 fn parked(review: &Review, store: &Arc<MemoryStore>, multi: bool) {
     let runner = review
@@ -149,11 +127,11 @@ fn an_answer_is_saved_before_the_step_taking_it_completes(multi: bool) {
     let crashed = runtime(multi);
     crashed.block_on(async {
         let _run = runner.answer("r", Verdict { ok: true }).unwrap();
-        until("decide to start", || {
+        until("decide to start", DEADLINE, || {
             review.decided.load(Ordering::SeqCst) == 1
         })
         .await;
-        until("the answer to be saved", || {
+        until("the answer to be saved", DEADLINE, || {
             let record = store.load("r").unwrap().unwrap();
             record.status == RunStatus::Running
                 && record.snapshot.pending_requests.is_empty()
@@ -200,7 +178,7 @@ fn a_crash_during_a_retry_delay_goes_on_with_the_next_attempt(multi: bool) {
     let crashed = runtime(multi);
     crashed.block_on(async {
         let _run = runner.start_durable("f", 0).unwrap();
-        until("the failed attempt to be saved", || {
+        until("the failed attempt to be saved", DEADLINE, || {
             store.load("f").unwrap().is_some_and(|record| {
                 record
                     .snapshot

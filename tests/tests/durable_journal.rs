@@ -21,7 +21,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use integration_tests::process::{ChildGuard, DEADLINE, Scratch, counts, read_log};
+use integration_tests::process::{ChildGuard, DEADLINE, Scratch, counts, read_log, runtime, until};
 use integration_tests::relay::{PARTS, Poll, QUESTIONS, Relay, Verdict};
 use tidewater::prelude::*;
 use tidewater::snapshot::EventRecord;
@@ -334,30 +334,6 @@ fn a_dead_attempts_stream_events_are_marked_superseded() {
 // The same behaviours in one process, on both runtimes: a crash is the run's runtime dropped
 // under it (its task is dropped mid-step, and nothing more is saved).
 
-fn runtime(multi: bool) -> tokio::runtime::Runtime {
-    if multi {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-}
-
-/// Polls `condition` every 5 ms; panics after [`DEADLINE`].
-async fn until(what: &str, mut condition: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < DEADLINE, "gave up waiting for {what}");
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-}
-
 fn relay(log: &Path, hang_on: &[&str]) -> Relay {
     Relay {
         log: log.to_path_buf(),
@@ -376,7 +352,7 @@ fn sends_are_not_repeated_by_a_resumed_sender(multi: bool) {
             .runner()
             .store(store.clone());
         let _run = runner.start_durable("k", PARTS).unwrap();
-        until("work 1 saved before it ran", || {
+        until("work 1 saved before it ran", DEADLINE, || {
             store.load("k").unwrap().is_some_and(|record| {
                 let steps: Vec<&str> = record
                     .snapshot

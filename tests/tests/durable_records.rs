@@ -9,7 +9,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use integration_tests::process::{runtime, until};
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -18,30 +20,6 @@ use tidewater::store::{MemoryStore, RunStatus, SqliteStore, Store};
 
 /// No wait in this file lasts longer than this.
 const DEADLINE: Duration = Duration::from_secs(10);
-
-fn runtime(multi: bool) -> tokio::runtime::Runtime {
-    if multi {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-}
-
-/// Polls `condition` every 5 ms; panics after [`DEADLINE`].
-async fn until(what: &str, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < DEADLINE, "gave up waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
 
 /// A scratch directory, removed on drop.
 struct Scratch(PathBuf);
@@ -297,7 +275,10 @@ fn a_resumed_run_keeps_its_deadline(multi: bool) {
     let began = std::time::SystemTime::now();
     crashed.block_on(async {
         let _run = runner.start_durable("t", 1).unwrap();
-        until("the step to start", || started.load(Ordering::SeqCst) == 1).await;
+        until("the step to start", DEADLINE, || {
+            started.load(Ordering::SeqCst) == 1
+        })
+        .await;
     });
     drop(crashed);
     let record = store.load("t").unwrap().unwrap();
@@ -356,7 +337,10 @@ async fn a_cancelled_record_keeps_the_failures_before_the_cancel() {
     let store = Arc::new(MemoryStore::new());
     let runner = FlakyCall.runner().store(store.clone());
     let mut run = runner.start_durable("f", 1).unwrap();
-    until("the first attempt to fail", || !run.failures().is_empty()).await;
+    until("the first attempt to fail", DEADLINE, || {
+        !run.failures().is_empty()
+    })
+    .await;
     run.cancel();
     assert!(matches!((&mut run).await, Err(WorkflowError::Cancelled)));
     let record = store.load("f").unwrap().unwrap();
