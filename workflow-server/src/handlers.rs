@@ -134,27 +134,19 @@ impl Entry {
 
     /// Waits until the run has ended or left memory parked.
     pub(crate) async fn quiet(&self) {
-        let mut rx = self.watch();
-        loop {
-            {
-                let state = self.lock();
-                if state.status.is_terminal() || state.parked {
-                    return;
-                }
-            }
-            if rx.changed().await.is_err() {
-                return;
-            }
-        }
+        self.wait_for(|state| state.status.is_terminal() || state.parked)
+            .await;
     }
 
     /// Waits until the run has ended.
     pub(crate) async fn ended(&self) {
+        self.wait_for(|state| state.status.is_terminal()).await;
+    }
+
+    /// Waits until `done` holds of the handler's state (checked at every change).
+    async fn wait_for(&self, done: impl Fn(&State) -> bool) {
         let mut rx = self.watch();
-        loop {
-            if self.lock().status.is_terminal() {
-                return;
-            }
+        while !done(&self.lock()) {
             if rx.changed().await.is_err() {
                 return;
             }
