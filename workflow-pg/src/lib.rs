@@ -88,6 +88,7 @@ pub struct PgStore {
     held: Arc<Mutex<HashMap<String, (i64, String)>>>,
     ttl: Duration,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    fault: Option<Arc<Fault>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -187,6 +188,75 @@ impl Connection {
     }
 }
 
+/// Test-only fault injection, for the process-level fault tests (`tests/faults.rs`): with
+/// `TIDEWATER_PG_FAULT=<point>:<n>:<marker file>` in a worker's environment, the `n`-th write
+/// of that kind runs in an explicit transaction, and between its statement and its `COMMIT`
+/// the connection thread appends `<point> <key>` to the marker file and stops there for good,
+/// holding the transaction open, so that the test can kill the process mid-commit. Points:
+/// `mid_commit` (a checkpoint of a running or ended run) and `idle_release` (a run parked
+/// waiting for an answer, or given back with [`Store::release`]). Read once, when the store
+/// opens; without the variable nothing changes.
+struct Fault {
+    point: String,
+    nth: u64,
+    marker: std::path::PathBuf,
+    seen: std::sync::atomic::AtomicU64,
+}
+
+impl Fault {
+    fn from_env() -> Option<Fault> {
+        let spec = std::env::var("TIDEWATER_PG_FAULT").ok()?;
+        let mut parts = spec.splitn(3, ':');
+        let (point, nth, marker) = (parts.next()?, parts.next()?, parts.next()?);
+        Some(Fault {
+            point: point.to_string(),
+            nth: nth.parse().ok()?,
+            marker: marker.into(),
+            seen: Default::default(),
+        })
+    }
+
+    /// Whether this write (of kind `point`) is the one to stop in.
+    fn armed(fault: &Option<Arc<Fault>>, point: &str) -> Option<Arc<Fault>> {
+        let fault = fault.as_ref().filter(|f| f.point == point)?;
+        let n = fault.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        (n == fault.nth).then(|| fault.clone())
+    }
+
+    /// Says where it stopped, then never returns (the test kills the process).
+    fn stop_here(&self, key: &str) -> ! {
+        use std::io::Write;
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.marker)
+        {
+            let _ = file.write_all(format!("{} {key}\n", self.point).as_bytes());
+            let _ = file.sync_all();
+        }
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
+/// Runs one write statement; when `fault` is armed, in a transaction that stops before its
+/// `COMMIT` ([`Fault`]).
+fn execute_write(
+    client: &mut Client,
+    fault: Option<&Fault>,
+    key: &str,
+    sql: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+) -> Result<u64, postgres::Error> {
+    let Some(fault) = fault else {
+        return client.execute(sql, params);
+    };
+    let mut tx = client.transaction()?;
+    tx.execute(sql, params)?;
+    fault.stop_here(key)
+}
+
 impl PgStore {
     /// Connects with default [`PgOptions`] and creates or migrates the tables.
     ///
@@ -202,10 +272,15 @@ impl PgStore {
     /// # Errors
     /// As [`PgStore::connect`].
     pub fn open(options: PgOptions) -> Result<PgStore, StoreError> {
-        let config: Config = options
+        let mut config: Config = options
             .config
             .parse()
             .map_err(|e| StoreError::new(format!("bad connection string: {e}")))?;
+        // Which process wrote what shows in `pg_stat_activity` and to triggers
+        // (`current_setting('application_name')`), unless the connection string names itself.
+        if config.get_application_name().is_none() {
+            config.application_name(&format!("tidewater pid {}", std::process::id()));
+        }
         let (sender, receiver) = mpsc::channel::<Job>();
         let receiver = Arc::new(Mutex::new(receiver));
         // Every connection lives on its own thread, opened there: the sync client runs a
@@ -238,6 +313,7 @@ impl PgStore {
             held: Arc::default(),
             ttl: options.lease_ttl,
             stop: Arc::default(),
+            fault: Fault::from_env().map(Arc::new),
         };
         // The first connection and the tables, failing fast when the server is not there.
         store.call(|connection| {
@@ -508,9 +584,17 @@ impl Store for PgStore {
             lease.owner.id.clone(),
             self.ttl_ms(),
         );
+        let point = match record.status {
+            RunStatus::Waiting => "idle_release",
+            _ => "mid_commit",
+        };
+        let fault = Fault::armed(&self.fault, point);
         let changed = self.call(move |connection| {
             connection.run(&format!("cannot save run `{k}`"), |client| {
-                client.execute(
+                execute_write(
+                    client,
+                    fault.as_deref(),
+                    &k,
                     &format!(
                         "UPDATE tidewater_runs SET status = $2, record = $3, updated = {NOW},
                              owner_id = CASE WHEN $2 = 'running' THEN owner_id END,
@@ -535,9 +619,13 @@ impl Store for PgStore {
     fn release(&self, key: &str, lease: &Lease) -> Result<(), StoreError> {
         self.drop_hold(key, lease);
         let (k, epoch, owner) = (key.to_string(), lease.epoch as i64, lease.owner.id.clone());
+        let fault = Fault::armed(&self.fault, "idle_release");
         self.call(move |connection| {
             connection.run(&format!("cannot release run `{k}`"), |client| {
-                client.execute(
+                execute_write(
+                    client,
+                    fault.as_deref(),
+                    &k,
                     "UPDATE tidewater_runs SET owner_id = NULL, owner = NULL, lease_until = NULL
                      WHERE key = $1 AND epoch = $2 AND owner_id = $3",
                     &[&k, &epoch, &owner],
