@@ -161,7 +161,8 @@ async fn run() -> Result<(), Report> {
     })?;
     let agent = Agent::new(llm, tools())
         .system_prompt("You answer questions about the weather with the tools. Be brief.")
-        .max_iterations(5)
+        .max_iterations(6)
+        .answer_on_last_turn(true)
         .max_tokens(256);
 
     println!("Q: {question}\n");
@@ -190,6 +191,12 @@ async fn run() -> Result<(), Report> {
                 answer.tool_calls.len(),
                 answer.usage_line()
             );
+            if answer.tools_cut_off {
+                println!(
+                    "note: the model reached its last turn and was asked to answer from the \
+                     tool results it had"
+                );
+            }
             if answer.used_no_tool() {
                 println!(
                     "note: the model answered without using any tool; the answer is its own \
@@ -200,7 +207,7 @@ async fn run() -> Result<(), Report> {
         }
         Err(error) => {
             if let Some(AgentError::MaxIterations { limit, .. }) = AgentError::of(&error) {
-                eprintln!("the agent gave up after {limit} model calls");
+                eprintln!("the agent gave up after {limit} model turns");
             }
             Err(error.into())
         }

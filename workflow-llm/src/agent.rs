@@ -1,6 +1,8 @@
 //! A function-calling agent, written as a workflow: the model answers or asks for tools; the
 //! tools run in parallel; their results go back to the model; and so on until it answers, or
-//! until the iteration limit, which is an error, never a quiet half-answer.
+//! until the iteration limit, which is an error, never a quiet half-answer (unless
+//! [`Agent::answer_on_last_turn`] asks the model for an answer without tools on its last turn,
+//! which the answer then says: [`AgentAnswer::tools_cut_off`]).
 //!
 //! ```text
 //! StartEvent<String> ─► begin ─► ModelTurn ─► think ─┬─► StopEvent<AgentAnswer>
@@ -158,8 +160,15 @@ impl Tool {
 
 /// The tool whose call the text only starts (`functions.NAME:` with no parsable arguments),
 /// when it is an offered tool and the text is not a call already.
+/// What the agent says to the model on its last turn ([`Agent::answer_on_last_turn`]).
+const LAST_TURN: &str =
+    "Answer the question now from the tool results above, without calling any tool.";
+
+/// How a server that leaks a tool call as text starts it.
+const LEAK_PREFIX: &str = "functions.";
+
 fn leaked_call(text: &str, offered: &[ToolSpec]) -> Option<String> {
-    let rest = text.trim().strip_prefix("functions.")?;
+    let rest = text.trim().strip_prefix(LEAK_PREFIX)?;
     let name = rest.split(':').next().unwrap_or(rest).trim();
     let is_offered = offered.iter().any(|t| t.name == name);
     (is_offered && ToolCall::from_text(text, offered).is_empty()).then(|| name.to_string())
@@ -169,8 +178,8 @@ fn leaked_call(text: &str, offered: &[ToolSpec]) -> Option<String> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AgentError {
-    /// The model still wanted tools after the last allowed model call.
-    #[error("the agent reached its limit of {limit} model calls without a final answer (it still wanted: {})", .wanted.join(", "))]
+    /// The model still wanted tools after its last allowed turn.
+    #[error("the agent reached its limit of {limit} model turns without a final answer (it still wanted: {})", .wanted.join(", "))]
     MaxIterations {
         /// The limit.
         limit: u32,
@@ -239,8 +248,12 @@ impl<E: Into<AgentError>> From<E> for Reported {
 pub struct AgentAnswer {
     /// The model's answer.
     pub text: String,
-    /// How many times the model was called.
+    /// How many times the model was called (a turn whose call leaked as text and was asked
+    /// again counts twice).
     pub model_calls: u32,
+    /// The model was asked to answer without tools because its last allowed turn had come
+    /// ([`Agent::answer_on_last_turn`]): the answer rests on the tool results it had by then.
+    pub tools_cut_off: bool,
     /// Every tool call made, with its result, in order.
     pub tool_calls: Vec<ToolCallResult>,
     /// Tokens used over all model calls, when the server reported usage for every one of
@@ -261,7 +274,7 @@ impl AgentAnswer {
     ///
     /// ```
     /// # use tidewater_llm::{Usage, agent::AgentAnswer};
-    /// let mut answer = AgentAnswer { text: String::new(), model_calls: 1, tool_calls: vec![], usage: None, messages: vec![] };
+    /// let mut answer = AgentAnswer { text: String::new(), model_calls: 1, tools_cut_off: false, tool_calls: vec![], usage: None, messages: vec![] };
     /// assert_eq!(answer.usage_line(), "usage not reported by the server");
     /// answer.usage = Some(Usage { input_tokens: 120, output_tokens: 14 });
     /// assert_eq!(answer.usage_line(), "120 tokens in, 14 out");
@@ -308,6 +321,8 @@ pub struct AgentToken(pub String);
 #[derive(Debug, Default)]
 pub struct AgentState {
     messages: Vec<Message>,
+    /// Model turns (`think` steps) so far.
+    turns: u32,
     model_calls: u32,
     usage: Usage,
     /// Model calls whose answer carried no usage.
@@ -325,6 +340,7 @@ pub struct Agent {
     max_iterations: u32,
     first_choice: ToolChoice,
     max_tokens: Option<u32>,
+    answer_on_last_turn: bool,
 }
 
 impl Agent {
@@ -340,6 +356,7 @@ impl Agent {
             max_iterations: Agent::DEFAULT_MAX_ITERATIONS,
             first_choice: ToolChoice::Auto,
             max_tokens: None,
+            answer_on_last_turn: false,
         }
     }
 
@@ -349,10 +366,33 @@ impl Agent {
         self
     }
 
-    /// The most model calls one run may make; a run that needs more fails with
-    /// [`AgentError::MaxIterations`].
+    /// The most model turns one run may take; a run that needs more fails with
+    /// [`AgentError::MaxIterations`]. A turn is one answer of the model: when a server leaks a
+    /// tool call as text (`functions.get_weather:`) and the agent asks again for the call, the
+    /// two calls are one turn (both count in [`AgentAnswer::model_calls`]).
     pub fn max_iterations(mut self, limit: u32) -> Agent {
         self.max_iterations = limit.max(1);
+        self
+    }
+
+    /// On the last allowed turn (once some tool has answered), ask the model to answer from
+    /// the tool results it has instead of asking for more (small local models often repeat a
+    /// call they already made): the request sends `tool_choice: none` and ends with a user
+    /// message saying so, which stays in the conversation. The answer says so
+    /// ([`AgentAnswer::tools_cut_off`]). Off by default:
+    /// then a model that still wants tools on its last turn fails the run with
+    /// [`AgentError::MaxIterations`]; that is also what happens when the server ignores `none`.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use tidewater_llm::{MockLlm, agent::Agent};
+    /// let agent = Agent::new(Arc::new(MockLlm::new()), vec![])
+    ///     .max_iterations(6)
+    ///     .answer_on_last_turn(true);
+    /// # let _ = agent;
+    /// ```
+    pub fn answer_on_last_turn(mut self, enabled: bool) -> Agent {
+        self.answer_on_last_turn = enabled;
         self
     }
 
@@ -405,12 +445,22 @@ impl Agent {
         ctx: &Context<Self>,
         _ev: ModelTurn,
     ) -> Result<Either<Vec<ToolCallRequest>, StopEvent<AgentAnswer>>, Reported> {
-        let (messages, first) = ctx.update_state(|s| {
-            s.model_calls += 1;
-            (s.messages.clone(), s.model_calls == 1)
-        });
         let specs = self.tool_specs();
-        let choice = if first && !specs.is_empty() {
+        let (messages, turn, cut_off) = ctx.update_state(|s| {
+            s.model_calls += 1;
+            s.turns += 1;
+            let cut_off =
+                self.answer_on_last_turn && s.turns >= self.max_iterations && !s.done.is_empty();
+            if cut_off {
+                // Small models imitate the calls in the conversation even when told `none`;
+                // a plain request in words is what they follow.
+                s.messages.push(Message::user(LAST_TURN));
+            }
+            (s.messages.clone(), s.turns, cut_off)
+        });
+        let choice = if cut_off {
+            ToolChoice::None
+        } else if turn == 1 {
             self.first_choice.clone()
         } else {
             ToolChoice::Auto
@@ -422,13 +472,43 @@ impl Agent {
         if let Some(limit) = self.max_tokens {
             request = request.max_tokens(limit);
         }
+        // Text that may be a tool call leaked as text (`functions.get_weather:`) is held back
+        // until it is known not to be one.
+        let mut held = String::new();
+        let mut passing = false;
         let mut answer = self
             .llm
             .chat_stream(request.clone())
             .await?
-            .for_each_text(|text| ctx.write_event_to_stream(AgentToken(text.to_string())))
+            .for_each_text(|text| {
+                if !passing {
+                    held.push_str(text);
+                    let start = held.trim_start();
+                    if LEAK_PREFIX.starts_with(start) || start.starts_with(LEAK_PREFIX) {
+                        return;
+                    }
+                    passing = true;
+                    ctx.write_event_to_stream(AgentToken(std::mem::take(&mut held)));
+                } else {
+                    ctx.write_event_to_stream(AgentToken(text.to_string()));
+                }
+            })
             .await?;
-        if let Some(name) = leaked_call(answer.content(), &specs) {
+        let leaked = leaked_call(answer.content(), &specs);
+        if leaked.is_none() && !held.is_empty() && answer.calls().is_empty() {
+            let calls = ToolCall::from_text(answer.content(), &specs);
+            if calls.is_empty() {
+                ctx.write_event_to_stream(AgentToken(held));
+            }
+        }
+        if let (true, Some(name)) = (cut_off, &leaked) {
+            // Asked for no tools, the server still leaked a call: the model still wants one.
+            return Err(Reported(AgentError::MaxIterations {
+                limit: self.max_iterations,
+                wanted: vec![name.clone()],
+            }));
+        }
+        if let Some(name) = leaked {
             // `functions.get_weather:` and nothing usable after it: the server leaked the
             // start of a call as text. Ask again, naming the tool, so it must write the call.
             tracing::warn!(tool = %name, "the model leaked a tool call as text; asking again for it");
@@ -468,9 +548,16 @@ impl Agent {
             s.model_calls
         });
         if calls.is_empty() {
+            if cut_off {
+                tracing::warn!(
+                    turn,
+                    "the model answered without tools: its last turn had come"
+                );
+            }
             let answer = ctx.update_state(|s| AgentAnswer {
                 text: answer.message.content,
                 model_calls,
+                tools_cut_off: cut_off,
                 tool_calls: std::mem::take(&mut s.done),
                 usage: (s.unreported == 0).then_some(s.usage),
                 messages: std::mem::take(&mut s.messages),
@@ -480,7 +567,7 @@ impl Agent {
             }
             return Ok(Either::Right(StopEvent(answer)));
         }
-        if model_calls >= self.max_iterations {
+        if turn >= self.max_iterations {
             return Err(Reported(AgentError::MaxIterations {
                 limit: self.max_iterations,
                 wanted: calls.into_iter().map(|c| c.name).collect(),

@@ -152,6 +152,31 @@ impl LlmError {
             .any(|needle| text.contains(needle))
     }
 
+    /// Does the server refuse to stream an answer that may hold tool calls (llama.cpp's
+    /// Python server: "Automatic streaming tool choice is not supported")? The client then asks
+    /// for the same answer without streaming, and hands it back as a one-piece stream.
+    ///
+    /// ```
+    /// use tidewater_llm::LlmError;
+    /// let error = LlmError::Status {
+    ///     url: "http://127.0.0.1:8080/v1/chat/completions".into(),
+    ///     status: 500,
+    ///     message: "Automatic streaming tool choice is not supported".into(),
+    ///     body: String::new(),
+    ///     attempts: 1,
+    /// };
+    /// assert!(error.rejects_streaming_tools());
+    /// ```
+    pub fn rejects_streaming_tools(&self) -> bool {
+        let LlmError::Status { message, body, .. } = self else {
+            return false;
+        };
+        let text = format!("{message}\n{body}").to_lowercase();
+        text.contains("stream")
+            && text.contains("tool")
+            && (text.contains("not supported") || text.contains("unsupported"))
+    }
+
     /// The HTTP status, for [`LlmError::Status`].
     pub fn status(&self) -> Option<u16> {
         match self {

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -127,6 +127,9 @@ pub struct OpenAiClient {
     retry: RetryPolicy,
     /// The strictest structured-output mode the server has not refused (a `JsonMode` index).
     json_mode: Arc<AtomicU8>,
+    /// Whether the server streams answers to requests that offer tools; `false` once it
+    /// refused to ([`LlmError::rejects_streaming_tools`]).
+    streams_tools: Arc<AtomicBool>,
     /// Headers computed for each request ([`OpenAiClient::request_headers`]).
     headers: Option<RequestHeaders>,
 }
@@ -184,6 +187,7 @@ impl OpenAiClient {
             connect_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             json_mode: Arc::new(AtomicU8::new(0)),
+            streams_tools: Arc::new(AtomicBool::new(true)),
             headers: None,
         })
     }
@@ -1020,6 +1024,9 @@ impl Llm for OpenAiClient {
     }
 
     fn chat_stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream>> {
+        if !request.tools.is_empty() && !self.streams_tools.load(Ordering::Relaxed) {
+            return Box::pin(self.one_piece(request));
+        }
         let span = self.span(&request, true);
         let traced = span.clone();
         Box::pin(
@@ -1027,6 +1034,16 @@ impl Llm for OpenAiClient {
                 let (body, connection, json_mode) = match self.open(&request, true).await {
                     Ok((Success::Stream(body, connection), mode)) => (body, connection, mode),
                     Ok((Success::Full(_), _)) => unreachable!("a streaming request keeps its body"),
+                    Err(error) if !request.tools.is_empty() && error.rejects_streaming_tools() => {
+                        tracing::warn!(
+                            %error,
+                            "the server does not stream answers that may call tools; asking \
+                             without streaming from now on"
+                        );
+                        telemetry::record_error(&traced, &error);
+                        self.streams_tools.store(false, Ordering::Relaxed);
+                        return self.one_piece(request).await;
+                    }
                     Err(error) => {
                         telemetry::record_error(&traced, &error);
                         return Err(error);
@@ -1063,6 +1080,18 @@ impl Llm for OpenAiClient {
 }
 
 impl OpenAiClient {
+    /// The answer to `request` asked without streaming, as a stream of one piece: its text,
+    /// then the answer (for servers that refuse to stream when tools are offered).
+    async fn one_piece(&self, request: ChatRequest) -> Result<ChatStream> {
+        let answer = self.chat(request).await?;
+        let mut events = Vec::new();
+        if !answer.content().is_empty() {
+            events.push(Ok(StreamEvent::Text(answer.content().to_string())));
+        }
+        events.push(Ok(StreamEvent::Done(answer)));
+        Ok(ChatStream::new(futures_util::stream::iter(events)))
+    }
+
     /// Sends a chat request (with retries), falling back to a more portable structured-output
     /// mode when the server refuses the one asked for; returns the mode that was used.
     async fn open(

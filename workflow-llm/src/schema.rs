@@ -231,6 +231,74 @@ pub fn string_enum<'a>(values: impl IntoIterator<Item = &'a str>) -> Value {
     json!({"type": "string", "enum": values.into_iter().collect::<Vec<_>>()})
 }
 
+/// A value of the shape `schema` describes, with placeholders: each string is `<its
+/// description>` (or `<its name>`), an enum its first value, a number `1`, an array one item,
+/// an optional value its non-null form. Small models follow an example far better than a
+/// schema (they tend to copy the schema's own keywords), so the modes that put the schema in
+/// the prompt show this too.
+///
+/// ```
+/// use serde_json::json;
+/// use tidewater_llm::schema::{ObjectSchema, example_of, string_enum};
+/// let schema = ObjectSchema::new()
+///     .field::<String>("customer", "who ordered")
+///     .property("currency", string_enum(["EUR", "USD"]), "", true)
+///     .field::<Vec<u32>>("quantities", "")
+///     .optional::<String>("note", "")
+///     .build();
+/// assert_eq!(
+///     example_of(&schema),
+///     json!({"customer": "<who ordered>", "currency": "EUR", "quantities": [1], "note": "<note>"})
+/// );
+/// ```
+pub fn example_of(schema: &Value) -> Value {
+    example_named(schema, "value")
+}
+
+fn example_named(schema: &Value, name: &str) -> Value {
+    if let Some(first) = schema["enum"].as_array().and_then(|values| values.first()) {
+        return first.clone();
+    }
+    if let Some(options) = schema["anyOf"].as_array().or(schema["oneOf"].as_array()) {
+        let option = options
+            .iter()
+            .find(|option| option["type"] != "null")
+            .or(options.first());
+        return option.map_or(Value::Null, |option| example_named(option, name));
+    }
+    let ty = match &schema["type"] {
+        Value::Array(types) => types
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|ty| *ty != "null")
+            .unwrap_or("null"),
+        other => other.as_str().unwrap_or("object"),
+    };
+    match ty {
+        "object" => {
+            let mut map = serde_json::Map::new();
+            if let Some(properties) = schema["properties"].as_object() {
+                for (key, property) in properties {
+                    map.insert(key.clone(), example_named(property, key));
+                }
+            }
+            Value::Object(map)
+        }
+        "array" => Value::Array(vec![example_named(&schema["items"], name)]),
+        "string" => {
+            let label = schema["description"]
+                .as_str()
+                .filter(|d| !d.is_empty())
+                .unwrap_or(name);
+            Value::String(format!("<{label}>"))
+        }
+        "integer" => json!(1),
+        "number" => json!(1.0),
+        "boolean" => json!(false),
+        _ => Value::Null,
+    }
+}
+
 /// One way a value breaks a schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchemaError {

@@ -289,9 +289,12 @@ impl JsonOutput {
     /// schema in the prompt.
     pub fn instructions(&self) -> String {
         format!(
-            "Answer with one JSON object only, no prose and no code fence. It must follow this \
-             JSON schema (named `{}`):\n{}",
-            self.name, self.schema
+            "Answer with one JSON object only, no prose and no code fence, shaped like this \
+             example (with the real values in place of the placeholders):\n{}\nIt must \
+             follow this JSON schema (named `{}`):\n{}",
+            crate::schema::example_of(&self.schema),
+            self.name,
+            self.schema
         )
     }
 }

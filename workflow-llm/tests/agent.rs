@@ -384,3 +384,162 @@ async fn a_call_leaked_as_text_is_asked_for_again_by_name() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_leaked_call_is_not_streamed_and_counts_as_one_turn() {
+    bounded(async {
+        let llm = MockLlm::new()
+            .reply("functions.add:")
+            .tool_calls(vec![ToolCall::new("c1", "add", r#"{"a": 20, "b": 22}"#)])
+            .reply("It is 42.")
+            .token_delay(Duration::from_millis(1));
+        // Two turns, three model calls: the re-ask after the leak is part of the first turn.
+        let mut run = Agent::new(Arc::new(llm.clone()), vec![add_tool()])
+            .max_iterations(2)
+            .start("20 + 22?".into());
+        let mut seen = Vec::new();
+        let mut events = run.events();
+        while let Some(item) = events.next().await {
+            if let Some(AgentToken(token)) = item.event::<AgentToken>() {
+                seen.push(format!("token {token}"));
+            } else if let Some(request) = item.event::<ToolCallRequest>() {
+                seen.push(format!("call {}", request.call.name));
+            } else if let Some(result) = item.event::<ToolCallResult>() {
+                seen.push(format!("result {}", result.content));
+            }
+        }
+        let answer = run.await.unwrap();
+        assert_eq!(answer.text, "It is 42.");
+        assert_eq!(answer.model_calls, 3);
+        assert!(!answer.tools_cut_off);
+        let text: String = seen
+            .iter()
+            .filter_map(|s| s.strip_prefix("token "))
+            .collect();
+        assert_eq!(
+            text, "It is 42.",
+            "the leaked call never reaches the stream"
+        );
+        assert_eq!(&seen[..2], ["call add", "result 42"], "{seen:?}");
+        llm.assert_exhausted();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn text_that_only_starts_like_a_leak_is_streamed_whole() {
+    bounded(async {
+        let llm = MockLlm::new()
+            .reply("functions. are what I cannot call here.")
+            .token_delay(Duration::from_millis(1));
+        let mut run = Agent::new(Arc::new(llm.clone()), vec![add_tool()]).start("Hi".into());
+        let mut text = String::new();
+        let mut events = run.events();
+        while let Some(item) = events.next().await {
+            if let Some(AgentToken(token)) = item.event::<AgentToken>() {
+                text.push_str(token);
+            }
+        }
+        let answer = run.await.unwrap();
+        assert_eq!(answer.text, "functions. are what I cannot call here.");
+        assert_eq!(
+            text, answer.text,
+            "held-back text is released once it is not a call"
+        );
+        assert!(answer.used_no_tool());
+    })
+    .await;
+}
+
+/// A model that keeps asking for `add` unless told `tool_choice: none`.
+fn insists_on_add(request: &tidewater_llm::ChatRequest) -> ChatResponse {
+    if request.tool_choice == Some(ToolChoice::None) {
+        ChatResponse::text("1 + 1 = 2, as the tool said.")
+    } else {
+        ChatResponse::tool_calls(vec![ToolCall::new("again", "add", r#"{"a": 1, "b": 1}"#)])
+    }
+}
+
+#[tokio::test]
+async fn on_its_last_turn_the_model_is_asked_to_answer_from_what_it_has() {
+    bounded(async {
+        let llm = MockLlm::new().responder(insists_on_add);
+        let answer = Agent::new(Arc::new(llm.clone()), vec![add_tool()])
+            .max_iterations(3)
+            .answer_on_last_turn(true)
+            .run("1 + 1?".into())
+            .await
+            .unwrap();
+        assert_eq!(answer.text, "1 + 1 = 2, as the tool said.");
+        assert!(answer.tools_cut_off);
+        assert_eq!(answer.model_calls, 3);
+        assert_eq!(
+            answer.tool_calls.len(),
+            2,
+            "two turns of tools, then the answer"
+        );
+        let sent = llm.requests();
+        let choices: Vec<_> = sent.iter().map(|r| r.tool_choice.clone()).collect();
+        assert_eq!(
+            choices,
+            [
+                Some(ToolChoice::Auto),
+                Some(ToolChoice::Auto),
+                Some(ToolChoice::None)
+            ]
+        );
+        let last = sent[2].messages.last().unwrap();
+        assert_eq!(last.role, Role::User);
+        assert!(
+            last.content.contains("without calling any tool"),
+            "{last:?}"
+        );
+        assert_eq!(
+            answer
+                .messages
+                .iter()
+                .filter(|m| m.role == Role::User)
+                .count(),
+            2,
+            "the request to answer stays in the conversation"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_model_that_still_wants_tools_on_its_last_turn_fails_the_run() {
+    bounded(async {
+        // This model ignores `tool_choice: none`.
+        let llm = MockLlm::new().responder(|_| {
+            ChatResponse::tool_calls(vec![ToolCall::new("again", "add", r#"{"a": 1, "b": 1}"#)])
+        });
+        let err = Agent::new(Arc::new(llm.clone()), vec![add_tool()])
+            .max_iterations(2)
+            .answer_on_last_turn(true)
+            .run("1 + 1?".into())
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            AgentError::of(&err),
+            Some(AgentError::MaxIterations { limit: 2, .. })
+        ));
+        assert_eq!(llm.requests()[1].tool_choice, Some(ToolChoice::None));
+        // A leak on the last turn is a wish for a tool too, not an answer.
+        let llm = MockLlm::new()
+            .tool_calls(vec![ToolCall::new("c1", "add", r#"{"a": 1, "b": 1}"#)])
+            .reply("functions.add:");
+        let err = Agent::new(Arc::new(llm.clone()), vec![add_tool()])
+            .max_iterations(2)
+            .answer_on_last_turn(true)
+            .run("1 + 1?".into())
+            .await
+            .unwrap_err();
+        match AgentError::of(&err) {
+            Some(AgentError::MaxIterations { wanted, .. }) => assert_eq!(wanted, &["add"]),
+            other => panic!("expected MaxIterations, got {other:?}"),
+        }
+        llm.assert_exhausted();
+    })
+    .await;
+}

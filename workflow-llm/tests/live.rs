@@ -150,15 +150,26 @@ async fn the_examples_calls_work_against_the_live_server() {
         .tool_choice(ToolChoice::Tool("get_weather".into()))
         .max_tokens(96)
         .max_iterations(3)
+        .answer_on_last_turn(true)
         .run("What is the weather in Oslo?".into())
         .await
         .unwrap();
     eprintln!(
-        "live: agent: {} ({} model calls, {} tool calls, {})",
+        "live: agent: {} ({} model calls, {} tool calls, {}{})",
         answer.text.trim(),
         answer.model_calls,
         answer.tool_calls.len(),
-        answer.usage_line()
+        answer.usage_line(),
+        if answer.tools_cut_off {
+            ", asked to answer on its last turn"
+        } else {
+            ""
+        }
+    );
+    assert!(
+        !answer.text.trim().is_empty() && !answer.text.trim_start().starts_with("functions."),
+        "a real answer, not a leaked call: {:?}",
+        answer.text
     );
     assert!(!answer.tool_calls.is_empty(), "the agent made no tool call");
     assert!(

@@ -919,3 +919,84 @@ impl JsonSchema for City {
             .build()
     }
 }
+
+/// llama-cpp-python's answer to a streamed request with `tool_choice: auto` when the model
+/// picks a tool.
+fn streaming_tools_refused() -> Reply {
+    Reply::json(
+        500,
+        json!({"error": {"message": "Automatic streaming tool choice is not supported", "type": "internal_server_error"}}),
+    )
+}
+
+#[tokio::test]
+async fn a_server_that_cannot_stream_tool_calls_is_asked_without_streaming() {
+    bounded(async {
+        let call = json!({
+            "id": "chatcmpl-2", "object": "chat.completion", "model": "m",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]}}],
+            "usage": {"prompt_tokens": 30, "completion_tokens": 9, "total_tokens": 39}
+        });
+        let server = Server::start(vec![
+            streaming_tools_refused(),
+            Reply::json(200, call),
+            Reply::json(200, completion("It is 4 °C in Oslo.")),
+        ])
+        .await;
+        let llm = client(&server);
+        let request = ChatRequest::user("Weather in Oslo?").tools(vec![weather_tool()]);
+        let mut texts = Vec::new();
+        let answer = llm
+            .chat_stream(request.clone())
+            .await
+            .unwrap()
+            .for_each_text(|t| texts.push(t.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(answer.calls()[0].name, "get_weather");
+        assert!(texts.is_empty(), "{texts:?}");
+        assert_eq!(answer.usage.map(|u| u.input_tokens), Some(30));
+        let sent = server.received();
+        assert_eq!(sent.len(), 2, "the refusal is not retried");
+        assert_eq!(sent[0].body["stream"], true);
+        assert_eq!(sent[1].body.get("stream"), None);
+        assert_eq!(sent[1].body["tool_choice"], "auto");
+        // Remembered: the next request with tools is not streamed; its text comes in one piece.
+        let answer = llm
+            .chat_stream(request)
+            .await
+            .unwrap()
+            .for_each_text(|t| texts.push(t.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(texts, ["It is 4 °C in Oslo."]);
+        assert_eq!(answer.content(), "It is 4 °C in Oslo.");
+        let sent = server.received();
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sent[2].body.get("stream"), None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn other_refusals_are_not_read_as_a_streaming_refusal() {
+    bounded(async {
+        let server = Server::start(vec![Reply::json(
+            400,
+            json!({"error": {"message": "tools: unsupported parameter", "type": "invalid_request_error"}}),
+        )])
+        .await;
+        let llm = client(&server);
+        let Err(error) = llm
+            .chat_stream(ChatRequest::user("Hi").tools(vec![weather_tool()]))
+            .await
+        else {
+            panic!("the refusal is an error")
+        };
+        assert_eq!(error.status(), Some(400));
+        assert!(!error.rejects_streaming_tools());
+        assert_eq!(server.received().len(), 1);
+    })
+    .await;
+}
