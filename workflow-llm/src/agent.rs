@@ -259,6 +259,11 @@ pub struct AgentAnswer {
     /// Tokens used over all model calls, when the server reported usage for every one of
     /// them; `None` when it did not (never made-up zeros).
     pub usage: Option<Usage>,
+    /// When the server reported usage for some model calls but not all (llama-cpp-python
+    /// reports none in streams): the tokens of those that did. `None` otherwise.
+    pub partial_usage: Option<Usage>,
+    /// How many model calls reported no usage.
+    pub unreported_calls: u32,
     /// The whole conversation.
     pub messages: Vec<Message>,
 }
@@ -270,19 +275,44 @@ impl AgentAnswer {
         self.tool_calls.is_empty()
     }
 
-    /// The usage line: `"N tokens in, M out"`, or `"usage not reported by the server"`.
+    /// The usage line: `"N tokens in, M out"`; when only some calls reported usage, the same
+    /// over those calls, saying how many; `"usage not reported by the server"` when none did.
     ///
     /// ```
     /// # use tidewater_llm::{Usage, agent::AgentAnswer};
-    /// let mut answer = AgentAnswer { text: String::new(), model_calls: 1, tools_cut_off: false, tool_calls: vec![], usage: None, messages: vec![] };
+    /// let mut answer = AgentAnswer {
+    ///     text: String::new(), model_calls: 3, tools_cut_off: false, tool_calls: vec![],
+    ///     usage: None, partial_usage: None, unreported_calls: 3, messages: vec![],
+    /// };
     /// assert_eq!(answer.usage_line(), "usage not reported by the server");
+    /// answer.partial_usage = Some(Usage { input_tokens: 80, output_tokens: 9 });
+    /// answer.unreported_calls = 1;
+    /// assert_eq!(
+    ///     answer.usage_line(),
+    ///     "80 tokens in, 9 out over 2 of 3 model calls (the server reported no usage for the other)"
+    /// );
     /// answer.usage = Some(Usage { input_tokens: 120, output_tokens: 14 });
+    /// answer.partial_usage = None;
+    /// answer.unreported_calls = 0;
     /// assert_eq!(answer.usage_line(), "120 tokens in, 14 out");
     /// ```
     pub fn usage_line(&self) -> String {
-        match self.usage {
-            Some(u) => format!("{} tokens in, {} out", u.input_tokens, u.output_tokens),
-            None => "usage not reported by the server".to_string(),
+        match (self.usage, self.partial_usage) {
+            (Some(u), _) => format!("{} tokens in, {} out", u.input_tokens, u.output_tokens),
+            (None, Some(u)) => {
+                let reported = self.model_calls.saturating_sub(self.unreported_calls);
+                let others = if self.unreported_calls == 1 {
+                    "the other"
+                } else {
+                    "the others"
+                };
+                format!(
+                    "{} tokens in, {} out over {reported} of {} model calls (the server \
+                     reported no usage for {others})",
+                    u.input_tokens, u.output_tokens, self.model_calls
+                )
+            }
+            (None, None) => "usage not reported by the server".to_string(),
         }
     }
 }
@@ -560,6 +590,8 @@ impl Agent {
                 tools_cut_off: cut_off,
                 tool_calls: std::mem::take(&mut s.done),
                 usage: (s.unreported == 0).then_some(s.usage),
+                partial_usage: (s.unreported > 0 && s.unreported < model_calls).then_some(s.usage),
+                unreported_calls: s.unreported,
                 messages: std::mem::take(&mut s.messages),
             });
             if answer.used_no_tool() && !self.tools.is_empty() {

@@ -543,3 +543,57 @@ async fn a_model_that_still_wants_tools_on_its_last_turn_fails_the_run() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn usage_reported_for_some_calls_is_shown_as_such() {
+    bounded(async {
+        /// Drops the usage of its first answer, as llama-cpp-python does for a stream.
+        struct FirstUnreported(MockLlm, std::sync::atomic::AtomicU32);
+        impl tidewater_llm::Llm for FirstUnreported {
+            fn model(&self) -> &str {
+                "first-unreported"
+            }
+            fn chat(
+                &self,
+                r: tidewater_llm::ChatRequest,
+            ) -> futures_util::future::BoxFuture<'_, tidewater_llm::Result<ChatResponse>> {
+                self.0.chat(r)
+            }
+            fn chat_stream(
+                &self,
+                r: tidewater_llm::ChatRequest,
+            ) -> futures_util::future::BoxFuture<'_, tidewater_llm::Result<tidewater_llm::ChatStream>>
+            {
+                Box::pin(async move {
+                    let mut answer = self.0.chat_stream(r).await?.into_response().await?;
+                    if self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                        answer.usage = None;
+                    }
+                    let done = tidewater_llm::StreamEvent::Done(answer);
+                    Ok(tidewater_llm::ChatStream::new(futures_util::stream::iter([Ok(done)])))
+                })
+            }
+        }
+        let mock = MockLlm::new()
+            .tool_calls(vec![ToolCall::new("c1", "add", r#"{"a": 1, "b": 2}"#)])
+            .reply("three words here");
+        let llm = FirstUnreported(mock, std::sync::atomic::AtomicU32::new(0));
+        let answer = Agent::new(Arc::new(llm), vec![add_tool()])
+            .run("1 + 2?".into())
+            .await
+            .unwrap();
+        assert_eq!(answer.model_calls, 2);
+        assert_eq!(answer.usage, None, "not every call reported: no total");
+        assert_eq!(answer.unreported_calls, 1);
+        let partial = answer.partial_usage.expect("the second call's usage");
+        assert_eq!(partial.output_tokens, 3);
+        assert!(
+            answer
+                .usage_line()
+                .ends_with("out over 1 of 2 model calls (the server reported no usage for the other)"),
+            "{}",
+            answer.usage_line()
+        );
+    })
+    .await;
+}
