@@ -18,7 +18,7 @@ use crate::workflow::Workflow;
 /// The identity of one run, unique within the process.
 pub type RunId = u64;
 
-static NEXT_RUN_ID: AtomicU64 = AtomicU64::new(1);
+pub(crate) static NEXT_RUN_ID: AtomicU64 = AtomicU64::new(1);
 
 /// An event sent from a step's context or from outside, waiting for the run loop.
 pub(crate) struct Envelope {
@@ -122,6 +122,8 @@ pub(crate) struct Journal {
     /// A resumed run: the number its stream journal goes on from, past what a dead owner
     /// journaled after the last checkpoint (`store::supersede_after`).
     pub(crate) stream_from: Option<u64>,
+    /// How far the run read its store inbox (`crate::inbox`).
+    pub(crate) inbox: Arc<crate::inbox::InboxCursor>,
 }
 
 /// What the collects of invocations did, by (step, worker) and buffer key.
@@ -417,6 +419,22 @@ impl<W: Workflow> RunShared<W> {
 
     pub(crate) fn post(&self, envelope: Envelope) {
         lock(&self.inbox).push(envelope);
+        self.notify();
+    }
+
+    /// Posts message `n` of the run's store inbox (an event, or `None` for a message that
+    /// only moves the cursor: a cancel, or one that cannot be delivered): the cursor moves in
+    /// the same lock, so the loop's drain sees both or neither (`crate::inbox`).
+    pub(crate) fn post_from_inbox(&self, n: u64, envelope: Option<Envelope>) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let mut inbox = lock(&self.inbox);
+        if let Some(envelope) = envelope {
+            inbox.push(envelope);
+        }
+        journal.inbox.posted(n);
+        drop(inbox);
         self.notify();
     }
 

@@ -75,6 +75,7 @@ mod error;
 mod event;
 pub mod graph;
 mod handler;
+mod inbox;
 mod output;
 mod report;
 mod retry;
@@ -88,6 +89,7 @@ mod stream;
 pub mod trace;
 #[cfg(feature = "viz")]
 pub mod viz;
+mod worker;
 mod workflow;
 
 /// The guide: the chapters of the repository's `docs/`, included as they are (links between
@@ -129,7 +131,8 @@ pub use report::Report;
 pub use retry::RetryPolicy;
 pub use step_ref::{Accepts, StepRef};
 pub use stream::{ChildId, DEFAULT_STREAM_CAPACITY, EventStream, Outcome, Since, StreamItem};
-pub use workflow::{DEFAULT_MAX_LOOP_INVOCATIONS, Runner, Workflow};
+pub use worker::Worker;
+pub use workflow::{DEFAULT_MAX_LOOP_INVOCATIONS, DEFAULT_POLL_INTERVAL, Runner, Workflow};
 
 #[doc(hidden)]
 pub use event::{EventKind, EventMeta, IntoDynEvent, StepInput};

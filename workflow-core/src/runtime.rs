@@ -63,7 +63,7 @@ impl RouteTable {
         RouteTable { entries, consumers }
     }
 
-    fn consumers(&self, id: EventId) -> &[usize] {
+    pub(crate) fn consumers(&self, id: EventId) -> &[usize] {
         &self.consumers[self.range(id)]
     }
 
@@ -843,7 +843,15 @@ where
         std::mem::swap(&mut *lock(&self.shared.woken), &mut self.woken);
         self.ready.extend(self.woken.drain(..));
         let mut mail = std::mem::take(&mut self.inbox);
-        std::mem::swap(&mut *lock(&self.shared.inbox), &mut mail);
+        {
+            let mut inbox = lock(&self.shared.inbox);
+            std::mem::swap(&mut *inbox, &mut mail);
+            // Durable runs: the store inbox's messages in this mail are routed by the next
+            // checkpoint, which records how far it read (`Snapshot::inbox`).
+            if let Some(journal) = &self.shared.journal {
+                journal.inbox.took_mail();
+            }
+        }
         let result = self.route_mail(&mut mail);
         mail.clear();
         self.inbox = mail;
@@ -1721,6 +1729,7 @@ where
             deadline_ms: self
                 .deadline_at
                 .map(crate::snapshot::instant_to_unix_millis),
+            inbox: self.shared.journal.as_ref().map_or(0, |j| j.inbox.routed()),
         })
     }
 
@@ -1957,6 +1966,10 @@ impl<W: Workflow, F> Drop for Executor<W, F> {
             if let Err(error) = journal.store.release(&journal.key, &journal.lease) {
                 tracing::warn!(%error, "could not release a durable run");
             }
+        }
+        // The run's store inbox is not watched any more (`crate::inbox`).
+        if let Some(journal) = &self.shared.journal {
+            journal.inbox.close();
         }
         // Nobody answers snapshot requests any more: `Handler::snapshot` on a run that ended
         // used to wait forever (its handler keeps `RunShared`, and with it the reply).

@@ -87,6 +87,14 @@ pub struct Snapshot {
     /// no limit, and in format-1 snapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// Durable runs: the number of the last message of the run's inbox this checkpoint routed
+    /// (`Store::inbox`); a resumed run reads the messages after it. 0 when none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub inbox: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One serialized event: its stable name and its data.

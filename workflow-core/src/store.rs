@@ -12,7 +12,7 @@
 //! `sqlite` feature adds `SqliteStore`, an embedded database with no server to start.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -166,6 +166,9 @@ pub enum StoreErrorKind {
     /// A write with a lease that is no longer the run's: another owner took the run over (its
     /// epoch is newer), so this owner's writes are refused.
     Fenced,
+    /// The store does not implement this call (a store written before inboxes and claims:
+    /// [`Store::post`], [`Store::inbox`], [`Store::claim`] have defaults that say so).
+    Unsupported,
 }
 
 impl StoreError {
@@ -372,6 +375,231 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// When the store could not be read.
     fn keys(&self, status: RunStatus) -> Result<Vec<String>, StoreError>;
+
+    /// Appends `message` to the inbox of run `key`, numbered after the messages already there
+    /// (from 1, without gaps, per run), **idempotent by [`Message::id`]**: `Ok(false)` when a
+    /// message with this id was posted to the run before (nothing is written twice). Any
+    /// process may post; no lease is needed. A run started again under the same key starts
+    /// with an empty inbox ([`Claim::Start`]).
+    ///
+    /// The run's checkpoints record how far it read ([`Snapshot::inbox`]): a message is
+    /// consumed exactly when the checkpoint that routed it commits, and a resumed run reads
+    /// again what its dead owner had not checkpointed. Posting wakes the run's live owner and
+    /// the workers of its workflow ([`Store::wakeups`]) where the store can.
+    ///
+    /// # Errors
+    /// [`StoreErrorKind::Missing`] when no run with this key is in the store,
+    /// [`StoreErrorKind::Ended`] when it has ended, [`StoreErrorKind::Unsupported`] for a
+    /// store without inboxes; otherwise when the message could not be made durable.
+    fn post(&self, key: &str, message: &Message) -> Result<bool, StoreError> {
+        let _ = message;
+        Err(unsupported(key, "post to"))
+    }
+
+    /// The messages of run `key`'s inbox numbered after `after`, in order.
+    ///
+    /// # Errors
+    /// When the store cannot be read; [`StoreErrorKind::Unsupported`] for a store without
+    /// inboxes.
+    fn inbox(&self, key: &str, after: u64) -> Result<Vec<(u64, Message)>, StoreError> {
+        let _ = after;
+        Err(unsupported(key, "read the inbox of"))
+    }
+
+    /// Takes one runnable run of `workflow` for `owner`, atomically (two workers never take
+    /// the same run), and returns its key and the new [`Lease`]: a run that is `Running` with
+    /// no live holder (enqueued, released by a shutdown, or its owner gone / its lease
+    /// expired), or a `Waiting` run with work queued or with inbox messages it has not
+    /// consumed. Child runs (resumed by their parents) are never taken. `None` when there is
+    /// nothing to take.
+    ///
+    /// # Errors
+    /// When the store cannot be read or written; [`StoreErrorKind::Unsupported`] for a store
+    /// without a queue.
+    fn claim(&self, workflow: &str, owner: &Owner) -> Result<Option<(String, Lease)>, StoreError> {
+        let _ = owner;
+        Err(unsupported(workflow, "claim a run of"))
+    }
+
+    /// Where the store announces changes (a post, an enqueued or released run) to the waiters
+    /// of this process: a run's inbox watcher, a worker loop. `None` (the default) when the
+    /// store cannot tell: waiters poll. `MemoryStore` and `SqliteStore` announce what this
+    /// store instance did; a `PgStore` also what every other process did (LISTEN/NOTIFY).
+    fn wakeups(&self) -> Option<&Wakeups> {
+        None
+    }
+}
+
+fn unsupported(key: &str, what: &str) -> StoreError {
+    StoreError::of(
+        StoreErrorKind::Unsupported,
+        format!("cannot {what} `{key}`: this store has no inboxes nor run queue"),
+    )
+}
+
+/// A message to a stored run, posted to its inbox ([`Store::post`]) by any process: an answer
+/// or an outside event, or a request to cancel the run.
+///
+/// ```
+/// use tidewater::snapshot::EventRecord;
+/// use tidewater::store::{Message, MessageBody};
+///
+/// let answer = Message::event("answer-17", EventRecord {
+///     event: "app::Approval".into(),
+///     data: serde_json::json!({ "ok": true }),
+/// });
+/// assert!(matches!(answer.body, MessageBody::Event(_)));
+/// let cancel = Message::cancel("stop-17");
+/// let text = serde_json::to_string(&cancel).unwrap();
+/// assert_eq!(serde_json::from_str::<Message>(&text).unwrap(), cancel);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    /// Chosen by the sender, unique per run: a message posted again with the same id (a
+    /// retried HTTP request, an answer sent to two servers) is written once.
+    pub id: String,
+    /// What it says.
+    pub body: MessageBody,
+}
+
+/// What a [`Message`] says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MessageBody {
+    /// An event for the run, by its stable name: an answer to one of its requests (a response
+    /// type) or an event a step accepts, as `Handler::send_event` would send it.
+    Event(EventRecord),
+    /// Cancel the run, as `Handler::cancel` does.
+    Cancel,
+}
+
+impl Message {
+    /// A message carrying an event (an answer, or an event for a step).
+    pub fn event(id: impl Into<String>, event: EventRecord) -> Message {
+        Message {
+            id: id.into(),
+            body: MessageBody::Event(event),
+        }
+    }
+
+    /// A request to cancel the run.
+    pub fn cancel(id: impl Into<String>) -> Message {
+        Message {
+            id: id.into(),
+            body: MessageBody::Cancel,
+        }
+    }
+}
+
+/// Wake-ups a store gives the waiters of this process ([`Store::wakeups`]): each change names
+/// its run and its workflow, and wakes whoever subscribed to either. A wake-up that comes
+/// while nobody waits is kept for the next wait (no wake-up is lost between two polls);
+/// waiters still poll at a bounded interval, since a store may miss a change made elsewhere.
+///
+/// ```
+/// use tidewater::store::Wakeups;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let wakeups = Wakeups::default();
+/// let run = wakeups.run("order-7");
+/// let queue = wakeups.queue("Orders");
+/// wakeups.changed(Some("Orders"), "order-7");
+/// run.notified().await; // returns at once: the wake-up was kept
+/// queue.notified().await;
+/// # }
+/// ```
+#[derive(Debug, Default)]
+pub struct Wakeups {
+    topics: Mutex<HashMap<String, Vec<std::sync::Weak<tokio::sync::Notify>>>>,
+}
+
+impl Wakeups {
+    /// Woken by every change of run `key` (a message posted to it).
+    pub fn run(&self, key: &str) -> Arc<tokio::sync::Notify> {
+        self.subscribe(format!("run/{key}"))
+    }
+
+    /// Woken by every change that may give a worker of `workflow` a run to claim (a run
+    /// enqueued, released, or posted to).
+    pub fn queue(&self, workflow: &str) -> Arc<tokio::sync::Notify> {
+        self.subscribe(format!("queue/{workflow}"))
+    }
+
+    fn subscribe(&self, topic: String) -> Arc<tokio::sync::Notify> {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let mut topics = lock(&self.topics);
+        let subscribers = topics.entry(topic).or_default();
+        subscribers.retain(|weak| weak.strong_count() > 0);
+        subscribers.push(Arc::downgrade(&notify));
+        notify
+    }
+
+    /// Announces a change of run `key` of `workflow` (`None` when the store does not know it:
+    /// every queue is woken).
+    pub fn changed(&self, workflow: Option<&str>, key: &str) {
+        let mut topics = lock(&self.topics);
+        if topics.is_empty() {
+            return;
+        }
+        let mut woken = vec![format!("run/{key}")];
+        match workflow {
+            Some(workflow) => woken.push(format!("queue/{workflow}")),
+            None => woken.extend(
+                topics
+                    .keys()
+                    .filter(|topic| topic.starts_with("queue/"))
+                    .cloned(),
+            ),
+        }
+        for topic in woken {
+            let Some(subscribers) = topics.get_mut(&topic) else {
+                continue;
+            };
+            subscribers.retain(|weak| match weak.upgrade() {
+                Some(notify) => {
+                    notify.notify_one();
+                    true
+                }
+                None => false,
+            });
+            if subscribers.is_empty() {
+                topics.remove(&topic);
+            }
+        }
+    }
+
+    /// Wakes every waiter (a store that may have missed changes: a lost connection).
+    pub fn everything(&self) {
+        for subscribers in lock(&self.topics).values() {
+            for notify in subscribers.iter().filter_map(std::sync::Weak::upgrade) {
+                notify.notify_one();
+            }
+        }
+    }
+}
+
+/// Is `key` a child run's key (`{parent}/...` where `{parent}` is a stored run)? `exists`
+/// says whether a run with a given key is stored. For implementations of [`Store::claim`],
+/// which never take child runs (their parents resume them).
+pub fn is_child_key(key: &str, mut exists: impl FnMut(&str) -> bool) -> bool {
+    key.match_indices('/').any(|(at, _)| exists(&key[..at]))
+}
+
+/// Can a stored run be claimed by a worker ([`Store::claim`]), holders aside? `Running`, or
+/// `Waiting` with work queued or inbox messages after the ones its checkpoint consumed
+/// (`inbox_last`: the number of the run's last message). For implementations.
+pub fn claimable(record: &RunRecord, inbox_last: u64) -> bool {
+    match record.status {
+        RunStatus::Running => true,
+        RunStatus::Waiting => has_work(&record.snapshot) || inbox_last > record.snapshot.inbox,
+        _ => false,
+    }
+}
+
+/// Does the snapshot hold steps to run (in flight or queued)?
+pub fn has_work(snapshot: &Snapshot) -> bool {
+    !snapshot.in_flight.is_empty() || !snapshot.queued.is_empty()
 }
 
 /// The ownership rules of [`Store::acquire`], for implementations: given the run as stored (its
@@ -516,6 +744,7 @@ pub(crate) fn supersede_after(
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     runs: Mutex<HashMap<String, MemoryRun>>,
+    wakeups: Wakeups,
 }
 
 #[derive(Debug, Default)]
@@ -523,6 +752,7 @@ struct MemoryRun {
     record: Option<RunRecord>,
     history: Vec<Snapshot>,
     events: Vec<(u64, EventRecord)>,
+    inbox: Vec<(u64, Message)>,
     holder: Option<Owner>,
     epoch: u64,
 }
@@ -558,6 +788,7 @@ impl Store for MemoryStore {
         if claim == Claim::Start {
             run.record = None;
             run.events.clear();
+            run.inbox.clear();
         }
         run.epoch += 1;
         run.holder = Some(owner.clone());
@@ -584,11 +815,14 @@ impl Store for MemoryStore {
     }
 
     fn release(&self, key: &str, lease: &Lease) -> Result<(), StoreError> {
-        if let Some(run) = lock(&self.runs).get_mut(key) {
-            if run.holds(lease) {
-                run.holder = None;
-            }
-        }
+        let mut runs = lock(&self.runs);
+        let Some(run) = runs.get_mut(key).filter(|run| run.holds(lease)) else {
+            return Ok(());
+        };
+        run.holder = None;
+        let workflow = run.record.as_ref().map(|r| r.snapshot.workflow.clone());
+        drop(runs);
+        self.wakeups.changed(workflow.as_deref(), key);
         Ok(())
     }
 
@@ -633,5 +867,79 @@ impl Store for MemoryStore {
             .collect();
         keys.sort();
         Ok(keys)
+    }
+
+    fn post(&self, key: &str, message: &Message) -> Result<bool, StoreError> {
+        let mut runs = lock(&self.runs);
+        let Some(run) = runs
+            .get_mut(key)
+            .filter(|run| run.record.is_some() || run.holder.is_some())
+        else {
+            return Err(StoreError::of(
+                StoreErrorKind::Missing,
+                format!("cannot post to run `{key}`: no run with this key in the store"),
+            ));
+        };
+        if let Some(status) = run.record.as_ref().map(|r| r.status) {
+            if !matches!(status, RunStatus::Running | RunStatus::Waiting) {
+                return Err(StoreError::of(
+                    StoreErrorKind::Ended,
+                    format!("cannot post to run `{key}`: it has ended ({status:?})"),
+                ));
+            }
+        }
+        if run.inbox.iter().any(|(_, m)| m.id == message.id) {
+            return Ok(false);
+        }
+        let n = run.inbox.len() as u64 + 1;
+        run.inbox.push((n, message.clone()));
+        let workflow = run.record.as_ref().map(|r| r.snapshot.workflow.clone());
+        drop(runs);
+        self.wakeups.changed(workflow.as_deref(), key);
+        Ok(true)
+    }
+
+    fn inbox(&self, key: &str, after: u64) -> Result<Vec<(u64, Message)>, StoreError> {
+        Ok(lock(&self.runs)
+            .get(key)
+            .map(|run| {
+                run.inbox
+                    .iter()
+                    .filter(|(n, _)| *n > after)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    fn claim(&self, workflow: &str, owner: &Owner) -> Result<Option<(String, Lease)>, StoreError> {
+        let mut runs = lock(&self.runs);
+        let mut candidates: Vec<&String> = runs
+            .iter()
+            .filter(|(_, run)| {
+                run.record.as_ref().is_some_and(|record| {
+                    record.snapshot.workflow == workflow
+                        && claimable(record, run.inbox.len() as u64)
+                }) && run.holder.as_ref().is_none_or(Owner::is_gone)
+            })
+            .map(|(key, _)| key)
+            .filter(|key| !is_child_key(key, |parent| runs.contains_key(parent)))
+            .collect();
+        candidates.sort();
+        let Some(key) = candidates.first().map(|key| (*key).clone()) else {
+            return Ok(None);
+        };
+        let run = runs.get_mut(&key).expect("a candidate is stored");
+        run.epoch += 1;
+        run.holder = Some(owner.clone());
+        let lease = Lease {
+            owner: owner.clone(),
+            epoch: run.epoch,
+        };
+        Ok(Some((key, lease)))
+    }
+
+    fn wakeups(&self) -> Option<&Wakeups> {
+        Some(&self.wakeups)
     }
 }

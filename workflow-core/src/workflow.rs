@@ -235,7 +235,14 @@ pub(crate) struct RunConfig {
     pub(crate) evict_waiting_after: Option<Duration>,
     /// Record a trace of every run (`Runner::trace`).
     pub(crate) trace: bool,
+    /// How often a durable run's inbox watcher and a worker loop look at the store when no
+    /// wake-up came (`Runner::poll_interval`).
+    pub(crate) poll_every: Duration,
 }
+
+/// How often a durable run looks at its store inbox, and a worker loop at the run queue, when
+/// the store announced nothing (see [`Runner::poll_interval`]).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 impl std::fmt::Debug for dyn Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -286,6 +293,7 @@ impl<W: Workflow> Runner<W> {
                 store: None,
                 evict_waiting_after: None,
                 trace: false,
+                poll_every: DEFAULT_POLL_INTERVAL,
             },
             fingerprint: fingerprint(W::GRAPH).into(),
         }
@@ -393,6 +401,29 @@ impl<W: Workflow> Runner<W> {
     pub fn max_concurrent_runs(mut self, n: usize) -> Runner<W> {
         assert!(n > 0, "`max_concurrent_runs` must be at least 1");
         self.config.run_limit = Some(Arc::new(Semaphore::new(n)));
+        self
+    }
+
+    /// How often a durable run looks at its store inbox ([`Store::post`]) for a message
+    /// posted by another process, and a worker loop ([`Runner::work`]) at the store for runs
+    /// to claim, when no wake-up came: [`DEFAULT_POLL_INTERVAL`] by default. A store that
+    /// announces changes ([`Store::wakeups`]: in this process for `MemoryStore` and
+    /// `SqliteStore`, from every process for a `PgStore` with LISTEN/NOTIFY) wakes them at
+    /// once; polling is the fallback, and bounds how late a message can be. Runs that are not
+    /// durable never poll.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tidewater::prelude::*;
+    /// # #[derive(Default)] struct Flow;
+    /// # #[workflow(durable)] impl Flow {
+    /// #     #[step] async fn go(&self, ev: StartEvent<u8>) -> StopEvent<u8> { StopEvent(ev.0) }
+    /// # }
+    /// let runner = Flow.runner().poll_interval(Duration::from_millis(100));
+    /// # let _ = runner;
+    /// ```
+    pub fn poll_interval(mut self, every: Duration) -> Runner<W> {
+        self.config.poll_every = every.max(Duration::from_millis(1));
         self
     }
 
@@ -540,7 +571,7 @@ impl<W: Workflow> Runner<W> {
     /// # Panics
     /// Outside a tokio runtime.
     pub fn resume(&self, snapshot: &Snapshot) -> std::result::Result<Handler<W>, SnapshotError> {
-        self.resume_journaled(snapshot, None, None)
+        self.resume_journaled(snapshot, None, None, Vec::new())
     }
 
     fn resume_journaled(
@@ -548,6 +579,7 @@ impl<W: Workflow> Runner<W> {
         snapshot: &Snapshot,
         journal: Option<Journal>,
         answer: Option<DynEvent>,
+        unread: Vec<(u64, crate::store::Message)>,
     ) -> std::result::Result<Handler<W>, SnapshotError> {
         let (state, restored) = restore::<W>(snapshot, &self.fingerprint)?;
         let journal = journal.map(|mut journal| {
@@ -568,12 +600,16 @@ impl<W: Workflow> Runner<W> {
             // again before a later `send_response` lands (the answer would be lost).
             post_external(&shared, answer, None);
         }
+        for (n, message) in unread {
+            crate::inbox::deliver(&shared, n, message);
+        }
         shared.stream.reserve();
         let task = tokio::spawn(execute(
             self.clone(),
             shared.clone(),
             Init::Resume(restored),
         ));
+        crate::inbox::watch(&shared, self.config.poll_every);
         Ok(Handler::new(shared, task, self.handler_deadline()).keep_deadline(snapshot.deadline_ms))
     }
 
@@ -638,6 +674,7 @@ impl<W: Workflow> Runner<W> {
             shared.clone(),
             Init::Start(W::__start_event(input)),
         ));
+        crate::inbox::watch(&shared, self.config.poll_every);
         Ok(Handler::new(shared, task, self.handler_deadline()))
     }
 
@@ -661,6 +698,18 @@ impl<W: Workflow> Runner<W> {
     fn resume_stored_with(&self, key: &str, answer: Option<DynEvent>) -> Result<Handler<W>> {
         let store = self.durable_store(key)?;
         let lease = self.acquire(&*store, key, Claim::Resume)?;
+        self.resume_leased(store, key, lease, answer)
+    }
+
+    /// Resumes the journaled run `key`, held under `lease`, from its last checkpoint; gives the
+    /// lease back when it cannot.
+    pub(crate) fn resume_leased(
+        &self,
+        store: Arc<dyn Store>,
+        key: &str,
+        lease: Lease,
+        answer: Option<DynEvent>,
+    ) -> Result<Handler<W>> {
         // Read after the claim: the record is the last one any owner wrote.
         let record = match store.load(key) {
             Ok(Some(record)) => record,
@@ -678,6 +727,18 @@ impl<W: Workflow> Runner<W> {
         };
         let mut journal = self.journal(store.clone(), key, lease.clone());
         journal.trace = record.trace.clone();
+        // The messages posted after the ones this checkpoint routed: handed to the run before
+        // its task exists (as an answer is), so that a parked run claimed for its mail takes
+        // it before it could be found idle and evicted again.
+        journal.inbox = crate::inbox::InboxCursor::new(record.snapshot.inbox);
+        let unread = match store.inbox(key, record.snapshot.inbox) {
+            Ok(unread) => unread,
+            Err(error) if error.kind == StoreErrorKind::Unsupported => Vec::new(),
+            Err(error) => {
+                let _ = store.release(key, &lease);
+                return Err(error.into());
+            }
+        };
         // Events a dead owner journaled after this checkpoint belong to invocations that run
         // again: marked superseded, and the re-run's are numbered after them.
         match crate::store::supersede_after(&*store, key, &lease, record.snapshot.stream_seq) {
@@ -687,7 +748,7 @@ impl<W: Workflow> Runner<W> {
                 return Err(error.into());
             }
         }
-        self.resume_journaled(&record.snapshot, Some(journal), answer)
+        self.resume_journaled(&record.snapshot, Some(journal), answer, unread)
             .map_err(|error| {
                 let _ = store.release(key, &lease);
                 error.into()
@@ -915,7 +976,7 @@ impl<W: Workflow> Runner<W> {
         Ok(crate::store::current_events(store.events(key)?))
     }
 
-    fn durable_store(&self, key: &str) -> Result<Arc<dyn Store>> {
+    pub(crate) fn durable_store(&self, key: &str) -> Result<Arc<dyn Store>> {
         let durable = |reason: String| WorkflowError::Durable {
             key: key.to_string(),
             reason,
@@ -949,6 +1010,7 @@ impl<W: Workflow> Runner<W> {
             trace: None,
             republished: 0,
             stream_from: None,
+            inbox: crate::inbox::InboxCursor::new(0),
         }
     }
 }

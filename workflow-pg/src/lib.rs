@@ -50,12 +50,14 @@ use std::time::{Duration, Instant};
 use postgres::{Client, Config, NoTls};
 use tidewater::snapshot::EventRecord;
 use tidewater::store::{
-    Claim, Lease, Owner, RunRecord, RunStatus, Store, StoreError, check_claim, fenced,
+    Claim, Lease, Message, Owner, RunRecord, RunStatus, Store, StoreError, StoreErrorKind, Wakeups,
+    check_claim, fenced, has_work,
 };
 
 /// The schema, in order: each entry is one migration, applied once (recorded in
 /// `tidewater_schema`).
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE IF NOT EXISTS tidewater_runs (
     key         TEXT PRIMARY KEY,
     status      TEXT NOT NULL,
@@ -73,7 +75,27 @@ CREATE TABLE IF NOT EXISTS tidewater_events (
     event TEXT NOT NULL,
     PRIMARY KEY (key, seq)
 );
-"];
+",
+    "
+ALTER TABLE tidewater_runs ADD COLUMN IF NOT EXISTS workflow TEXT;
+ALTER TABLE tidewater_runs ADD COLUMN IF NOT EXISTS inbox_last BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE tidewater_runs ADD COLUMN IF NOT EXISTS inbox_read BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE tidewater_runs ADD COLUMN IF NOT EXISTS has_work BOOLEAN NOT NULL DEFAULT false;
+CREATE INDEX IF NOT EXISTS tidewater_runs_queue ON tidewater_runs (workflow, status, updated);
+CREATE TABLE IF NOT EXISTS tidewater_inbox (
+    key     TEXT NOT NULL,
+    seq     BIGINT NOT NULL,
+    id      TEXT NOT NULL,
+    message TEXT NOT NULL,
+    PRIMARY KEY (key, seq),
+    UNIQUE (key, id)
+);
+",
+];
+
+/// The channel of the notifications a store sends on every post, enqueue and release, with
+/// `<workflow>/<key>` as payload.
+const CHANNEL: &str = "tidewater";
 
 /// The database's clock in milliseconds: leases are compared with one clock, whatever the
 /// workers' clocks say.
@@ -89,6 +111,8 @@ pub struct PgStore {
     ttl: Duration,
     stop: Arc<std::sync::atomic::AtomicBool>,
     fault: Option<Arc<Fault>>,
+    /// Fed by the LISTEN connection (and by this store's own posts).
+    wakeups: Arc<Wakeups>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -106,6 +130,7 @@ pub struct PgOptions {
     connections: usize,
     lease_ttl: Duration,
     reconnect_for: Duration,
+    listen: bool,
 }
 
 impl PgOptions {
@@ -117,7 +142,17 @@ impl PgOptions {
             connections: 4,
             lease_ttl: Duration::from_secs(10),
             reconnect_for: Duration::from_secs(30),
+            listen: true,
         }
+    }
+
+    /// Whether the store keeps a connection of its own doing `LISTEN tidewater`, to wake this
+    /// process's inbox watchers and worker loops at once when any process posts to a run,
+    /// enqueues one or releases one (on by default). Off, they poll
+    /// (`Runner::poll_interval`).
+    pub fn listen(mut self, on: bool) -> PgOptions {
+        self.listen = on;
+        self
     }
 
     /// How many connections (each on its own thread); 4 by default.
@@ -314,6 +349,7 @@ impl PgStore {
             ttl: options.lease_ttl,
             stop: Arc::default(),
             fault: Fault::from_env().map(Arc::new),
+            wakeups: Arc::default(),
         };
         // The first connection and the tables, failing fast when the server is not there.
         store.call(|connection| {
@@ -323,6 +359,9 @@ impl PgStore {
             migrated
         })?;
         store.start_heartbeat()?;
+        if options.listen {
+            store.start_listener(config)?;
+        }
         Ok(store)
     }
 
@@ -407,6 +446,60 @@ impl PgStore {
                 }
             })
             .map_err(|e| StoreError::new(format!("cannot start the heartbeat: {e}")))?;
+        Ok(())
+    }
+
+    /// Listens for the notifications of every process on a connection of its own, on a
+    /// thread of its own, until the store is dropped; after a lost connection (when
+    /// notifications may have been missed) every waiter is woken to look for itself.
+    fn start_listener(&self, config: Config) -> Result<(), StoreError> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let stop = self.stop.clone();
+        let wakeups = self.wakeups.clone();
+        let stopped = move || stop.load(std::sync::atomic::Ordering::Relaxed);
+        std::thread::Builder::new()
+            .name("tidewater-pg-listen".into())
+            .spawn(move || {
+                let mut pause = Duration::from_millis(20);
+                while !stopped() {
+                    let mut client = match config.connect(NoTls) {
+                        Ok(client) => client,
+                        Err(error) => {
+                            tracing::warn!(%error, "LISTEN connection lost; reconnecting");
+                            std::thread::sleep(pause);
+                            pause = (pause * 2).min(Duration::from_millis(500));
+                            continue;
+                        }
+                    };
+                    if let Err(error) = client.batch_execute(&format!("LISTEN {CHANNEL}")) {
+                        tracing::warn!(%error, "cannot LISTEN; reconnecting");
+                        std::thread::sleep(pause);
+                        continue;
+                    }
+                    pause = Duration::from_millis(20);
+                    wakeups.everything();
+                    while !stopped() && !client.is_closed() {
+                        let mut notifications = client.notifications();
+                        let mut waiting = notifications.timeout_iter(Duration::from_millis(200));
+                        match waiting.next() {
+                            Ok(Some(note)) => {
+                                let (workflow, key) = note
+                                    .payload()
+                                    .split_once('/')
+                                    .unwrap_or(("", note.payload()));
+                                let workflow = Some(workflow).filter(|w| !w.is_empty());
+                                wakeups.changed(workflow, key);
+                            }
+                            Ok(None) => {}
+                            Err(error) => {
+                                tracing::warn!(%error, "LISTEN connection lost; reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|e| StoreError::new(format!("cannot start the LISTEN thread: {e}")))?;
         Ok(())
     }
 
@@ -538,12 +631,15 @@ impl Store for PgStore {
                         let fresh = claim == Claim::Start;
                         if fresh {
                             tx.execute("DELETE FROM tidewater_events WHERE key = $1", &[&k])?;
+                            tx.execute("DELETE FROM tidewater_inbox WHERE key = $1", &[&k])?;
                         }
                         tx.query_one(
                             &format!(
                                 "UPDATE tidewater_runs SET
                                      status = CASE WHEN $5 THEN 'running' ELSE status END,
                                      record = CASE WHEN $5 THEN '' ELSE record END,
+                                     inbox_last = CASE WHEN $5 THEN 0 ELSE inbox_last END,
+                                     inbox_read = CASE WHEN $5 THEN 0 ELSE inbox_read END,
                                      updated = {NOW}, owner_id = $2, owner = $3,
                                      epoch = epoch + 1, lease_until = {NOW} + $4
                                  WHERE key = $1 RETURNING epoch"
@@ -589,9 +685,18 @@ impl Store for PgStore {
             _ => "mid_commit",
         };
         let fault = Fault::armed(&self.fault, point);
+        let workflow = record.snapshot.workflow.clone();
+        let read = i64::try_from(record.snapshot.inbox).map_err(|_| {
+            StoreError::new(format!(
+                "inbox number {} is too large",
+                record.snapshot.inbox
+            ))
+        })?;
+        let work = has_work(&record.snapshot);
+        let parked = record.status == RunStatus::Waiting;
         let changed = self.call(move |connection| {
             connection.run(&format!("cannot save run `{k}`"), |client| {
-                execute_write(
+                let changed = execute_write(
                     client,
                     fault.as_deref(),
                     &k,
@@ -599,11 +704,27 @@ impl Store for PgStore {
                         "UPDATE tidewater_runs SET status = $2, record = $3, updated = {NOW},
                              owner_id = CASE WHEN $2 = 'running' THEN owner_id END,
                              owner = CASE WHEN $2 = 'running' THEN owner END,
-                             lease_until = CASE WHEN $2 = 'running' THEN {NOW} + $6 END
+                             lease_until = CASE WHEN $2 = 'running' THEN {NOW} + $6 END,
+                             workflow = $7, inbox_read = $8, has_work = $9
                          WHERE key = $1 AND epoch = $4 AND owner_id = $5"
                     ),
-                    &[&k, &status, &json, &epoch, &owner, &ttl],
-                )
+                    &[
+                        &k, &status, &json, &epoch, &owner, &ttl, &workflow, &read, &work,
+                    ],
+                )?;
+                if parked && changed > 0 {
+                    // Parked with work, or with mail that came meanwhile: a worker's to claim.
+                    client.execute(
+                        &format!(
+                            "SELECT pg_notify('{CHANNEL}', workflow || '/' || key)
+                             FROM tidewater_runs
+                             WHERE key = $1 AND status = 'waiting'
+                               AND (has_work OR inbox_last > inbox_read)"
+                        ),
+                        &[&k],
+                    )?;
+                }
+                Ok(changed)
             })
         })?;
         if changed == 0 {
@@ -622,12 +743,20 @@ impl Store for PgStore {
         let fault = Fault::armed(&self.fault, "idle_release");
         self.call(move |connection| {
             connection.run(&format!("cannot release run `{k}`"), |client| {
+                // Announced at commit: a worker takes the run if it has work left.
                 execute_write(
                     client,
                     fault.as_deref(),
                     &k,
-                    "UPDATE tidewater_runs SET owner_id = NULL, owner = NULL, lease_until = NULL
-                     WHERE key = $1 AND epoch = $2 AND owner_id = $3",
+                    &format!(
+                        "WITH freed AS (
+                             UPDATE tidewater_runs SET owner_id = NULL, owner = NULL,
+                                 lease_until = NULL
+                             WHERE key = $1 AND epoch = $2 AND owner_id = $3
+                             RETURNING key, workflow)
+                         SELECT pg_notify('{CHANNEL}', coalesce(workflow, '') || '/' || key)
+                         FROM freed"
+                    ),
                     &[&k, &epoch, &owner],
                 )
             })
@@ -750,5 +879,203 @@ impl Store for PgStore {
             Some((key, status)) => Err(unknown_status(&key, &status)),
             None => Ok(keys),
         }
+    }
+    fn post(&self, key: &str, message: &Message) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(message).map_err(|e| {
+            StoreError::new(format!("cannot serialize a message to run `{key}`: {e}"))
+        })?;
+        let (k, id) = (key.to_string(), message.id.clone());
+        let posted = self.call(move |connection| {
+            connection.run(&format!("cannot post to run `{k}`"), |client| {
+                let mut tx = client.transaction()?;
+                // The run's row lock numbers the posts to one run one after the other, in
+                // commit order, without gaps: a reader never sees message n+1 before n.
+                let row = tx.query_opt(
+                    "SELECT status, record = '', workflow FROM tidewater_runs
+                     WHERE key = $1 FOR UPDATE",
+                    &[&k],
+                )?;
+                let Some(row) = row else {
+                    return Ok(Err(StoreError::of(
+                        StoreErrorKind::Missing,
+                        format!("cannot post to run `{k}`: no run with this key in the store"),
+                    )));
+                };
+                let name: String = row.get(0);
+                let empty: bool = row.get(1);
+                let workflow: Option<String> = row.get(2);
+                let Some(status) = RunStatus::from_name(&name) else {
+                    return Ok(Err(unknown_status(&k, &name)));
+                };
+                if !empty && !matches!(status, RunStatus::Running | RunStatus::Waiting) {
+                    return Ok(Err(StoreError::of(
+                        StoreErrorKind::Ended,
+                        format!("cannot post to run `{k}`: it has ended ({status:?})"),
+                    )));
+                }
+                let seen = tx
+                    .query_opt(
+                        "SELECT 1 FROM tidewater_inbox WHERE key = $1 AND id = $2",
+                        &[&k, &id],
+                    )?
+                    .is_some();
+                if seen {
+                    return Ok(Ok((false, workflow)));
+                }
+                let seq: i64 = tx
+                    .query_one(
+                        "UPDATE tidewater_runs SET inbox_last = inbox_last + 1 WHERE key = $1
+                         RETURNING inbox_last",
+                        &[&k],
+                    )?
+                    .get(0);
+                tx.execute(
+                    "INSERT INTO tidewater_inbox (key, seq, id, message) VALUES ($1, $2, $3, $4)",
+                    &[&k, &seq, &id, &json],
+                )?;
+                tx.execute(
+                    "SELECT pg_notify($1, $2)",
+                    &[
+                        &CHANNEL,
+                        &format!("{}/{k}", workflow.as_deref().unwrap_or("")),
+                    ],
+                )?;
+                tx.commit()?;
+                Ok(Ok((true, workflow)))
+            })
+        })??;
+        let (new, workflow) = posted;
+        if new {
+            self.wakeups.changed(workflow.as_deref(), key);
+        }
+        Ok(new)
+    }
+
+    fn inbox(&self, key: &str, after: u64) -> Result<Vec<(u64, Message)>, StoreError> {
+        let k = key.to_string();
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let rows: Vec<(i64, String)> = self.call(move |connection| {
+            connection.run(&format!("cannot read the inbox of run `{k}`"), |client| {
+                Ok(client
+                    .query(
+                        "SELECT seq, message FROM tidewater_inbox WHERE key = $1 AND seq > $2
+                         ORDER BY seq",
+                        &[&k, &after],
+                    )?
+                    .into_iter()
+                    .map(|row| (row.get(0), row.get(1)))
+                    .collect())
+            })
+        })?;
+        rows.into_iter()
+            .map(|(seq, text)| {
+                Ok((
+                    seq as u64,
+                    from_json(&text, &format!("message {seq} of run `{key}`"))?,
+                ))
+            })
+            .collect()
+    }
+
+    fn claim(&self, workflow: &str, owner: &Owner) -> Result<Option<(String, Lease)>, StoreError> {
+        let owner_json = serde_json::to_string(owner)
+            .map_err(|e| StoreError::new(format!("cannot serialize the owner: {e}")))?;
+        let (w, o, ttl) = (workflow.to_string(), owner.clone(), self.ttl_ms());
+        let (claimed, orphans) = self.call(move |connection| {
+            connection.run(&format!("cannot claim a run of `{w}`"), |client| {
+                let mut tx = client.transaction()?;
+                // Free runs (no holder, or its lease ran out), oldest first; rows another
+                // worker is claiming right now are skipped, not waited for.
+                let candidates: Vec<String> = tx
+                    .query(
+                        &format!(
+                            "SELECT key FROM tidewater_runs
+                             WHERE workflow = $1 AND record != ''
+                               AND (status = 'running' OR (status = 'waiting'
+                                    AND (has_work OR inbox_last > inbox_read)))
+                               AND (owner_id IS NULL OR lease_until < {NOW})
+                             ORDER BY updated LIMIT 16
+                             FOR UPDATE SKIP LOCKED"
+                        ),
+                        &[&w],
+                    )?
+                    .into_iter()
+                    .map(|row| row.get(0))
+                    .collect();
+                for key in candidates {
+                    let prefixes: Vec<&str> =
+                        key.match_indices('/').map(|(at, _)| &key[..at]).collect();
+                    if !prefixes.is_empty() {
+                        let parent = tx
+                            .query_opt(
+                                "SELECT 1 FROM tidewater_runs WHERE key = ANY($1) LIMIT 1",
+                                &[&prefixes],
+                            )?
+                            .is_some();
+                        if parent {
+                            continue; // a child run: its parent resumes it
+                        }
+                    }
+                    let epoch: i64 = tx
+                        .query_one(
+                            &format!(
+                                "UPDATE tidewater_runs SET owner_id = $2, owner = $3,
+                                     epoch = epoch + 1, lease_until = {NOW} + $4,
+                                     updated = {NOW}
+                                 WHERE key = $1 RETURNING epoch"
+                            ),
+                            &[&key, &o.id, &owner_json, &ttl],
+                        )?
+                        .get(0);
+                    tx.commit()?;
+                    return Ok((Some((key, epoch)), Vec::new()));
+                }
+                tx.commit()?;
+                // Runs held by a process of this host that is gone (killed): taken at once,
+                // not after their lease, as on SQLite.
+                let orphans: Vec<(String, String)> = client
+                    .query(
+                        &format!(
+                            "SELECT key, owner FROM tidewater_runs
+                             WHERE workflow = $1 AND record != '' AND owner_id IS NOT NULL
+                               AND lease_until >= {NOW} AND owner::jsonb ->> 'host' = $2
+                               AND (status = 'running' OR (status = 'waiting'
+                                    AND (has_work OR inbox_last > inbox_read)))
+                             ORDER BY updated LIMIT 16"
+                        ),
+                        &[&w, &o.host],
+                    )?
+                    .into_iter()
+                    .map(|row| (row.get(0), row.get(1)))
+                    .collect();
+                Ok((None, orphans))
+            })
+        })?;
+        if let Some((key, epoch)) = claimed {
+            let lease = Lease {
+                owner: owner.clone(),
+                epoch: epoch as u64,
+            };
+            self.hold(&key, &lease);
+            return Ok(Some((key, lease)));
+        }
+        for (key, holder) in orphans {
+            let gone = serde_json::from_str::<Owner>(&holder).is_ok_and(|h| h.is_gone());
+            if !gone
+                || tidewater::store::is_child_key(&key, |p| matches!(self.load(p), Ok(Some(_))))
+            {
+                continue;
+            }
+            match self.acquire(&key, owner, Claim::Resume) {
+                Ok(lease) => return Ok(Some((key, lease))),
+                Err(error) if error.kind == StoreErrorKind::Failed => return Err(error),
+                Err(_) => {} // taken by another worker meanwhile, or ended
+            }
+        }
+        Ok(None)
+    }
+
+    fn wakeups(&self) -> Option<&Wakeups> {
+        Some(&self.wakeups)
     }
 }

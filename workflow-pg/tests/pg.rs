@@ -28,7 +28,7 @@ fn pg_store_conforms_to_the_store_contract() {
         PgStore::connect(&server.create_db(&db)).unwrap()
     });
     assert!(
-        n.load(Ordering::Relaxed) >= 8,
+        n.load(Ordering::Relaxed) >= 13,
         "every rule ran on a fresh database"
     );
 }

@@ -10,7 +10,7 @@
 //! `make` must return an empty store each time it is called. A broken rule panics with what
 //! was expected.
 
-use super::{Claim, Lease, Owner, RunRecord, RunStatus, Store, StoreErrorKind};
+use super::{Claim, Lease, Message, Owner, RunRecord, RunStatus, Store, StoreErrorKind};
 use crate::snapshot::{EventRecord, SNAPSHOT_FORMAT, Snapshot};
 
 /// Runs every rule of the contract on fresh stores from `make`.
@@ -26,6 +26,11 @@ pub fn check<S: Store>(make: impl Fn() -> S) {
     ending_releases(&make());
     a_gone_owner_is_taken_over(&make());
     starting_again_clears_the_old_events(&make());
+    inbox_numbered_and_idempotent(&make());
+    inbox_of_ended_and_restarted_runs(&make());
+    claim_takes_free_runs_once(&make());
+    claim_takes_parked_runs_with_mail(&make());
+    claim_leaves_children_and_other_workflows(&make());
 }
 
 /// A record of a run with this status, `completed` steps and stream position.
@@ -48,6 +53,7 @@ pub fn record(status: RunStatus, completed: u64, stream_seq: u64) -> RunRecord {
             stream_seq,
             invocations: completed,
             deadline_ms: None,
+            inbox: 0,
         },
         output: (status == RunStatus::Finished).then(|| serde_json::json!("done")),
         error: (status == RunStatus::Failed).then(|| "it broke".to_string()),
@@ -287,6 +293,210 @@ fn starting_again_clears_the_old_events(store: &impl Store) {
         store.events("k").unwrap().is_empty(),
         "a new run under an ended run's key starts with no events"
     );
+}
+
+/// A message carrying event `n`, with this id.
+pub fn message(id: &str, n: u32) -> Message {
+    Message::event(id, event(n))
+}
+
+fn inbox_numbered_and_idempotent(store: &impl Store) {
+    let refused = store.post("nope", &message("m", 1)).unwrap_err();
+    assert_eq!(
+        refused.kind,
+        StoreErrorKind::Missing,
+        "no post to an unknown run: {refused}"
+    );
+    let a = start(store, "a");
+    store
+        .save("a", &a, &record(RunStatus::Running, 1, 0))
+        .unwrap();
+    let b = start(store, "b");
+    store
+        .save("b", &b, &record(RunStatus::Waiting, 1, 0))
+        .unwrap();
+    assert!(store.inbox("a", 0).unwrap().is_empty());
+    assert!(
+        store.post("a", &message("m1", 1)).unwrap(),
+        "a new id is written"
+    );
+    assert!(
+        !store.post("a", &message("m1", 99)).unwrap(),
+        "an id posted before is not written again"
+    );
+    assert!(store.post("a", &Message::cancel("stop")).unwrap());
+    assert!(
+        store.post("b", &message("m1", 7)).unwrap(),
+        "ids are per run: another run takes the same id"
+    );
+    assert_eq!(
+        store.inbox("a", 0).unwrap(),
+        [(1, message("m1", 1)), (2, Message::cancel("stop"))],
+        "numbered from 1 in the order posted, the duplicate left out"
+    );
+    assert_eq!(store.inbox("a", 1).unwrap(), [(2, Message::cancel("stop"))]);
+    assert!(store.inbox("a", 2).unwrap().is_empty());
+    assert_eq!(store.inbox("b", 0).unwrap(), [(1, message("m1", 7))]);
+    // Posting needs no lease, and a run that is not checkpointed yet takes mail too.
+    start(store, "c");
+    assert!(store.post("c", &message("early", 3)).unwrap());
+    assert_eq!(store.inbox("c", 0).unwrap(), [(1, message("early", 3))]);
+}
+
+fn inbox_of_ended_and_restarted_runs(store: &impl Store) {
+    let lease = start(store, "k");
+    assert!(store.post("k", &message("m1", 1)).unwrap());
+    store
+        .save("k", &lease, &record(RunStatus::Finished, 2, 0))
+        .unwrap();
+    let refused = store.post("k", &message("m2", 2)).unwrap_err();
+    assert_eq!(refused.kind, StoreErrorKind::Ended, "{refused}");
+    start(store, "k");
+    assert!(
+        store.inbox("k", 0).unwrap().is_empty(),
+        "a new run under an ended run's key starts with an empty inbox"
+    );
+    assert!(store.post("k", &message("m1", 3)).unwrap());
+    assert_eq!(store.inbox("k", 0).unwrap(), [(1, message("m1", 3))]);
+}
+
+/// Records a run the way `Runner::enqueue` does: checkpointed, then released.
+fn enqueue(store: &impl Store, key: &str, status: RunStatus) {
+    let lease = start(store, key);
+    store.save(key, &lease, &record(status, 0, 0)).unwrap();
+    store.release(key, &lease).unwrap();
+}
+
+fn claim_takes_free_runs_once(store: &impl Store) {
+    let me = Owner::this_process();
+    assert_eq!(
+        store.claim("Sample", &me).unwrap(),
+        None,
+        "nothing to claim"
+    );
+    enqueue(store, "q", RunStatus::Running);
+    let (key, lease) = store
+        .claim("Sample", &me)
+        .unwrap()
+        .expect("a released running run is claimed");
+    assert_eq!(key, "q");
+    assert_eq!(lease.epoch, 2, "a claim is a new epoch");
+    assert_eq!(lease.owner, me);
+    assert_eq!(
+        store.claim("Sample", &Owner::this_process()).unwrap(),
+        None,
+        "a claimed run is not claimed again while its owner lives"
+    );
+    assert_eq!(
+        kind(store.acquire("q", &Owner::this_process(), Claim::Resume)),
+        StoreErrorKind::Owned
+    );
+    store
+        .save("q", &lease, &record(RunStatus::Running, 1, 0))
+        .expect("the claim's lease writes");
+    store.release("q", &lease).unwrap();
+    let (_, again) = store
+        .claim("Sample", &Owner::this_process())
+        .unwrap()
+        .expect("released again: claimed again");
+    assert_eq!(again.epoch, 3);
+    let refused = store
+        .save("q", &lease, &record(RunStatus::Running, 2, 0))
+        .unwrap_err();
+    assert_eq!(
+        refused.kind,
+        StoreErrorKind::Fenced,
+        "the earlier claim is fenced"
+    );
+    store
+        .save("q", &again, &record(RunStatus::Finished, 2, 0))
+        .unwrap();
+    assert_eq!(
+        store.claim("Sample", &me).unwrap(),
+        None,
+        "an ended run is not claimed"
+    );
+    // A run whose owner's process is gone is claimed.
+    let mut dead = Owner::this_process();
+    dead.pid = u32::MAX - 7;
+    dead.id = format!("{}@{}#dead", dead.pid, dead.host);
+    if dead.is_gone() {
+        let lease = store.acquire("z", &dead, Claim::Start).unwrap();
+        store
+            .save("z", &lease, &record(RunStatus::Running, 1, 0))
+            .unwrap();
+        let (key, heir) = store
+            .claim("Sample", &me)
+            .unwrap()
+            .expect("a dead owner's run is claimed");
+        assert_eq!((key.as_str(), heir.epoch), ("z", lease.epoch + 1));
+    }
+}
+
+fn claim_takes_parked_runs_with_mail(store: &impl Store) {
+    let me = Owner::this_process();
+    enqueue(store, "w", RunStatus::Waiting);
+    assert_eq!(
+        store.claim("Sample", &me).unwrap(),
+        None,
+        "a parked run with no mail and no work is left alone"
+    );
+    assert!(store.post("w", &message("answer", 1)).unwrap());
+    let (key, lease) = store
+        .claim("Sample", &me)
+        .unwrap()
+        .expect("a parked run with mail is claimed");
+    assert_eq!(key, "w");
+    assert_eq!(store.claim("Sample", &me).unwrap(), None, "once");
+    // It routed message 1 and parked again: nothing left to claim it for.
+    let mut parked = record(RunStatus::Waiting, 1, 0);
+    parked.snapshot.inbox = 1;
+    store.save("w", &lease, &parked).unwrap();
+    assert_eq!(store.load("w").unwrap().unwrap().snapshot.inbox, 1);
+    assert_eq!(store.claim("Sample", &me).unwrap(), None);
+    assert!(store.post("w", &message("another", 2)).unwrap());
+    assert!(store.claim("Sample", &me).unwrap().is_some());
+    // A run parked with steps queued (a shutdown suspended it) is claimed too.
+    let lease = start(store, "s");
+    let mut suspended = record(RunStatus::Waiting, 1, 0);
+    suspended
+        .snapshot
+        .queued
+        .push(crate::snapshot::QueuedRecord {
+            step: "go".into(),
+            event: event(1),
+        });
+    store.save("s", &lease, &suspended).unwrap();
+    let (key, _) = store.claim("Sample", &me).unwrap().expect("work to do");
+    assert_eq!(key, "s");
+}
+
+fn claim_leaves_children_and_other_workflows(store: &impl Store) {
+    let me = Owner::this_process();
+    let parent = start(store, "p");
+    store
+        .save("p", &parent, &record(RunStatus::Running, 1, 0))
+        .unwrap();
+    enqueue(store, "p/research/1/child", RunStatus::Running);
+    let mut other = record(RunStatus::Running, 0, 0);
+    other.snapshot.workflow = "Other".into();
+    let lease = start(store, "o");
+    store.save("o", &lease, &other).unwrap();
+    store.release("o", &lease).unwrap();
+    assert_eq!(
+        store.claim("Sample", &me).unwrap(),
+        None,
+        "a child run is its parent's to resume, and `o` is another workflow's"
+    );
+    let (key, _) = store
+        .claim("Other", &me)
+        .unwrap()
+        .expect("its own workflow");
+    assert_eq!(key, "o");
+    // A key with a slash whose prefix is no run is no child.
+    enqueue(store, "a/b", RunStatus::Running);
+    let (key, _) = store.claim("Sample", &me).unwrap().expect("not a child");
+    assert_eq!(key, "a/b");
 }
 
 #[cfg(test)]

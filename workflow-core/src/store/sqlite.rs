@@ -6,7 +6,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Claim, Lease, Owner, RunRecord, RunStatus, Store, StoreError, check_claim, fenced};
+use super::{
+    Claim, Lease, Message, Owner, RunRecord, RunStatus, Store, StoreError, StoreErrorKind, Wakeups,
+    check_claim, fenced, has_work, is_child_key,
+};
 use crate::snapshot::EventRecord;
 use crate::stream::lock;
 
@@ -22,9 +25,21 @@ CREATE TABLE IF NOT EXISTS runs (
     updated  INTEGER NOT NULL,
     owner_id TEXT,
     owner    TEXT,
-    epoch    INTEGER NOT NULL DEFAULT 0
+    epoch    INTEGER NOT NULL DEFAULT 0,
+    workflow   TEXT,
+    inbox_last INTEGER NOT NULL DEFAULT 0,
+    inbox_read INTEGER NOT NULL DEFAULT 0,
+    has_work   INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, key);
+CREATE TABLE IF NOT EXISTS inbox (
+    key     TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    id      TEXT NOT NULL,
+    message TEXT NOT NULL,
+    PRIMARY KEY (key, seq),
+    UNIQUE (key, id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
     key   TEXT NOT NULL,
     seq   INTEGER NOT NULL,
@@ -65,6 +80,9 @@ pub struct SqliteStore {
     path: Option<PathBuf>,
     /// Opened with [`SqliteStore::open_read_only`]: every write is refused.
     read_only: bool,
+    /// What this instance changed, for the waiters of this process (other processes on the
+    /// same file poll).
+    wakeups: Wakeups,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -152,6 +170,7 @@ impl SqliteStore {
             connection: Mutex::new(connection),
             path: Some(path.to_path_buf()),
             read_only: true,
+            wakeups: Wakeups::default(),
         })
     }
 
@@ -219,10 +238,35 @@ impl SqliteStore {
                 )
                 .map_err(|e| fail("cannot add the owner columns to", e))?;
         }
+        // Files made before inboxes and the run queue: add their columns.
+        let has_queue: bool = connection
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('runs') WHERE name = 'inbox_last'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(|e| fail("cannot read the tables of", e))?;
+        if !has_queue {
+            connection
+                .execute_batch(
+                    "ALTER TABLE runs ADD COLUMN workflow TEXT;
+                     ALTER TABLE runs ADD COLUMN inbox_last INTEGER NOT NULL DEFAULT 0;
+                     ALTER TABLE runs ADD COLUMN inbox_read INTEGER NOT NULL DEFAULT 0;
+                     ALTER TABLE runs ADD COLUMN has_work INTEGER NOT NULL DEFAULT 0;",
+                )
+                .map_err(|e| fail("cannot add the queue columns to", e))?;
+        }
+        connection
+            .execute_batch(
+                "CREATE INDEX IF NOT EXISTS runs_by_workflow ON runs (workflow, status, updated)",
+            )
+            .map_err(|e| fail("cannot create the queue index of", e))?;
         Ok(SqliteStore {
             connection: Mutex::new(connection),
             path,
             read_only: false,
+            wakeups: Wakeups::default(),
         })
     }
 }
@@ -298,12 +342,15 @@ impl Store for SqliteStore {
         if claim == Claim::Start {
             tx.execute("DELETE FROM events WHERE key = ?1", params![key])
                 .map_err(fail)?;
+            tx.execute("DELETE FROM inbox WHERE key = ?1", params![key])
+                .map_err(fail)?;
             tx.execute(
                 "INSERT INTO runs (key, status, record, updated, owner_id, owner, epoch)
                  VALUES (?1, 'running', '', ?2, ?3, ?4, 1)
                  ON CONFLICT (key) DO UPDATE SET
                      status = 'running', record = '', updated = excluded.updated,
-                     owner_id = excluded.owner_id, owner = excluded.owner, epoch = epoch + 1",
+                     owner_id = excluded.owner_id, owner = excluded.owner, epoch = epoch + 1,
+                     inbox_last = 0, inbox_read = 0, has_work = 0",
                 params![key, now_millis(), owner.id, owner_json],
             )
             .map_err(fail)?;
@@ -340,7 +387,8 @@ impl Store for SqliteStore {
             .execute(
                 "UPDATE runs SET status = ?2, record = ?3, updated = ?4,
                      owner_id = CASE WHEN ?2 = 'running' THEN owner_id END,
-                     owner = CASE WHEN ?2 = 'running' THEN owner END
+                     owner = CASE WHEN ?2 = 'running' THEN owner END,
+                     workflow = ?7, inbox_read = ?8, has_work = ?9
                  WHERE key = ?1 AND epoch = ?5 AND owner_id = ?6",
                 params![
                     key,
@@ -348,25 +396,37 @@ impl Store for SqliteStore {
                     json,
                     now_millis(),
                     lease.epoch as i64,
-                    lease.owner.id
+                    lease.owner.id,
+                    record.snapshot.workflow,
+                    seq_column(record.snapshot.inbox)?,
+                    has_work(&record.snapshot),
                 ],
             )
             .map_err(fail)?;
         if changed == 0 {
             return Err(fenced(key, lease, "checkpoint"));
         }
+        if record.status == RunStatus::Waiting {
+            // Parked: a message that came meanwhile makes it a worker's to claim.
+            self.wakeups.changed(Some(&record.snapshot.workflow), key);
+        }
         Ok(())
     }
 
     fn release(&self, key: &str, lease: &Lease) -> Result<(), StoreError> {
         self.writable("release", key)?;
-        lock(&self.connection)
-            .execute(
+        let workflow: Option<Option<String>> = lock(&self.connection)
+            .query_row(
                 "UPDATE runs SET owner_id = NULL, owner = NULL
-                 WHERE key = ?1 AND epoch = ?2 AND owner_id = ?3",
+                 WHERE key = ?1 AND epoch = ?2 AND owner_id = ?3 RETURNING workflow",
                 params![key, lease.epoch as i64, lease.owner.id],
+                |row| row.get(0),
             )
+            .optional()
             .map_err(|e| StoreError::new(format!("cannot release run `{key}`: {e}")))?;
+        if let Some(workflow) = workflow {
+            self.wakeups.changed(workflow.as_deref(), key);
+        }
         Ok(())
     }
 
@@ -483,6 +543,165 @@ impl Store for SqliteStore {
             .collect::<Result<Vec<String>, _>>()
             .map_err(fail)?;
         Ok(keys)
+    }
+
+    fn post(&self, key: &str, message: &Message) -> Result<bool, StoreError> {
+        self.writable("post to", key)?;
+        let json = serde_json::to_string(message).map_err(|e| {
+            StoreError::new(format!("cannot serialize a message to run `{key}`: {e}"))
+        })?;
+        let fail = |e: rusqlite::Error| StoreError::new(format!("cannot post to run `{key}`: {e}"));
+        let mut connection = lock(&self.connection);
+        // IMMEDIATE: posts to one run are numbered one after the other, without gaps.
+        let tx = connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(fail)?;
+        let row: Option<(String, bool, Option<String>)> = tx
+            .query_row(
+                "SELECT status, record = '', workflow FROM runs WHERE key = ?1",
+                params![key],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()
+            .map_err(fail)?;
+        let Some((status, empty, workflow)) = row else {
+            return Err(StoreError::of(
+                StoreErrorKind::Missing,
+                format!("cannot post to run `{key}`: no run with this key in the store"),
+            ));
+        };
+        let status = RunStatus::from_name(&status).ok_or_else(|| unknown_status(key, &status))?;
+        if !empty && !matches!(status, RunStatus::Running | RunStatus::Waiting) {
+            return Err(StoreError::of(
+                StoreErrorKind::Ended,
+                format!("cannot post to run `{key}`: it has ended ({status:?})"),
+            ));
+        }
+        let seen: bool = tx
+            .query_row(
+                "SELECT count(*) > 0 FROM inbox WHERE key = ?1 AND id = ?2",
+                params![key, message.id],
+                |row| row.get(0),
+            )
+            .map_err(fail)?;
+        if seen {
+            return Ok(false);
+        }
+        let seq: i64 = tx
+            .query_row(
+                "UPDATE runs SET inbox_last = inbox_last + 1 WHERE key = ?1 RETURNING inbox_last",
+                params![key],
+                |row| row.get(0),
+            )
+            .map_err(fail)?;
+        tx.execute(
+            "INSERT INTO inbox (key, seq, id, message) VALUES (?1, ?2, ?3, ?4)",
+            params![key, seq, message.id, json],
+        )
+        .map_err(fail)?;
+        tx.commit().map_err(fail)?;
+        drop(connection);
+        self.wakeups.changed(workflow.as_deref(), key);
+        Ok(true)
+    }
+
+    fn inbox(&self, key: &str, after: u64) -> Result<Vec<(u64, Message)>, StoreError> {
+        let fail = |e: rusqlite::Error| {
+            StoreError::new(format!("cannot read the inbox of run `{key}`: {e}"))
+        };
+        let connection = lock(&self.connection);
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT seq, message FROM inbox WHERE key = ?1 AND seq > ?2 ORDER BY seq",
+            )
+            .map_err(fail)?;
+        let rows = statement
+            .query_map(params![key, seq_column(after)?], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            })
+            .map_err(fail)?;
+        let mut messages = Vec::new();
+        for row in rows {
+            let (seq, text) = row.map_err(fail)?;
+            let message = from_json(&text).map_err(|reason| {
+                StoreError::new(format!("corrupt message {seq} of run `{key}`{reason}"))
+            })?;
+            messages.push((seq as u64, message));
+        }
+        Ok(messages)
+    }
+
+    fn claim(&self, workflow: &str, owner: &Owner) -> Result<Option<(String, Lease)>, StoreError> {
+        self.writable("claim a run of", workflow)?;
+        let fail = |e: rusqlite::Error| {
+            StoreError::new(format!("cannot claim a run of `{workflow}`: {e}"))
+        };
+        let owner_json = serde_json::to_string(owner)
+            .map_err(|e| StoreError::new(format!("cannot serialize the owner: {e}")))?;
+        let mut connection = lock(&self.connection);
+        // IMMEDIATE: the write lock is taken before the read, so two workers (of any process)
+        // never claim the same run.
+        let tx = connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(fail)?;
+        let candidates: Vec<(String, Option<String>)> = {
+            let mut statement = tx
+                .prepare_cached(
+                    "SELECT key, owner FROM runs
+                     WHERE workflow = ?1 AND record != '' AND (status = 'running'
+                         OR (status = 'waiting' AND (has_work OR inbox_last > inbox_read)))
+                     ORDER BY updated, key",
+                )
+                .map_err(fail)?;
+            statement
+                .query_map(params![workflow], |row| Ok((row.get(0)?, row.get(1)?)))
+                .map_err(fail)?
+                .collect::<Result<_, _>>()
+                .map_err(fail)?
+        };
+        for (key, holder) in candidates {
+            let holder = holder
+                .as_deref()
+                .map(from_json::<Owner>)
+                .transpose()
+                .map_err(|reason| {
+                    StoreError::new(format!("corrupt owner of run `{key}`{reason}"))
+                })?;
+            if holder.is_some_and(|holder| !holder.is_gone()) {
+                continue;
+            }
+            let mut exists = tx
+                .prepare_cached("SELECT count(*) > 0 FROM runs WHERE key = ?1")
+                .map_err(fail)?;
+            let child = is_child_key(&key, |parent| {
+                exists
+                    .query_row(params![parent], |row| row.get::<_, bool>(0))
+                    .unwrap_or(false)
+            });
+            drop(exists);
+            if child {
+                continue;
+            }
+            let epoch: i64 = tx
+                .query_row(
+                    "UPDATE runs SET owner_id = ?2, owner = ?3, epoch = epoch + 1, updated = ?4
+                     WHERE key = ?1 RETURNING epoch",
+                    params![key, owner.id, owner_json, now_millis()],
+                    |row| row.get(0),
+                )
+                .map_err(fail)?;
+            tx.commit().map_err(fail)?;
+            let lease = Lease {
+                owner: owner.clone(),
+                epoch: epoch as u64,
+            };
+            return Ok(Some((key, lease)));
+        }
+        Ok(None)
+    }
+
+    fn wakeups(&self) -> Option<&Wakeups> {
+        Some(&self.wakeups)
     }
 }
 
