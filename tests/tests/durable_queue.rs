@@ -54,6 +54,15 @@ impl Desk {
             gate: Arc::new(tokio::sync::Semaphore::new(1000)),
         }
     }
+
+    /// `decide` waits until the test opens the gate: a duplicate posted meanwhile finds the
+    /// run live.
+    fn closed() -> Desk {
+        Desk {
+            decided: Arc::default(),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        }
+    }
 }
 
 #[workflow(durable)]
@@ -97,7 +106,7 @@ async fn names(mut stream: tidewater::EventStream) -> Vec<String> {
 fn answer_from_another_runner_reaches_a_live_run(multi: bool) {
     // The same store: its wake-up delivers the answer (the owner never polls).
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let desk = Desk::open();
+    let desk = Desk::closed();
     let owner = desk
         .clone()
         .runner()
@@ -126,6 +135,7 @@ fn answer_from_another_runner_reaches_a_live_run(multi: bool) {
                 .unwrap(),
             "a message id posted before is not posted again"
         );
+        desk.gate.add_permits(1);
         let output = tokio::time::timeout(DEADLINE, run).await.unwrap().unwrap();
         assert_eq!(output, "ok=true");
         assert_eq!(seen.await.unwrap(), ["Note", "Ask", "Note"]);
@@ -161,7 +171,7 @@ fn answer_from_another_store_on_the_file_reaches_a_live_run(multi: bool) {
     let path = scratch.path("runs.db");
     let mine: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
     let theirs: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
-    let desk = Desk::open();
+    let desk = Desk::closed();
     let owner = desk
         .clone()
         .runner()
@@ -188,6 +198,7 @@ fn answer_from_another_store_on_the_file_reaches_a_live_run(multi: bool) {
                 .post_event("d", "v-1", Verdict { ok: true })
                 .unwrap()
         );
+        desk.gate.add_permits(1);
         let output = tokio::time::timeout(DEADLINE, run).await.unwrap().unwrap();
         assert_eq!(output, "ok=false");
         assert_eq!(seen.await.unwrap(), ["Note", "Ask", "Note"]);
