@@ -5,7 +5,12 @@
 //! - the store contract (`tidewater::store::conformance`), as for the built-in stores;
 //! - a durable run that survives a crash-restart of PostgreSQL (`pg_ctl stop -m immediate`)
 //!   in the middle, with a gapless journal;
-//! - a worker paused past its lease is taken over by another, and its late completion is fenced.
+//! - a worker paused past its lease is taken over by another, and its late completion is fenced;
+//! - the run queue and the inbox (issue 14.2): enqueued runs worked off; two workers on two
+//!   stores run each step invocation once; a dead worker's run taken by the worker loop when its
+//!   lease runs out; an answer posted through another store reaching the live run by NOTIFY, by
+//!   polling, and (with neither) staying in the inbox; a cancel posted elsewhere; a parked run
+//!   answered elsewhere resumed by a worker.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
