@@ -583,3 +583,133 @@ fn two_workers_on_two_stores_of_one_file_share_the_queue() {
         "{invocations:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Event, Serialize, Deserialize)]
+struct Second(u32);
+
+/// `first` waits for its gate; each step records `<worker name> <invocation key>`.
+#[derive(Clone)]
+struct Relay {
+    name: &'static str,
+    log: Arc<Mutex<Vec<String>>>,
+    gate: Arc<tokio::sync::Semaphore>,
+    first_started: Arc<tokio::sync::Notify>,
+}
+
+#[workflow(durable)]
+impl Relay {
+    #[step]
+    async fn first(&self, ctx: &Context<Self>, ev: StartEvent<u32>) -> Second {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", self.name, ctx.invocation_key()));
+        self.first_started.notify_one();
+        self.gate.acquire().await.expect("the gate stays").forget();
+        Second(ev.0)
+    }
+
+    #[step]
+    async fn second(&self, ctx: &Context<Self>, ev: Second) -> StopEvent<u32> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", self.name, ctx.invocation_key()));
+        StopEvent(ev.0 * 10)
+    }
+}
+
+fn a_worker_shutting_down_hands_its_runs_to_the_others(multi: bool) {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let relay = |name| Relay {
+        name,
+        log: log.clone(),
+        gate: gate.clone(),
+        first_started: Arc::new(tokio::sync::Notify::new()),
+    };
+    let a = relay("A");
+    let started = a.first_started.clone();
+    let on_a = a.runner().store(store.clone()).poll_interval(NEVER);
+    let on_b = relay("B")
+        .runner()
+        .store(store.clone())
+        .poll_interval(NEVER);
+    runtime(multi).block_on(async {
+        let worker_a = on_a.work(1).unwrap();
+        on_a.enqueue("r", 4).unwrap();
+        tokio::time::timeout(DEADLINE, started.notified())
+            .await
+            .unwrap();
+        // A shuts down while `first` runs: the step finishes, the run is saved with `second`
+        // queued and released, and B (started after) takes it from there.
+        let shutdown = worker_a.shutdown();
+        // The run's task sees the request at its next poll (there is nothing to observe from
+        // here): it is given ample time before the step is let go.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        gate.add_permits(10);
+        assert_eq!(shutdown.await.unwrap(), 1, "A ended its one run");
+        let record = store.load("r").unwrap().unwrap();
+        assert_eq!(record.status, RunStatus::Waiting, "suspended");
+        assert_eq!(record.snapshot.queued.len(), 1, "with `second` queued");
+        let worker_b = on_b.work(1).unwrap();
+        until("B to finish the run", DEADLINE, || {
+            on_b.stored_output("r").is_ok()
+        })
+        .await;
+        assert_eq!(worker_b.stop().await.unwrap(), 1);
+    });
+    assert_eq!(on_b.stored_output("r").unwrap(), 40);
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["A r/first/1", "B r/second/2"],
+        "each step once, the second on B"
+    );
+}
+
+#[test]
+fn a_worker_shutting_down_hands_its_runs_to_the_others_current_thread() {
+    a_worker_shutting_down_hands_its_runs_to_the_others(false);
+}
+
+#[test]
+fn a_worker_shutting_down_hands_its_runs_to_the_others_multi_thread() {
+    a_worker_shutting_down_hands_its_runs_to_the_others(true);
+}
+
+fn a_cancel_posted_to_a_parked_run_is_carried_out_by_a_worker(multi: bool) {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let desk = Desk::open();
+    let runner = desk
+        .clone()
+        .runner()
+        .store(store.clone())
+        .evict_when_waiting(true)
+        .poll_interval(NEVER);
+    runtime(multi).block_on(async {
+        let parked = runner.start_durable("p", 1).unwrap().await;
+        assert!(matches!(parked, Err(WorkflowError::Suspended { .. })));
+        let worker = runner.work(1).unwrap();
+        assert!(runner.post_cancel("p", "stop").unwrap());
+        until("the run to be cancelled", DEADLINE, || {
+            store.load("p").unwrap().unwrap().status == RunStatus::Cancelled
+        })
+        .await;
+        assert_eq!(worker.stop().await.unwrap(), 1);
+    });
+    assert_eq!(desk.decided.load(Ordering::SeqCst), 0);
+    assert_eq!(journal(&*store, "p"), ["Note(1)"]);
+}
+
+#[test]
+fn a_cancel_posted_to_a_parked_run_is_carried_out_by_a_worker_current_thread() {
+    a_cancel_posted_to_a_parked_run_is_carried_out_by_a_worker(false);
+}
+
+#[test]
+fn a_cancel_posted_to_a_parked_run_is_carried_out_by_a_worker_multi_thread() {
+    a_cancel_posted_to_a_parked_run_is_carried_out_by_a_worker(true);
+}

@@ -2,6 +2,7 @@
 //! [`Runner::work`] claims and runs them, and `Runner::post_*` reach a stored run
 //! wherever it lives.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -192,7 +193,10 @@ impl<W: Workflow> Runner<W> {
     /// worker's runs are taken by the others (at once on one host, after its lease on
     /// PostgreSQL) with no operator action.
     ///
-    /// [`Worker::stop`] stops it. Dropping the [`Worker`] leaves it running, detached.
+    /// [`Worker::stop`] stops it once its runs end, [`Worker::shutdown`] suspends them;
+    /// dropping the [`Worker`] leaves it running, detached. A claimed run that cannot be
+    /// resumed (its checkpoint does not fit this build) is logged, given back, and claimed
+    /// again after the others.
     ///
     /// # Errors
     /// [`WorkflowError::Durable`] when the runner has no store or the workflow is not
@@ -203,7 +207,11 @@ impl<W: Workflow> Runner<W> {
     pub fn work(&self, max_runs: usize) -> Result<Worker> {
         assert!(max_runs > 0, "a worker runs at least one run at a time");
         let store = self.durable_store("*")?;
-        let control = Arc::new(Control::default());
+        let control = Arc::new(Control {
+            stopping: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+            suspend: tokio::sync::watch::Sender::new(false),
+        });
         let task = tokio::spawn(work(self.clone(), store, max_runs, control.clone()));
         Ok(Worker { control, task })
     }
@@ -216,22 +224,39 @@ pub struct Worker {
     task: tokio::task::JoinHandle<u64>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Control {
     stopping: AtomicBool,
     wake: tokio::sync::Notify,
+    /// Set by `Worker::shutdown`: every run in hand is suspended.
+    suspend: tokio::sync::watch::Sender<bool>,
 }
 
 impl Worker {
-    /// Stops claiming runs, lets the runs in hand end, and returns how many runs this worker
-    /// ran to an end (finished, failed, cancelled, or parked again).
+    /// Stops claiming runs (at once, when called), lets the runs in hand end, and returns how many runs this worker
+    /// ran to an end (finished, failed, cancelled, or parked again). A run in hand that waits
+    /// for an answer keeps it waiting: see [`Worker::shutdown`] to stop now.
     ///
     /// # Errors
     /// [`WorkflowError::Cancelled`] when the loop's task was aborted (its runtime shut down).
-    pub async fn stop(self) -> Result<u64> {
+    pub fn stop(self) -> impl Future<Output = Result<u64>> + Send {
+        // Asked now, not when the future is first polled.
         self.control.stopping.store(true, Ordering::Release);
         self.control.wake.notify_one();
-        self.task.await.map_err(|_| WorkflowError::Cancelled)
+        async move { self.task.await.map_err(|_| WorkflowError::Cancelled) }
+    }
+
+    /// Stops claiming runs and suspends the runs in hand (`Handler::suspend`: the running
+    /// steps finish and are checkpointed, the run is saved with its queues and leaves this
+    /// process), for a worker that shuts down: the runs with work left are claimed by the
+    /// other workers, the parked ones wait for their mail. Returns how many runs this worker
+    /// ran to an end, suspended ones included.
+    ///
+    /// # Errors
+    /// As [`Worker::stop`].
+    pub fn shutdown(self) -> impl Future<Output = Result<u64>> + Send {
+        self.control.suspend.send_replace(true);
+        self.stop()
     }
 
     /// Whether the loop has ended (after [`Worker::stop`], or with its runtime).
@@ -252,35 +277,51 @@ async fn work<W: Workflow>(
     let mut running: JoinSet<()> = JoinSet::new();
     let mut ended = 0;
     while !control.stopping.load(Ordering::Acquire) {
+        // A run that could not be resumed was given back, which announces it: wait the poll
+        // interval before the next claim rather than take it again at once.
+        let mut failed = false;
         while running.len() < max_runs && !control.stopping.load(Ordering::Acquire) {
             let claimed = match store.claim(workflow, &Owner::this_process()) {
                 Ok(Some(claimed)) => claimed,
                 Ok(None) => break,
                 Err(error) => {
                     tracing::warn!(%workflow, %error, "worker: cannot claim a run");
+                    failed = true;
                     break;
                 }
             };
             let (key, lease) = claimed;
             match runner.resume_leased(store.clone(), &key, lease, None) {
                 Ok(run) => {
+                    let mut suspend = control.suspend.subscribe();
                     running.spawn(async move {
-                        if let Err(error) = run.await {
+                        let mut run = std::pin::pin!(run);
+                        let ended = tokio::select! {
+                            ended = &mut run => ended,
+                            () = async {
+                                // The guard it returns is not `Send`: dropped here.
+                                let _ = suspend.wait_for(|on| *on).await.map(drop);
+                            } => {
+                                run.suspend();
+                                run.await
+                            }
+                        };
+                        if let Err(error) = ended {
                             tracing::debug!(%key, %error, "worker: run ended with an error");
                         }
                     });
                 }
                 Err(error) => {
-                    // Given back: the next claim takes it again after the others.
-                    tracing::warn!(%key, %error, "worker: claimed run not resumed");
+                    tracing::warn!(%key, %error, "worker: claimed run not resumed, given back");
+                    failed = true;
                     break;
                 }
             }
         }
         let posted = async {
             match &signal {
-                Some(signal) => signal.notified().await,
-                None => std::future::pending().await,
+                Some(signal) if !failed => signal.notified().await,
+                _ => std::future::pending().await,
             }
         };
         tokio::select! {
