@@ -3,7 +3,8 @@
 //! from another runner or another store on the same file reach it wherever it lives,
 //! once per message id, consumed with the checkpoint that routes them; a parked run with mail
 //! is claimed and resumed by a worker. Each on both tokio runtimes, checking the outcome and
-//! the sequence of events. (PostgreSQL: `workflow-pg/tests/pg.rs`.)
+//! the sequence of events; a worker shutting down hands its runs over, and a dead worker's run
+//! is claimed by the others. (PostgreSQL: `workflow-pg/tests/pg.rs`.)
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -712,4 +713,60 @@ fn a_cancel_posted_to_a_parked_run_is_carried_out_by_a_worker_current_thread() {
 #[test]
 fn a_cancel_posted_to_a_parked_run_is_carried_out_by_a_worker_multi_thread() {
     a_cancel_posted_to_a_parked_run_is_carried_out_by_a_worker(true);
+}
+
+fn a_dead_workers_run_is_claimed_by_the_worker_loop(multi: bool) {
+    use tidewater::store::{Owner, StoreErrorKind};
+    // A worker process of this host claimed the run and died (no process has its pid).
+    let mut dead = Owner::this_process();
+    dead.pid = u32::MAX - 7;
+    dead.id = format!("{}@{}#dead", dead.pid, dead.host);
+    if !dead.is_gone() {
+        return; // no way to tell a dead process here (no `/proc`)
+    }
+    let scratch = Scratch::new("queue", if multi { "dead-m" } else { "dead-c" });
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(scratch.path("q.db")).unwrap());
+    let job = Job::default();
+    let runner = job
+        .clone()
+        .runner()
+        .store(store.clone())
+        .poll_interval(NEVER);
+    runner.enqueue("k", 20).unwrap();
+    let (key, lease) = store.claim("Job", &dead).unwrap().expect("the run is free");
+    assert_eq!(key, "k");
+    runtime(multi).block_on(async {
+        // No wake-up comes: the worker finds the run at its first look.
+        let worker = runner.work(1).unwrap();
+        until("the run", DEADLINE, || runner.stored_output("k").is_ok()).await;
+        assert_eq!(worker.stop().await.unwrap(), 1);
+    });
+    assert_eq!(runner.stored_output("k").unwrap(), 41);
+    assert_eq!(
+        *job.invocations.lock().unwrap(),
+        ["k/double/1", "k/finish/2"]
+    );
+    assert_eq!(journal(&*store, "k"), ["Note(20)"]);
+    let refused = store
+        .save(
+            "k",
+            &lease,
+            &tidewater::store::conformance::record(RunStatus::Running, 1, 0),
+        )
+        .unwrap_err();
+    assert_eq!(
+        refused.kind,
+        StoreErrorKind::Fenced,
+        "the dead claim is fenced"
+    );
+}
+
+#[test]
+fn a_dead_workers_run_is_claimed_by_the_worker_loop_current_thread() {
+    a_dead_workers_run_is_claimed_by_the_worker_loop(false);
+}
+
+#[test]
+fn a_dead_workers_run_is_claimed_by_the_worker_loop_multi_thread() {
+    a_dead_workers_run_is_claimed_by_the_worker_loop(true);
 }

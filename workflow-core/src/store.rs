@@ -507,11 +507,24 @@ impl Message {
 /// wakeups.changed(Some("Orders"), "order-7");
 /// run.notified().await; // returns at once: the wake-up was kept
 /// queue.notified().await;
+/// // The topics of subscribers that are gone are swept as new ones come.
+/// drop((run, queue));
+/// for n in 0..1000 {
+///     drop(wakeups.run(&format!("run-{n}")));
+/// }
+/// assert!(wakeups.topics() <= 130, "{}", wakeups.topics());
 /// # }
 /// ```
 #[derive(Debug, Default)]
 pub struct Wakeups {
-    topics: Mutex<HashMap<String, Vec<std::sync::Weak<tokio::sync::Notify>>>>,
+    topics: Mutex<Topics>,
+}
+
+#[derive(Debug, Default)]
+struct Topics {
+    subscribers: HashMap<String, Vec<std::sync::Weak<tokio::sync::Notify>>>,
+    /// How many topics were left after the last sweep of the dead ones.
+    swept: usize,
 }
 
 impl Wakeups {
@@ -529,16 +542,31 @@ impl Wakeups {
     fn subscribe(&self, topic: String) -> Arc<tokio::sync::Notify> {
         let notify = Arc::new(tokio::sync::Notify::new());
         let mut topics = lock(&self.topics);
-        let subscribers = topics.entry(topic).or_default();
+        // Every run subscribes to a topic of its own: the topics of ended runs are swept
+        // whenever their number doubled since the last sweep (amortized O(1) per subscribe).
+        if topics.subscribers.len() > (2 * topics.swept).max(64) {
+            topics
+                .subscribers
+                .retain(|_, subscribers| subscribers.iter().any(|weak| weak.strong_count() > 0));
+            topics.swept = topics.subscribers.len();
+        }
+        let subscribers = topics.subscribers.entry(topic).or_default();
         subscribers.retain(|weak| weak.strong_count() > 0);
         subscribers.push(Arc::downgrade(&notify));
         notify
     }
 
+    /// How many topics have subscribers, or had them since the last sweep (tests).
+    #[doc(hidden)]
+    pub fn topics(&self) -> usize {
+        lock(&self.topics).subscribers.len()
+    }
+
     /// Announces a change of run `key` of `workflow` (`None` when the store does not know it:
     /// every queue is woken).
     pub fn changed(&self, workflow: Option<&str>, key: &str) {
-        let mut topics = lock(&self.topics);
+        let mut guard = lock(&self.topics);
+        let topics = &mut guard.subscribers;
         if topics.is_empty() {
             return;
         }
@@ -571,7 +599,7 @@ impl Wakeups {
 
     /// Wakes every waiter (a store that may have missed changes: a lost connection).
     pub fn everything(&self) {
-        for subscribers in lock(&self.topics).values() {
+        for subscribers in lock(&self.topics).subscribers.values() {
             for notify in subscribers.iter().filter_map(std::sync::Weak::upgrade) {
                 notify.notify_one();
             }

@@ -21,8 +21,9 @@
 //!
 //! # What it keeps, and how
 //! The same logical schema as `SqliteStore`, created (and migrated) by [`PgStore::connect`]:
-//! `tidewater_runs (key, status, record, updated, owner_id, owner, epoch, lease_until)` with each
-//! run's last checkpoint as JSON text, and `tidewater_events (key, seq, event)`. It passes
+//! `tidewater_runs (key, status, record, updated, owner_id, owner, epoch, lease_until, workflow,
+//! inbox_last, inbox_read, has_work)` with each run's last checkpoint as JSON text,
+//! `tidewater_events (key, seq, event)` and `tidewater_inbox (key, seq, id, message)`. It passes
 //! `tidewater::store::conformance` like the built-in stores.
 //!
 //! # Ownership across machines
@@ -34,6 +35,16 @@
 //! runs, a heartbeat thread renews their leases every third of the TTL; a worker that dies stops
 //! renewing, and another takes its runs once the lease has run out (at once when the dead
 //! worker ran on the same host: its process is gone).
+//!
+//! # The run queue and the inbox
+//! [`Store::claim`] takes one runnable run of a workflow in one transaction,
+//! `SELECT … FOR UPDATE SKIP LOCKED` over the free runs (no holder, or a lease run out) oldest
+//! first, so workers on many machines (`Runner::work`) never take the same run nor wait for each
+//! other. [`Store::post`] appends to a run's inbox (`tidewater_inbox`) under the run's row lock,
+//! numbered per run without gaps and idempotent by message id. Each store keeps one more
+//! connection doing `LISTEN tidewater` ([`PgOptions::listen`]); a post, an enqueue or a release
+//! sends `NOTIFY tidewater, '<workflow>/<key>'` at commit, which wakes the worker loops and the
+//! live run's inbox watcher in every process at once (they poll as a fallback).
 //!
 //! # Connections
 //! A small pool of connections, each on its own thread: the [`Store`] calls block the calling
