@@ -647,10 +647,9 @@ fn a_worker_shutting_down_hands_its_runs_to_the_others(multi: bool) {
             .unwrap();
         // A shuts down while `first` runs: the step finishes, the run is saved with `second`
         // queued and released, and B (started after) takes it from there.
+        // Every run in hand is asked to suspend when `shutdown` returns: the step is let go
+        // after that.
         let shutdown = worker_a.shutdown();
-        // The run's task sees the request at its next poll (there is nothing to observe from
-        // here): it is given ample time before the step is let go.
-        tokio::time::sleep(Duration::from_millis(200)).await;
         gate.add_permits(10);
         assert_eq!(shutdown.await.unwrap(), 1, "A ended its one run");
         let record = store.load("r").unwrap().unwrap();

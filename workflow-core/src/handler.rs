@@ -187,6 +187,17 @@ impl<W: Workflow> Handler<W> {
         self.shared.suspend();
     }
 
+    /// A function that suspends the run (as [`Handler::suspend`]) without holding the run:
+    /// for whoever keeps a list of runs to stop (`Worker::shutdown`).
+    pub(crate) fn suspender(&self) -> impl Fn() + Send + Sync + 'static {
+        let run = Arc::downgrade(&self.shared);
+        move || {
+            if let Some(run) = run.upgrade() {
+                run.suspend();
+            }
+        }
+    }
+
     /// The step attempts that failed so far in this run, oldest first (the latest 100): those
     /// that were retried, those handed to the catch-error step, and the one that ended the
     /// run. Readable during the run and after its end, whatever the end: after

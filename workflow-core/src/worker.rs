@@ -2,9 +2,10 @@
 //! [`Runner::work`] claims and runs them, and `Runner::post_*` reach a stored run
 //! wherever it lives.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinSet;
 
@@ -12,6 +13,7 @@ use crate::error::{Result, WorkflowError};
 use crate::event::{DynEvent, Event, EventKind};
 use crate::snapshot::{QueuedRecord, SNAPSHOT_FORMAT, Snapshot, encode_event};
 use crate::store::{Claim, Message, Owner, RunRecord, RunStatus, Store, StoreErrorKind};
+use crate::stream::lock;
 use crate::workflow::{Runner, Workflow};
 
 impl<W: Workflow> Runner<W> {
@@ -211,6 +213,7 @@ impl<W: Workflow> Runner<W> {
             stopping: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             suspend: tokio::sync::watch::Sender::new(false),
+            in_hand: Mutex::default(),
         });
         let task = tokio::spawn(work(self.clone(), store, max_runs, control.clone()));
         Ok(Worker { control, task })
@@ -224,12 +227,24 @@ pub struct Worker {
     task: tokio::task::JoinHandle<u64>,
 }
 
-#[derive(Debug)]
 struct Control {
     stopping: AtomicBool,
     wake: tokio::sync::Notify,
-    /// Set by `Worker::shutdown`: every run in hand is suspended.
+    /// Set by `Worker::shutdown`: every run in hand is suspended (a run claimed meanwhile
+    /// sees it when its task starts).
     suspend: tokio::sync::watch::Sender<bool>,
+    /// How to suspend each run in hand, by a number of the worker's.
+    in_hand: Mutex<HashMap<u64, Suspender>>,
+}
+
+type Suspender = Box<dyn Fn() + Send + Sync>;
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("stopping", &self.stopping)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Worker {
@@ -256,6 +271,10 @@ impl Worker {
     /// As [`Worker::stop`].
     pub fn shutdown(self) -> impl Future<Output = Result<u64>> + Send {
         self.control.suspend.send_replace(true);
+        // Asked now: when this returns, every run in hand has been asked to suspend.
+        for suspend in lock(&self.control.in_hand).values() {
+            suspend();
+        }
         self.stop()
     }
 
@@ -276,6 +295,7 @@ async fn work<W: Workflow>(
     let every = runner.config.poll_every;
     let mut running: JoinSet<()> = JoinSet::new();
     let mut ended = 0;
+    let mut next: u64 = 0;
     while !control.stopping.load(Ordering::Acquire) {
         // A run that could not be resumed was given back, which announces it: wait the poll
         // interval before the next claim rather than take it again at once.
@@ -291,9 +311,18 @@ async fn work<W: Workflow>(
                 }
             };
             let (key, lease) = claimed;
-            match runner.resume_leased(store.clone(), &key, lease, None) {
+            // Held while the run starts: a `shutdown` that comes once the run's task could have
+            // run a step finds the run in hand.
+            let mut in_hand = lock(&control.in_hand);
+            let resumed = runner.resume_leased(store.clone(), &key, lease, None);
+            match resumed {
                 Ok(run) => {
                     let mut suspend = control.suspend.subscribe();
+                    let number = next;
+                    next += 1;
+                    in_hand.insert(number, Box::new(run.suspender()));
+                    drop(in_hand);
+                    let control = control.clone();
                     running.spawn(async move {
                         let mut run = std::pin::pin!(run);
                         let ended = tokio::select! {
@@ -309,9 +338,11 @@ async fn work<W: Workflow>(
                         if let Err(error) = ended {
                             tracing::debug!(%key, %error, "worker: run ended with an error");
                         }
+                        lock(&control.in_hand).remove(&number);
                     });
                 }
                 Err(error) => {
+                    drop(in_hand);
                     tracing::warn!(%key, %error, "worker: claimed run not resumed, given back");
                     failed = true;
                     break;
