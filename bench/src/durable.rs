@@ -10,7 +10,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tidewater::prelude::*;
 use tidewater::snapshot::EventRecord;
-use tidewater::store::{Claim, Lease, Owner, RunRecord, RunStatus, SqliteStore, Store, StoreError};
+use tidewater::store::{
+    Claim, Lease, Owner, RunRecord, RunStatus, SqliteStore, Store, StoreError, Write,
+};
 
 use crate::{Check, check};
 
@@ -111,23 +113,35 @@ impl Drop for TempDb {
     }
 }
 
-/// An `SqliteStore` that counts its writes, so that commits per run are measured, not assumed.
+/// An `SqliteStore` that counts its writes and its commits, so that commits per run are
+/// measured, not assumed.
 struct Counted {
     inner: SqliteStore,
+    /// Rows written: claims, releases, checkpoints, journaled events.
     writes: AtomicU64,
+    /// Transactions that sync the log: one per batch of the group commit (or per direct
+    /// `save`/`append_event`). Claims and releases commit without a sync of their own.
+    syncs: AtomicU64,
+}
+
+impl Counted {
+    fn count(&self, writes: u64, syncs: u64) {
+        self.writes.fetch_add(writes, Ordering::Relaxed);
+        self.syncs.fetch_add(syncs, Ordering::Relaxed);
+    }
 }
 
 impl Store for Counted {
     fn acquire(&self, key: &str, owner: &Owner, claim: Claim) -> Result<Lease, StoreError> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.count(1, 0);
         self.inner.acquire(key, owner, claim)
     }
     fn save(&self, key: &str, lease: &Lease, record: &RunRecord) -> Result<(), StoreError> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.count(1, 1);
         self.inner.save(key, lease, record)
     }
     fn release(&self, key: &str, lease: &Lease) -> Result<(), StoreError> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.count(1, 0);
         self.inner.release(key, lease)
     }
     fn load(&self, key: &str) -> Result<Option<RunRecord>, StoreError> {
@@ -140,7 +154,7 @@ impl Store for Counted {
         seq: u64,
         event: &EventRecord,
     ) -> Result<(), StoreError> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.count(1, 1);
         self.inner.append_event(key, lease, seq, event)
     }
     fn events(&self, key: &str) -> Result<Vec<(u64, EventRecord)>, StoreError> {
@@ -149,6 +163,10 @@ impl Store for Counted {
     fn keys(&self, status: RunStatus) -> Result<Vec<String>, StoreError> {
         self.inner.keys(status)
     }
+    fn write_batch(&self, writes: &[Write<'_>]) -> Vec<Result<(), StoreError>> {
+        self.count(writes.len() as u64, 1);
+        self.inner.write_batch(writes)
+    }
 }
 
 fn store(db: &TempDb) -> Result<Arc<Counted>, String> {
@@ -156,7 +174,26 @@ fn store(db: &TempDb) -> Result<Arc<Counted>, String> {
     Ok(Arc::new(Counted {
         inner,
         writes: AtomicU64::new(0),
+        syncs: AtomicU64::new(0),
     }))
+}
+
+/// What a durable scenario wrote, per run.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PerRun {
+    /// Rows written (claims, releases, checkpoints, journaled events).
+    pub(crate) writes: f64,
+    /// Commits that synced the log (group commits shared by several runs count once).
+    pub(crate) syncs: f64,
+}
+
+impl Counted {
+    fn per_run(&self, n: u64) -> PerRun {
+        PerRun {
+            writes: self.writes.load(Ordering::Relaxed) as f64 / n as f64,
+            syncs: self.syncs.load(Ordering::Relaxed) as f64 / n as f64,
+        }
+    }
 }
 
 /// The disk's limit: `n` transactions of one small row each, in WAL mode with
@@ -193,8 +230,8 @@ pub(crate) fn raw_commits(n: u64) -> Result<f64, String> {
 }
 
 /// `durable_chain5_sequential_runs`: `n` journaled runs of the chain, one after another.
-/// Returns the store writes (commits) per run.
-pub(crate) async fn chain_sequential(n: u64) -> Result<f64, String> {
+/// Returns what each run wrote.
+pub(crate) async fn chain_sequential(n: u64) -> Result<PerRun, String> {
     let db = TempDb::new("seq");
     let store = store(&db)?;
     let runner = DurableChain.runner().store(store.clone());
@@ -207,12 +244,12 @@ pub(crate) async fn chain_sequential(n: u64) -> Result<f64, String> {
         check(out == i + 4, || format!("chain({i}) = {out}"))?;
     }
     finished(&*store, n)?;
-    Ok(store.writes.load(Ordering::Relaxed) as f64 / n as f64)
+    Ok(store.per_run(n))
 }
 
 /// `durable_chain5_concurrent_runs`: `n` journaled runs of the chain, `in_flight` at a time.
-/// Returns the store writes per run.
-pub(crate) async fn chain_concurrent(n: u64, in_flight: usize) -> Result<f64, String> {
+/// Returns what each run wrote.
+pub(crate) async fn chain_concurrent(n: u64, in_flight: usize) -> Result<PerRun, String> {
     let db = TempDb::new("conc");
     let store = store(&db)?;
     let runner = DurableChain.runner().store(store.clone());
@@ -234,25 +271,48 @@ pub(crate) async fn chain_concurrent(n: u64, in_flight: usize) -> Result<f64, St
         }
     }
     finished(&*store, n)?;
-    Ok(store.writes.load(Ordering::Relaxed) as f64 / n as f64)
+    Ok(store.per_run(n))
 }
 
-/// `durable_parked_runs`: `n` runs park for a human and leave memory (saved as waiting), then
-/// every one is answered from the store. Returns the seconds to park all and to answer all.
-pub(crate) async fn parked(n: u64) -> Result<(f64, f64), String> {
+/// What `durable_parked_runs` measured.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Parked {
+    /// Seconds to start every run until all are parked in the store.
+    pub(crate) park_seconds: f64,
+    /// Seconds to answer every run until all have finished.
+    pub(crate) answer_seconds: f64,
+    /// Seconds to answer each successive slice of `slice` runs (answered in key order, with
+    /// `in_flight` at a time): a flat cost per answer keeps these equal.
+    pub(crate) slices: Vec<f64>,
+    pub(crate) per_run: PerRun,
+}
+
+/// `durable_parked_runs`: `n` runs park for a human and leave memory (saved as waiting), with
+/// `in_flight` of them starting at a time; then every one is answered from the store, again
+/// `in_flight` at a time, timing each slice of `slice` answers.
+pub(crate) async fn parked(n: u64, in_flight: usize, slice: u64) -> Result<Parked, String> {
+    use futures_util::StreamExt;
     let db = TempDb::new("parked");
     let store = store(&db)?;
     let runner = Ask.runner().store(store.clone()).evict_when_waiting(true);
     let t = Instant::now();
-    for i in 0..n {
-        let parked = runner
-            .start_durable(&format!("run-{i}"), i)
-            .map_err(|e| e.to_string())?
-            .await;
-        check(
-            matches!(parked, Err(WorkflowError::Suspended { .. })),
-            || format!("run {i} did not park: {parked:?}"),
-        )?;
+    let mut running = futures_util::stream::FuturesUnordered::new();
+    let mut next = 0;
+    while next < n || !running.is_empty() {
+        while next < n && running.len() < in_flight {
+            let i = next;
+            let handler = runner
+                .start_durable(&format!("run-{i:07}"), i)
+                .map_err(|e| e.to_string())?;
+            running.push(async move { (i, handler.await) });
+            next += 1;
+        }
+        if let Some((i, parked)) = running.next().await {
+            check(
+                matches!(parked, Err(WorkflowError::Suspended { .. })),
+                || format!("run {i} did not park: {parked:?}"),
+            )?;
+        }
     }
     let park_seconds = t.elapsed().as_secs_f64();
     let waiting = store
@@ -263,17 +323,38 @@ pub(crate) async fn parked(n: u64) -> Result<(f64, f64), String> {
         format!("{waiting} runs waiting of {n}")
     })?;
     let t = Instant::now();
-    for i in 0..n {
-        let out = runner
-            .answer(&format!("run-{i}"), Answer(i * 2))
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
-        check(out == i * 2, || format!("answer({i}) = {out}"))?;
+    let mut slices = Vec::new();
+    let mut slice_start = Instant::now();
+    let mut done = 0;
+    let mut next = 0;
+    let mut answering = futures_util::stream::FuturesUnordered::new();
+    while next < n || !answering.is_empty() {
+        while next < n && answering.len() < in_flight {
+            let i = next;
+            let handler = runner
+                .answer(&format!("run-{i:07}"), Answer(i * 2))
+                .map_err(|e| e.to_string())?;
+            answering.push(async move { (i, handler.await) });
+            next += 1;
+        }
+        if let Some((i, out)) = answering.next().await {
+            let out = out.map_err(|e| format!("answer({i}): {e}"))?;
+            check(out == i * 2, || format!("answer({i}) = {out}"))?;
+            done += 1;
+            if done % slice == 0 {
+                slices.push(slice_start.elapsed().as_secs_f64());
+                slice_start = Instant::now();
+            }
+        }
     }
     let answer_seconds = t.elapsed().as_secs_f64();
     finished(&*store, n)?;
-    Ok((park_seconds, answer_seconds))
+    Ok(Parked {
+        park_seconds,
+        answer_seconds,
+        slices,
+        per_run: store.per_run(n),
+    })
 }
 
 /// Every one of the `n` runs is recorded as finished in the store.

@@ -108,6 +108,8 @@ pub(crate) type SnapshotReply =
 /// A durable run's journal: its store and key.
 pub(crate) struct Journal {
     pub(crate) store: Arc<dyn Store>,
+    /// The store's writer: every write of the running run goes through it (group commit).
+    pub(crate) committer: Arc<crate::commit::Committer>,
     pub(crate) key: String,
     /// This run's claim on the key: every write carries it, and the store refuses it once
     /// another owner took the run over.

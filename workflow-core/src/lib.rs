@@ -70,6 +70,7 @@
 //! workflow's graph and of run traces (Mermaid, DOT, SVG).
 
 mod child;
+mod commit;
 mod context;
 mod error;
 mod event;

@@ -239,6 +239,20 @@ struct Executor<W: Workflow, F> {
     /// Armed while a durable run is parked on requests alone and evicts after an idle time
     /// (`Runner::evict_waiting_after`); disarmed by any activity.
     evict_timer: Option<Pin<Box<Sleep>>>,
+    /// Durable runs: the writes handed to the store's writer and not durable yet, in order.
+    /// No step is polled and nothing is answered until they are (group commit: the run's task
+    /// waits without holding its thread).
+    commits: Vec<crate::commit::Ticket>,
+    /// Steps waiting for what they recorded to be durable (`Context::once`, an answer taken by
+    /// `wait_for`): let go once `commits` are.
+    then: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Stream events journaled since the last checkpoint, written with the next one.
+    rows: Vec<(u64, EventRecord)>,
+    /// A status other than running was handed to the writer: once it is durable the run no
+    /// longer holds its claim.
+    releasing: bool,
+    /// The run's result, held while its end is written.
+    ending: Option<Result<W::Output>>,
 }
 
 type Admission = Pin<
@@ -356,12 +370,21 @@ where
         }
         // The parent journaled its end: a journaled child records its own (stopped), so that
         // nobody resumes it.
-        if saved && executor.shared.journal.is_some() && !executor.released && !executor.ended {
+        // (A child whose own end is being written keeps that end.)
+        if saved
+            && executor.shared.journal.is_some()
+            && !executor.released
+            && !executor.ended
+            && executor.ending.is_none()
+        {
             let error = match outcome {
                 Outcome::TimedOut(message) => format!("stopped by its parent: {message}"),
                 _ => "stopped by its parent: the parent run ended first".to_string(),
             };
-            if let Err(error) = executor.save(RunStatus::Failed, None, Some(error)) {
+            if let Err(error) = executor
+                .save(RunStatus::Failed, None, Some(error))
+                .and_then(|()| executor.wait_commits())
+            {
                 tracing::warn!(%error, "could not journal the end of a child run");
             }
         }
@@ -500,11 +523,19 @@ where
             released: false,
             attempt_failed: false,
             unsaved_input: false,
+            commits: Vec::new(),
+            then: Vec::new(),
+            rows: Vec::new(),
+            releasing: false,
+            ending: None,
             runner,
         }
     }
 
     fn poll(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<W::Output>> {
+        if self.ending.is_some() {
+            return self.poll_end(cx);
+        }
         if !self.begun {
             // Wait for a turn under `max_concurrent_runs` (the run's timeout starts after).
             if self.admission.is_some() {
@@ -514,7 +545,7 @@ where
                 // missed between the two.
                 self.shared.waker.register(cx.waker());
                 if self.shared.cancelled.load(Ordering::Acquire) {
-                    return self.end(Err(WorkflowError::Cancelled));
+                    return self.end(Err(WorkflowError::Cancelled), cx);
                 }
                 // A snapshot of a run still waiting for its turn: the run as it will begin.
                 self.answer_snapshots_before_begin();
@@ -556,11 +587,11 @@ where
                 .map(|at| Box::pin(tokio::time::sleep_until(at)));
             let init = self.init.take().expect("a run begins once");
             if let Err(error) = self.begin(init) {
-                return self.end(Err(error));
+                return self.end(Err(error), cx);
             }
         }
         let result = std::task::ready!(self.poll_run(cx));
-        self.end(result)
+        self.end(result, cx)
     }
 
     /// Answers the snapshot requests of a run that has not begun (it waits for admission):
@@ -670,6 +701,14 @@ where
     fn poll_loop(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<W::Output>> {
         let mut budget = POLL_BUDGET;
         loop {
+            // Durable runs: what the last steps did is acted on only once it is in the store.
+            if !self.commits.is_empty() || !self.then.is_empty() {
+                match self.poll_commits(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Ready(Ok(())) => {}
+                }
+            }
             if self.shared.mail.load(Ordering::Acquire) {
                 if let Err(error) = self
                     .drain_mail()
@@ -677,6 +716,10 @@ where
                     .and_then(|()| self.save_accepted())
                 {
                     return Poll::Ready(Err(error));
+                }
+                if !self.commits.is_empty() && self.output.is_none() {
+                    // An input was saved: no step acts on it before it is durable.
+                    continue;
                 }
             }
             if let Some(output) = self.output.take() {
@@ -736,6 +779,10 @@ where
                 // back in front of tasks that yielded to it, and starve them).
                 let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
                 return self.check_deadline(cx);
+            }
+            if !self.commits.is_empty() || !self.then.is_empty() {
+                // Writes in flight: wait for them first (their writer wakes the run).
+                continue;
             }
             // Nothing to poll: sleep until a step, the inbox or the clock wakes us.
             self.shared.waker.register(cx.waker());
@@ -874,11 +921,10 @@ where
             return Ok(());
         }
         self.checkpoint()?;
-        // The checkpoint may have drained more requests: they are saved too.
+        // The checkpoint may have drained more requests: they are saved too. They go on once
+        // the checkpoint is durable.
         waiting.append(&mut lock(&self.shared.flush_requests));
-        for done in waiting {
-            let _ = done.send(());
-        }
+        self.then.append(&mut waiting);
         Ok(())
     }
 
@@ -1413,12 +1459,11 @@ where
             *pending = others;
             mine
         };
+        let _ = journal;
         for (_, record) in mine {
             let seq = self.shared.stream_seq.fetch_add(1, Ordering::Relaxed) + 1;
-            journal
-                .store
-                .append_event(&journal.key, &journal.lease, seq, &record)
-                .map_err(WorkflowError::Store)?;
+            // Written with the next checkpoint (the one recording this completion), before it.
+            self.rows.push((seq, record));
         }
         Ok(())
     }
@@ -1819,12 +1864,59 @@ where
             error,
             trace: self.trace.as_ref().map(|t| t.trace()),
         };
-        journal
-            .store
-            .save(&journal.key, &journal.lease, &record)
-            .map_err(WorkflowError::Store)?;
-        if status != RunStatus::Running {
-            // Saving any other status gave the run up.
+        // Handed to the store's writer with the events journaled since the last checkpoint;
+        // the loop waits for it before it polls a step again (`poll_commits`).
+        let ticket = journal.committer.submit(crate::commit::Job {
+            key: journal.key.clone(),
+            lease: journal.lease.clone(),
+            events: std::mem::take(&mut self.rows),
+            record: Some(record),
+            release: false,
+        });
+        self.commits.push(ticket);
+        // Any other status gives the run up, once it is durable.
+        self.releasing |= status != RunStatus::Running;
+        Ok(())
+    }
+
+    /// Ready once every write handed to the store's writer is durable (then the steps waiting
+    /// for their records go on), or with the first one's error.
+    fn poll_commits(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
+        let mut failed = None;
+        while let Some(ticket) = self.commits.first() {
+            let outcome = std::task::ready!(ticket.poll(cx));
+            self.commits.remove(0);
+            if let Err(error) = outcome {
+                failed.get_or_insert(error);
+            }
+        }
+        if let Some(error) = failed {
+            self.releasing = false;
+            return Poll::Ready(Err(WorkflowError::Store(error)));
+        }
+        if std::mem::take(&mut self.releasing) {
+            self.released = true;
+        }
+        for done in self.then.drain(..) {
+            let _ = done.send(());
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Blocks until every write handed to the store's writer is durable (the few writes made
+    /// outside the run's poll: a child stopped by its parent's end).
+    fn wait_commits(&mut self) -> Result<()> {
+        let mut failed = None;
+        for ticket in self.commits.drain(..) {
+            if let Err(error) = ticket.wait() {
+                failed.get_or_insert(error);
+            }
+        }
+        if let Some(error) = failed {
+            self.releasing = false;
+            return Err(WorkflowError::Store(error));
+        }
+        if std::mem::take(&mut self.releasing) {
             self.released = true;
         }
         Ok(())
@@ -1851,15 +1943,50 @@ where
         Some(format!("cancelled after {}", each.join("; ")))
     }
 
-    /// Publishes the terminal item once, and journals the outcome of a durable run.
-    fn end(&mut self, result: Result<W::Output>) -> Poll<Result<W::Output>> {
-        self.ended = true;
+    /// Journals the outcome of a durable run, then (once it is durable) publishes the terminal
+    /// item.
+    fn end(
+        &mut self,
+        result: Result<W::Output>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Result<W::Output>> {
         let result = self.save_outcome(result);
+        self.ending = Some(result);
+        self.poll_end(cx)
+    }
+
+    /// Waits for the run's last writes (its end, or its parking), then ends the run: a run
+    /// whose end cannot be journaled ends with the store's error, never with an `Ok` that the
+    /// store does not know about.
+    fn poll_end(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<W::Output>> {
+        let saved = std::task::ready!(self.poll_commits(cx));
+        let mut result = self.ending.take().expect("a run ends once");
+        if let Err(error) = saved {
+            if !matches!(result, Err(WorkflowError::Store(_))) {
+                tracing::error!(%error, "could not journal the end of a durable run");
+                result = Err(error);
+            }
+        }
+        self.ended = true;
+        let outcome = match &result {
+            Ok(_) => Outcome::Stopped,
+            Err(WorkflowError::Cancelled) => Outcome::Cancelled,
+            Err(WorkflowError::Suspended { .. }) => Outcome::Suspended,
+            Err(error @ (WorkflowError::TimedOut { .. } | WorkflowError::StepTimedOut { .. })) => {
+                Outcome::TimedOut(error.to_string())
+            }
+            Err(error) => Outcome::Failed(crate::error::chain(error)),
+        };
+        // The run's end is journaled now (unless the store failed): its journaled children
+        // record that they were stopped.
+        let saved = !matches!(result, Err(WorkflowError::Store(_)));
+        self.stop_children(&outcome, saved);
+        self.shared.stream.end(outcome);
         Poll::Ready(result)
     }
 
-    /// Journals the outcome of a durable run (a run whose end cannot be journaled ends with the
-    /// store's error, not as if it had been recorded), then publishes the terminal item.
+    /// Hands the outcome of a durable run to the store's writer (a record that cannot be made
+    /// ends the run with that error); `poll_end` waits for it.
     fn save_outcome(&mut self, result: Result<W::Output>) -> Result<W::Output> {
         let mut result = result;
         if let Some(trace) = self
@@ -1900,20 +2027,6 @@ where
                 result = Err(error);
             }
         }
-        let outcome = match &result {
-            Ok(_) => Outcome::Stopped,
-            Err(WorkflowError::Cancelled) => Outcome::Cancelled,
-            Err(WorkflowError::Suspended { .. }) => Outcome::Suspended,
-            Err(error @ (WorkflowError::TimedOut { .. } | WorkflowError::StepTimedOut { .. })) => {
-                Outcome::TimedOut(error.to_string())
-            }
-            Err(error) => Outcome::Failed(crate::error::chain(error)),
-        };
-        // The run's end is journaled now (unless the store failed): its journaled children
-        // record that they were stopped.
-        let saved = !matches!(result, Err(WorkflowError::Store(_)));
-        self.stop_children(&outcome, saved);
-        self.shared.stream.end(outcome);
         result
     }
 }
@@ -1962,8 +2075,16 @@ impl<W: Workflow, F> Drop for Executor<W, F> {
         }
         // A durable run that stops here without having saved its end (its future dropped, its
         // store failing) gives up its claim, so that it can be resumed at once.
+        // Through the store's writer, after the writes this run handed it.
         if let Some(journal) = self.shared.journal.as_ref().filter(|_| !self.released) {
-            if let Err(error) = journal.store.release(&journal.key, &journal.lease) {
+            let release = crate::commit::Job {
+                key: journal.key.clone(),
+                lease: journal.lease.clone(),
+                events: Vec::new(),
+                record: None,
+                release: true,
+            };
+            if let Err(error) = journal.committer.write_now(release) {
                 tracing::warn!(%error, "could not release a durable run");
             }
         }
@@ -2065,7 +2186,7 @@ fn arm_until(timer: &mut Option<Pin<Box<Sleep>>>, deadline: tokio::time::Instant
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&'static str>() {
         (*s).to_string()
     } else if let Some(s) = panic.downcast_ref::<String>() {

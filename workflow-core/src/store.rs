@@ -314,8 +314,10 @@ pub enum Claim {
 /// owner's process is gone from this host ([`Owner::is_gone`]), at once after a crash. A store
 /// shared by several hosts decides by lease expiry (a heartbeat renews it) instead.
 ///
-/// Calls come from the run's own task, between two step completions: a `save` returns once
-/// the checkpoint is durable. `tidewater::store::conformance` (a test suite every
+/// Checkpoints and journaled events come from the store's writer thread (group commit: one
+/// [`Store::write_batch`] for the runs that completed a step at about the same moment), never
+/// from a run's task; a write returns once it is durable, and the run acts on what it records
+/// only then. `tidewater::store::conformance` (a test suite every
 /// implementation should pass) states the contract as code.
 pub trait Store: Send + Sync + 'static {
     /// Takes the run `key` for `owner`, atomically: refused with [`StoreErrorKind::Owned`]
@@ -428,6 +430,74 @@ pub trait Store: Send + Sync + 'static {
     fn wakeups(&self) -> Option<&Wakeups> {
         None
     }
+
+    /// Makes several writes (of one run or of many) durable together, in order, and returns
+    /// one result per write. The runtime's writer calls it with the checkpoints and journaled
+    /// events of every run that completed a step at about the same moment (group commit).
+    ///
+    /// Each write stays fenced on its own: a write whose lease is stale fails alone with
+    /// [`StoreErrorKind::Fenced`], and the others are written. A write that cannot be
+    /// serialized fails alone too. When the store itself fails (I/O), every write of the batch
+    /// may fail with that error.
+    ///
+    /// The default writes them one by one with [`Store::save`] and [`Store::append_event`]
+    /// (one commit each); a database overrides it to write the batch in one transaction and
+    /// one sync (`SqliteStore` does).
+    ///
+    /// ```
+    /// use tidewater::store::conformance::{event, record};
+    /// use tidewater::store::{Claim, MemoryStore, Owner, RunStatus, Store, Write};
+    ///
+    /// let store = MemoryStore::new();
+    /// let lease = store.acquire("a", &Owner::this_process(), Claim::Start).unwrap();
+    /// let checkpoint = record(RunStatus::Running, 1, 1);
+    /// let results = store.write_batch(&[
+    ///     Write::Event { key: "a", lease: &lease, seq: 1, event: &event(1) },
+    ///     Write::Save { key: "a", lease: &lease, record: &checkpoint },
+    /// ]);
+    /// assert!(results.iter().all(Result::is_ok));
+    /// assert_eq!(store.load("a").unwrap().unwrap(), checkpoint);
+    /// ```
+    fn write_batch(&self, writes: &[Write<'_>]) -> Vec<Result<(), StoreError>> {
+        writes
+            .iter()
+            .map(|write| match *write {
+                Write::Save { key, lease, record } => self.save(key, lease, record),
+                Write::Event {
+                    key,
+                    lease,
+                    seq,
+                    event,
+                } => self.append_event(key, lease, seq, event),
+            })
+            .collect()
+    }
+}
+
+/// One write of a batch ([`Store::write_batch`]): what [`Store::save`] or
+/// [`Store::append_event`] would write, with its lease.
+#[derive(Debug, Clone, Copy)]
+pub enum Write<'a> {
+    /// A run's record: [`Store::save`].
+    Save {
+        /// The run.
+        key: &'a str,
+        /// The writer's claim on it.
+        lease: &'a Lease,
+        /// The record.
+        record: &'a RunRecord,
+    },
+    /// An event of a run's stream: [`Store::append_event`].
+    Event {
+        /// The run.
+        key: &'a str,
+        /// The writer's claim on it.
+        lease: &'a Lease,
+        /// Its number (from 1).
+        seq: u64,
+        /// The event.
+        event: &'a EventRecord,
+    },
 }
 
 fn unsupported(key: &str, what: &str) -> StoreError {

@@ -231,6 +231,8 @@ pub(crate) struct RunConfig {
     pub(crate) run_limit: Option<Arc<Semaphore>>,
     pub(crate) steps: Arc<[StepConfig]>,
     pub(crate) store: Option<Arc<dyn Store>>,
+    /// The writer of `store`, kept while the runner lives so that its thread outlives a run.
+    pub(crate) committer: Option<Arc<crate::commit::Committer>>,
     /// Evict durable runs parked only on requests once they have been idle this long.
     pub(crate) evict_waiting_after: Option<Duration>,
     /// Record a trace of every run (`Runner::trace`).
@@ -291,6 +293,7 @@ impl<W: Workflow> Runner<W> {
                 run_limit: None,
                 steps: (0..W::GRAPH.steps.len()).map(W::__step_config).collect(),
                 store: None,
+                committer: None,
                 evict_waiting_after: None,
                 trace: false,
                 poll_every: DEFAULT_POLL_INTERVAL,
@@ -617,6 +620,7 @@ impl<W: Workflow> Runner<W> {
     /// the start and after each step completion, each event written to the stream, and the
     /// outcome. Only for `#[workflow(durable)]` workflows.
     pub fn store(mut self, store: Arc<dyn Store>) -> Runner<W> {
+        self.config.committer = Some(crate::commit::Committer::for_store(&store));
         self.config.store = Some(store);
         self
     }
@@ -1003,6 +1007,10 @@ impl<W: Workflow> Runner<W> {
 
     pub(crate) fn journal(&self, store: Arc<dyn Store>, key: &str, lease: Lease) -> Journal {
         Journal {
+            committer: match &self.config.committer {
+                Some(committer) if committer.writes(&store) => committer.clone(),
+                _ => crate::commit::Committer::for_store(&store),
+            },
             store,
             key: key.to_string(),
             lease,

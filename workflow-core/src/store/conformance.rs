@@ -10,7 +10,7 @@
 //! `make` must return an empty store each time it is called. A broken rule panics with what
 //! was expected.
 
-use super::{Claim, Lease, Message, Owner, RunRecord, RunStatus, Store, StoreErrorKind};
+use super::{Claim, Lease, Message, Owner, RunRecord, RunStatus, Store, StoreErrorKind, Write};
 use crate::snapshot::{EventRecord, SNAPSHOT_FORMAT, Snapshot};
 
 /// Runs every rule of the contract on fresh stores from `make`.
@@ -31,6 +31,7 @@ pub fn check<S: Store>(make: impl Fn() -> S) {
     claim_takes_free_runs_once(&make());
     claim_takes_parked_runs_with_mail(&make());
     claim_leaves_children_and_other_workflows(&make());
+    a_batch_is_fenced_write_by_write(&make());
 }
 
 /// A record of a run with this status, `completed` steps and stream position.
@@ -497,6 +498,94 @@ fn claim_leaves_children_and_other_workflows(store: &impl Store) {
     enqueue(store, "a/b", RunStatus::Running);
     let (key, _) = store.claim("Sample", &me).unwrap().expect("not a child");
     assert_eq!(key, "a/b");
+}
+
+/// [`Store::write_batch`] writes every write of a batch in order, for several runs at once,
+/// and a stale lease fails its own writes only.
+fn a_batch_is_fenced_write_by_write(store: &impl Store) {
+    let a = start(store, "a");
+    let stale = start(store, "b");
+    let c = start(store, "c");
+    // `b` is taken over: its first owner's writes are refused from now on.
+    store.release("b", &stale).unwrap();
+    let b = store
+        .acquire("b", &Owner::this_process(), Claim::Start)
+        .unwrap();
+    let (ra, rb, rc) = (
+        record(RunStatus::Running, 1, 1),
+        record(RunStatus::Running, 5, 0),
+        record(RunStatus::Finished, 2, 0),
+    );
+    let results = store.write_batch(&[
+        Write::Event {
+            key: "a",
+            lease: &a,
+            seq: 1,
+            event: &event(1),
+        },
+        Write::Save {
+            key: "a",
+            lease: &a,
+            record: &ra,
+        },
+        Write::Save {
+            key: "b",
+            lease: &stale,
+            record: &rb,
+        },
+        Write::Event {
+            key: "b",
+            lease: &stale,
+            seq: 1,
+            event: &event(9),
+        },
+        Write::Save {
+            key: "c",
+            lease: &c,
+            record: &rc,
+        },
+    ]);
+    assert_eq!(results.len(), 5, "one result per write");
+    assert!(
+        results[0].is_ok() && results[1].is_ok(),
+        "run a: {results:?}"
+    );
+    for stale_write in &results[2..4] {
+        let kind = stale_write.as_ref().err().map(|e| e.kind);
+        assert_eq!(
+            kind,
+            Some(StoreErrorKind::Fenced),
+            "a stale write: {results:?}"
+        );
+    }
+    assert!(
+        results[4].is_ok(),
+        "run c, after a stale write in the batch: {results:?}"
+    );
+    assert_eq!(store.load("a").unwrap(), Some(ra));
+    assert_eq!(store.events("a").unwrap(), [(1, event(1))]);
+    assert_eq!(
+        store.load("b").unwrap(),
+        None,
+        "nothing of the stale owner is written"
+    );
+    assert!(store.events("b").unwrap().is_empty());
+    assert_eq!(store.load("c").unwrap(), Some(rc));
+    // `c` was released by its end, and `b`'s new owner still writes.
+    assert_eq!(
+        kind(store.acquire("c", &Owner::this_process(), Claim::Resume)),
+        StoreErrorKind::Ended
+    );
+    let rb = record(RunStatus::Running, 1, 0);
+    assert!(
+        store.write_batch(&[Write::Save {
+            key: "b",
+            lease: &b,
+            record: &rb
+        }])[0]
+            .is_ok()
+    );
+    assert!(store.write_batch(&[]).is_empty());
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     Claim, Lease, Message, Owner, RunRecord, RunStatus, Store, StoreError, StoreErrorKind, Wakeups,
-    check_claim, fenced, has_work, is_child_key,
+    Write, check_claim, fenced, has_work, is_child_key,
 };
 use crate::snapshot::EventRecord;
 use crate::stream::lock;
@@ -54,13 +54,21 @@ CREATE TABLE IF NOT EXISTS events (
 /// Two tables: `runs (key, status, record, updated, owner_id, owner, epoch)` holds each run's
 /// last checkpoint as JSON and who owns it (see [`Store`]'s ownership rules: every write is
 /// conditional on the owner's epoch, in the same statement), `events (key, seq, event)` the
-/// events it wrote to its stream. A run started and not yet checkpointed has an empty record. The database runs in WAL mode
-/// with `synchronous = FULL`: when [`Store::save`] or [`Store::append_event`] returns, the
-/// write survives a crash of the process (even `SIGKILL`) or of the machine. Several processes
-/// may open the same file; a writer waits up to 10 s for another's lock.
+/// events it wrote to its stream. A run started and not yet checkpointed has an empty record.
 ///
-/// Calls block the calling thread for the time of a write and its `fsync` (the run's task, between
-/// two steps); the connection is shared behind a mutex.
+/// The database runs in WAL mode with `synchronous = NORMAL`, and every write that must be
+/// durable syncs the log itself (`fdatasync`) after its commit, outside the connection's lock:
+/// when [`Store::save`], [`Store::append_event`], [`Store::write_batch`] or [`Store::post`]
+/// returns, the write survives a crash of the process (even `SIGKILL`) or of the machine. One
+/// sync covers every transaction committed before it, so [`Store::write_batch`] (the runtime's
+/// group commit, one transaction for the checkpoints of every run that completed a step at
+/// about the same moment) costs one sync, and [`Store::acquire`], [`Store::claim`] and
+/// [`Store::release`] cost none of their own: they are durable with the next synced write.
+/// Several processes may open the same file; a writer waits up to 10 s for another's lock.
+///
+/// Calls block the calling thread for the time of a write and its sync. The runtime makes its
+/// checkpoints from the store's writer thread, never from a run's task; the connection is
+/// shared behind a mutex, which is free while the log syncs.
 ///
 /// Stream events are keyed by `(run key, seq)`: writing a sequence number again replaces the
 /// event (the runtime never does: a resumed run marks what the process that died journaled
@@ -209,14 +217,16 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| fail("cannot set the busy timeout of", e))?;
         // WAL: readers (another process polling the file) never block the writer, and a
-        // commit is one append to the log. FULL: the log is synced at every commit, so a
-        // checkpoint is on disk when `save` returns.
+        // commit is one append to the log. NORMAL: a commit does not sync the log by itself;
+        // every write that must be durable syncs it after its commit, outside the connection's
+        // lock (`sync_log`), so that one sync makes a whole batch durable and other runs go on
+        // meanwhile.
         connection
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| fail("cannot switch to WAL mode", e))?;
         connection
-            .pragma_update(None, "synchronous", "FULL")
-            .map_err(|e| fail("cannot set `synchronous = FULL` on", e))?;
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| fail("cannot set `synchronous = NORMAL` on", e))?;
         connection
             .execute_batch(SCHEMA)
             .map_err(|e| fail("cannot create the tables of", e))?;
@@ -262,12 +272,27 @@ impl SqliteStore {
                 "CREATE INDEX IF NOT EXISTS runs_by_workflow ON runs (workflow, status, updated)",
             )
             .map_err(|e| fail("cannot create the queue index of", e))?;
-        Ok(SqliteStore {
+        let store = SqliteStore {
             connection: Mutex::new(connection),
             path,
             read_only: false,
             wakeups: Wakeups::default(),
-        })
+        };
+        if let Some(path) = &store.path {
+            // The tables and the log exist for good before the first run writes: the log is
+            // synced, and so is the directory that names it (it may have just been created).
+            store.sync_log().map_err(StoreError::new)?;
+            let directory = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            std::fs::File::open(directory)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| {
+                    StoreError::new(format!("cannot sync `{}`: {e}", directory.display()))
+                })?;
+        }
+        Ok(store)
     }
 }
 
@@ -377,40 +402,8 @@ impl Store for SqliteStore {
     }
 
     fn save(&self, key: &str, lease: &Lease, record: &RunRecord) -> Result<(), StoreError> {
-        self.writable("save", key)?;
-        let json = serde_json::to_string(record).map_err(|e| {
-            StoreError::new(format!("cannot serialize the record of run `{key}`: {e}"))
-        })?;
-        let fail = |e: rusqlite::Error| StoreError::new(format!("cannot save run `{key}`: {e}"));
-        // One statement: the lease check and the write are atomic, and cost one commit.
-        let changed = lock(&self.connection)
-            .execute(
-                "UPDATE runs SET status = ?2, record = ?3, updated = ?4,
-                     owner_id = CASE WHEN ?2 = 'running' THEN owner_id END,
-                     owner = CASE WHEN ?2 = 'running' THEN owner END,
-                     workflow = ?7, inbox_read = ?8, has_work = ?9
-                 WHERE key = ?1 AND epoch = ?5 AND owner_id = ?6",
-                params![
-                    key,
-                    record.status.name(),
-                    json,
-                    now_millis(),
-                    lease.epoch as i64,
-                    lease.owner.id,
-                    record.snapshot.workflow,
-                    seq_column(record.snapshot.inbox)?,
-                    has_work(&record.snapshot),
-                ],
-            )
-            .map_err(fail)?;
-        if changed == 0 {
-            return Err(fenced(key, lease, "checkpoint"));
-        }
-        if record.status == RunStatus::Waiting {
-            // Parked: a message that came meanwhile makes it a worker's to claim.
-            self.wakeups.changed(Some(&record.snapshot.workflow), key);
-        }
-        Ok(())
+        let mut results = self.write_batch(&[Write::Save { key, lease, record }]);
+        results.pop().unwrap_or(Ok(()))
     }
 
     fn release(&self, key: &str, lease: &Lease) -> Result<(), StoreError> {
@@ -455,30 +448,13 @@ impl Store for SqliteStore {
         seq: u64,
         event: &EventRecord,
     ) -> Result<(), StoreError> {
-        self.writable("journal an event of", key)?;
-        let json = serde_json::to_string(event).map_err(|e| {
-            StoreError::new(format!("cannot serialize event {seq} of run `{key}`: {e}"))
-        })?;
-        let changed = lock(&self.connection)
-            .execute(
-                "INSERT OR REPLACE INTO events (key, seq, event)
-                 SELECT ?1, ?2, ?3 WHERE EXISTS
-                     (SELECT 1 FROM runs WHERE key = ?1 AND epoch = ?4 AND owner_id = ?5)",
-                params![
-                    key,
-                    seq_column(seq)?,
-                    json,
-                    lease.epoch as i64,
-                    lease.owner.id
-                ],
-            )
-            .map_err(|e| {
-                StoreError::new(format!("cannot journal event {seq} of run `{key}`: {e}"))
-            })?;
-        if changed == 0 {
-            return Err(fenced(key, lease, &format!("event {seq}")));
-        }
-        Ok(())
+        let mut results = self.write_batch(&[Write::Event {
+            key,
+            lease,
+            seq,
+            event,
+        }]);
+        results.pop().unwrap_or(Ok(()))
     }
 
     fn events(&self, key: &str) -> Result<Vec<(u64, EventRecord)>, StoreError> {
@@ -601,6 +577,8 @@ impl Store for SqliteStore {
         .map_err(fail)?;
         tx.commit().map_err(fail)?;
         drop(connection);
+        // Durable before it is acknowledged (the log is synced outside the lock).
+        self.sync_log().map_err(StoreError::new)?;
         self.wakeups.changed(workflow.as_deref(), key);
         Ok(true)
     }
@@ -703,6 +681,176 @@ impl Store for SqliteStore {
     fn wakeups(&self) -> Option<&Wakeups> {
         Some(&self.wakeups)
     }
+
+    /// One transaction for the whole batch, then one sync of the log: the group commit of
+    /// every run that completed a step at about the same moment. Each write is fenced on its
+    /// own (a stale lease fails that write only).
+    fn write_batch(&self, writes: &[Write<'_>]) -> Vec<Result<(), StoreError>> {
+        let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(writes.len());
+        // Serialized before the lock is taken: a write that does not serialize fails alone.
+        let mut rows: Vec<Option<String>> = Vec::with_capacity(writes.len());
+        for write in writes {
+            let (key, row) = match *write {
+                Write::Save { key, record, .. } => (
+                    key,
+                    seq_column(record.snapshot.inbox).and_then(|_| {
+                        serde_json::to_string(record).map_err(|e| {
+                            StoreError::new(format!(
+                                "cannot serialize the record of run `{key}`: {e}"
+                            ))
+                        })
+                    }),
+                ),
+                Write::Event {
+                    key, seq, event, ..
+                } => (
+                    key,
+                    seq_column(seq).and_then(|_| {
+                        serde_json::to_string(event).map_err(|e| {
+                            StoreError::new(format!(
+                                "cannot serialize event {seq} of run `{key}`: {e}"
+                            ))
+                        })
+                    }),
+                ),
+            };
+            match self.writable("write", key).and(row) {
+                Ok(row) => {
+                    rows.push(Some(row));
+                    results.push(Ok(()));
+                }
+                Err(error) => {
+                    rows.push(None);
+                    results.push(Err(error));
+                }
+            }
+        }
+        if rows.iter().all(Option::is_none) {
+            return results;
+        }
+        if let Err(error) = self.write_rows(writes, &rows, &mut results) {
+            // The transaction failed as a whole: no write of it is known to be durable.
+            for (result, row) in results.iter_mut().zip(&rows) {
+                if row.is_some() {
+                    *result = Err(StoreError::new(error.clone()));
+                }
+            }
+            return results;
+        }
+        // Parked runs: a message that came meanwhile makes them a worker's to claim.
+        for (write, result) in writes.iter().zip(&results) {
+            if let (Write::Save { key, record, .. }, Ok(())) = (write, result) {
+                if record.status == RunStatus::Waiting {
+                    self.wakeups.changed(Some(&record.snapshot.workflow), key);
+                }
+            }
+        }
+        results
+    }
+}
+
+impl SqliteStore {
+    /// Writes the serialized `rows` of `writes` (a `None` row failed before) in one
+    /// transaction, recording each write's fencing in `results`, then makes the transaction
+    /// durable (see [`SqliteStore::sync_log`]). An `Err` is a failure of the whole batch.
+    fn write_rows(
+        &self,
+        writes: &[Write<'_>],
+        rows: &[Option<String>],
+        results: &mut [Result<(), StoreError>],
+    ) -> Result<(), String> {
+        let now = now_millis();
+        {
+            let mut connection = lock(&self.connection);
+            let tx = connection
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(|e| format!("cannot begin a write: {e}"))?;
+            for ((write, row), result) in writes.iter().zip(rows).zip(results.iter_mut()) {
+                let Some(row) = row else { continue };
+                let refused = match *write {
+                    Write::Save { key, lease, record } => {
+                        let fail = |e: rusqlite::Error| format!("cannot save run `{key}`: {e}");
+                        // One statement: the lease check and the write are atomic.
+                        let mut statement = tx
+                            .prepare_cached(
+                                "UPDATE runs SET status = ?2, record = ?3, updated = ?4,
+                                     owner_id = CASE WHEN ?2 = 'running' THEN owner_id END,
+                                     owner = CASE WHEN ?2 = 'running' THEN owner END,
+                                     workflow = ?7, inbox_read = ?8, has_work = ?9
+                                 WHERE key = ?1 AND epoch = ?5 AND owner_id = ?6",
+                            )
+                            .map_err(fail)?;
+                        let changed = statement
+                            .execute(params![
+                                key,
+                                record.status.name(),
+                                row,
+                                now,
+                                lease.epoch as i64,
+                                lease.owner.id,
+                                record.snapshot.workflow,
+                                record.snapshot.inbox as i64,
+                                has_work(&record.snapshot),
+                            ])
+                            .map_err(fail)?;
+                        (changed == 0).then(|| fenced(key, lease, "checkpoint"))
+                    }
+                    Write::Event {
+                        key, lease, seq, ..
+                    } => {
+                        let fail = |e: rusqlite::Error| {
+                            format!("cannot journal event {seq} of run `{key}`: {e}")
+                        };
+                        let mut statement = tx
+                            .prepare_cached(
+                                "INSERT OR REPLACE INTO events (key, seq, event)
+                                 SELECT ?1, ?2, ?3 WHERE EXISTS
+                                     (SELECT 1 FROM runs WHERE key = ?1 AND epoch = ?4 AND owner_id = ?5)",
+                            )
+                            .map_err(fail)?;
+                        let changed = statement
+                            .execute(params![
+                                key,
+                                seq as i64,
+                                row,
+                                lease.epoch as i64,
+                                lease.owner.id
+                            ])
+                            .map_err(fail)?;
+                        (changed == 0).then(|| fenced(key, lease, &format!("event {seq}")))
+                    }
+                };
+                if let Some(refused) = refused {
+                    *result = Err(refused);
+                }
+            }
+            tx.commit()
+                .map_err(|e| format!("cannot commit a write: {e}"))?;
+        }
+        // The lock is free again (other runs acquire, read and write) while the log syncs.
+        self.sync_log()
+    }
+
+    /// Makes every committed transaction durable: one `fdatasync` of the write-ahead log.
+    ///
+    /// The connection runs with `synchronous = NORMAL`, so a commit appends to the log without
+    /// syncing it; this sync, made after the commit and outside the connection's lock, is what
+    /// [`Store::save`], [`Store::append_event`], [`Store::write_batch`] and [`Store::post`]
+    /// wait for before they return. It covers every transaction committed before it, of any
+    /// run (the log is one file, appended in commit order): that is the group commit, and the
+    /// claims of [`Store::acquire`], [`Store::claim`] and [`Store::release`], which do not sync
+    /// on their own, become durable with the next synced write. (SQLite syncs the log itself
+    /// before it copies it into the database.)
+    fn sync_log(&self) -> Result<(), String> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        std::fs::File::open(&wal)
+            .and_then(|log| log.sync_data())
+            .map_err(|e| format!("cannot sync `{}`: {e}", Path::new(&wal).display()))
+    }
 }
 
 #[cfg(test)]
@@ -768,7 +916,9 @@ mod tests {
         let synchronous: i64 = lock(&reopened.connection)
             .query_row("PRAGMA synchronous", [], |row| row.get(0))
             .unwrap();
-        assert_eq!(synchronous, 2, "FULL");
+        // NORMAL: a commit does not sync the log; every durable write syncs it after its
+        // commit (`sync_log`), once for a whole batch.
+        assert_eq!(synchronous, 1, "NORMAL");
     }
 
     #[test]
