@@ -208,7 +208,11 @@ impl Connection {
             let error = match self.client.as_mut().filter(|c| !c.is_closed()) {
                 Some(client) => match op(client) {
                     Ok(value) => return Ok(value),
-                    Err(error) if error.as_db_error().is_some() => {
+                    // A server shutting down or restarting says so with an error of its
+                    // own (SQLSTATE class 57P: admin or crash shutdown, cannot connect now)
+                    // before it drops the connection: that is a lost connection, retried
+                    // like one.
+                    Err(error) if error.as_db_error().is_some() && !server_going(&error) => {
                         return Err(StoreError::new(format!("{what}: {error}")));
                     }
                     Err(error) => error.to_string(),
@@ -301,6 +305,16 @@ fn execute_write(
     let mut tx = client.transaction()?;
     tx.execute(sql, params)?;
     fault.stop_here(key)
+}
+
+/// Whether `error` says the server is going away or not up yet (SQLSTATE `57P01`
+/// admin shutdown, `57P02` crash shutdown, `57P03` cannot connect now) or the connection
+/// failed (class `08`): the transaction did not commit, and the call can be retried on a new
+/// connection.
+fn server_going(error: &postgres::Error) -> bool {
+    error
+        .code()
+        .is_some_and(|code| code.code().starts_with("57P") || code.code().starts_with("08"))
 }
 
 impl PgStore {

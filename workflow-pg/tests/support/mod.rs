@@ -125,8 +125,8 @@ impl PgServer {
         );
     }
 
-    /// Starts the server (again, after [`PgServer::crash`]) and waits until it accepts
-    /// connections.
+    /// Starts the server (again, after [`PgServer::crash`]) and waits (at most a minute)
+    /// until it accepts connections.
     pub fn up(&self) {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200",
@@ -143,10 +143,12 @@ impl PgServer {
                 &options,
                 "-l",
                 &log,
-                "-w",
+                "-W",
                 "start",
             ],
         );
+        // Polled here rather than by `pg_ctl -w`, which checks about once a second.
+        self.wait_ready("postgres", Duration::from_secs(60));
     }
 
     /// Kills the server as a power cut would (`-m immediate`: no checkpoint, crash recovery
