@@ -316,8 +316,13 @@ async fn bench_durable(plan: &Plan) -> Check {
     let (mut seq_per_run, mut conc_per_run) = Default::default();
     let mut parked: Option<durable::Parked> = None;
     let np = plan.durable_parked;
-    // Timed slices of answers: 10 per sitting, at least one run each.
-    let slice = (np / 10).max(1);
+    // Timed slices of answers: 1,000 runs each (the first and the last 1,000 are compared),
+    // or a tenth of the runs when there are fewer than 10,000.
+    let slice = if np >= 10_000 {
+        1_000
+    } else {
+        (np / 10).max(1)
+    };
     for _ in 0..plan.reps {
         raw = raw.min(durable::raw_commits(n)?);
         let t = Instant::now();
@@ -379,6 +384,11 @@ async fn bench_durable(plan: &Plan) -> Check {
         np as f64 / answer_seconds,
         per_run.writes,
         per_run.syncs,
+    );
+    let every: Vec<String> = slices.iter().map(|s| format!("{:.1}", s * 1e3)).collect();
+    println!(
+        "{{\"scenario\":\"durable_parked_runs\",\"slices_ms\":[{}]}}",
+        every.join(",")
     );
     println!(
         "{{\"scenario\":\"durable_parked_runs\",\"ratio\":\"last_slice/first_slice\",\"value\":{:.3},\"target\":1.5,\"met\":{},\"answered_per_sec/commit_rate\":{:.3}}}",
@@ -517,9 +527,13 @@ fn main() -> ExitCode {
         }
     };
     let runtime = if args.multi_thread {
-        tokio::runtime::Builder::new_multi_thread().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_time()
+            .build()
     } else {
-        tokio::runtime::Builder::new_current_thread().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
     };
     let runtime = match runtime {
         Ok(runtime) => runtime,
@@ -549,9 +563,12 @@ mod tests {
             let runtime = if multi {
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
+                    .enable_time()
                     .build()
             } else {
-                tokio::runtime::Builder::new_current_thread().build()
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
             }
             .unwrap();
             runtime.block_on(async {
