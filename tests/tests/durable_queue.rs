@@ -46,6 +46,8 @@ struct Desk {
     decided: Arc<AtomicU32>,
     /// `decide` waits for a permit (given up front, or never: a crash happens there).
     gate: Arc<tokio::sync::Semaphore>,
+    /// The invocation key of each `decide` started.
+    keys: Arc<Mutex<Vec<String>>>,
 }
 
 impl Desk {
@@ -53,6 +55,7 @@ impl Desk {
         Desk {
             decided: Arc::default(),
             gate: Arc::new(tokio::sync::Semaphore::new(1000)),
+            keys: Arc::default(),
         }
     }
 
@@ -62,6 +65,7 @@ impl Desk {
         Desk {
             decided: Arc::default(),
             gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            keys: Arc::default(),
         }
     }
 }
@@ -77,6 +81,7 @@ impl Desk {
     #[step]
     async fn decide(&self, ctx: &Context<Self>, ev: Verdict) -> StopEvent<String> {
         self.decided.fetch_add(1, Ordering::SeqCst);
+        self.keys.lock().unwrap().push(ctx.invocation_key());
         self.gate.acquire().await.expect("the gate stays").forget();
         ctx.write_event_to_stream(Note(100));
         StopEvent(format!("ok={}", ev.ok))
@@ -322,10 +327,7 @@ fn a_message_is_consumed_by_the_checkpoint_that_routes_it(multi: bool) {
     // The answer is routed and checkpointed, then the process dies in `decide`: the resumed
     // run re-runs `decide` from its checkpoint and does not take the message again.
     let store = Arc::new(MemoryStore::new());
-    let closed = Desk {
-        decided: Arc::default(),
-        gate: Arc::new(tokio::sync::Semaphore::new(0)),
-    };
+    let closed = Desk::closed();
     let runner = closed
         .clone()
         .runner()
@@ -371,6 +373,11 @@ fn a_message_is_consumed_by_the_checkpoint_that_routes_it(multi: bool) {
         closed.decided.load(Ordering::SeqCst),
         2,
         "decide ran again once (at least once), and the message was not delivered twice"
+    );
+    assert_eq!(
+        *closed.keys.lock().unwrap(),
+        ["x/decide/2", "x/decide/2"],
+        "the re-run has the invocation key of the run that died: a service deduplicates by it"
     );
     assert_eq!(journal(&*store, "x"), ["Note(9)", "Note(100)"]);
 }
