@@ -413,7 +413,9 @@ impl<W: Workflow> Runner<W> {
     /// announces changes ([`Store::wakeups`]: in this process for `MemoryStore` and
     /// `SqliteStore`, from every process for a `PgStore` with LISTEN/NOTIFY) wakes them at
     /// once; polling is the fallback, and bounds how late a message can be. Runs that are not
-    /// durable never poll.
+    /// durable never poll. The watcher and the worker loop sleep on tokio's clock: a durable
+    /// run needs a runtime with timers (`enable_time` or `enable_all`, as `#[tokio::main]`
+    /// and `#[tokio::test]` build).
     ///
     /// ```
     /// # use std::time::Duration;

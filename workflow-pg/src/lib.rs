@@ -1009,8 +1009,10 @@ impl Store for PgStore {
         let (claimed, orphans) = self.call(move |connection| {
             connection.run(&format!("cannot claim a run of `{w}`"), |client| {
                 let mut tx = client.transaction()?;
-                // Free runs (no holder, or its lease ran out), oldest first; rows another
-                // worker is claiming right now are skipped, not waited for.
+                // Free runs (no holder, or its lease ran out), oldest first, keys without a
+                // `/` (never a child's) before the others, so that orphaned child runs (left
+                // to their parents) do not fill the window; rows another worker is claiming
+                // right now are skipped, not waited for.
                 let candidates: Vec<String> = tx
                     .query(
                         &format!(
@@ -1019,7 +1021,7 @@ impl Store for PgStore {
                                AND (status = 'running' OR (status = 'waiting'
                                     AND (has_work OR inbox_last > inbox_read)))
                                AND (owner_id IS NULL OR lease_until < {NOW})
-                             ORDER BY updated LIMIT 16
+                             ORDER BY strpos(key, '/') > 0, updated LIMIT 16
                              FOR UPDATE SKIP LOCKED"
                         ),
                         &[&w],
