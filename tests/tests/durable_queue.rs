@@ -93,7 +93,11 @@ impl Desk {
 fn journal(store: &dyn Store, key: &str) -> Vec<String> {
     tidewater::store::current_events(store.events(key).unwrap())
         .into_iter()
-        .map(|(_, record)| record.data["debug"].as_str().unwrap_or("?").to_string())
+        .map(|(_, record)| match record.data["debug"].as_str() {
+            Some(debug) => debug.to_string(),
+            // A request for a human, journaled as the run publishes it.
+            None => record.event.rsplit("::").next().unwrap_or("?").to_string(),
+        })
         .collect()
 }
 
@@ -157,7 +161,7 @@ fn answer_from_another_runner_reaches_a_live_run(multi: bool) {
         record.snapshot.inbox, 1,
         "the end records the message it consumed"
     );
-    assert_eq!(journal(&*store, "d"), ["Note(7)", "Note(100)"]);
+    assert_eq!(journal(&*store, "d"), ["Note(7)", "Ask", "Note(100)"]);
 }
 
 #[test]
@@ -213,7 +217,7 @@ fn answer_from_another_store_on_the_file_reaches_a_live_run(multi: bool) {
     let record = theirs.load("d").unwrap().unwrap();
     assert_eq!(record.status, RunStatus::Finished);
     assert_eq!(record.snapshot.inbox, 1);
-    assert_eq!(journal(&*theirs, "d"), ["Note(3)", "Note(100)"]);
+    assert_eq!(journal(&*theirs, "d"), ["Note(3)", "Ask", "Note(100)"]);
 }
 
 #[test]
@@ -310,7 +314,7 @@ fn a_parked_run_with_mail_is_claimed_by_a_worker(multi: bool) {
         assert_eq!(worker.stop().await.unwrap(), 1);
     });
     assert_eq!(desk.decided.load(Ordering::SeqCst), 1);
-    assert_eq!(journal(&*store, "p"), ["Note(5)", "Note(100)"]);
+    assert_eq!(journal(&*store, "p"), ["Note(5)", "Ask", "Note(100)"]);
 }
 
 #[test]
@@ -379,7 +383,7 @@ fn a_message_is_consumed_by_the_checkpoint_that_routes_it(multi: bool) {
         ["x/decide/2", "x/decide/2"],
         "the re-run has the invocation key of the run that died: a service deduplicates by it"
     );
-    assert_eq!(journal(&*store, "x"), ["Note(9)", "Note(100)"]);
+    assert_eq!(journal(&*store, "x"), ["Note(9)", "Ask", "Note(100)"]);
 }
 
 #[test]
@@ -708,7 +712,7 @@ fn a_cancel_posted_to_a_parked_run_is_carried_out_by_a_worker(multi: bool) {
         assert_eq!(worker.stop().await.unwrap(), 1);
     });
     assert_eq!(desk.decided.load(Ordering::SeqCst), 0);
-    assert_eq!(journal(&*store, "p"), ["Note(1)"]);
+    assert_eq!(journal(&*store, "p"), ["Note(1)", "Ask"]);
 }
 
 #[test]

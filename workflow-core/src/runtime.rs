@@ -1468,6 +1468,24 @@ where
         Ok(())
     }
 
+    /// Durable runs: journals a request for a human as the run publishes it, numbered now in
+    /// the stream journal (after the events its step wrote) and written with the checkpoint
+    /// that follows, which records the number: a resumed run does not journal it again (it
+    /// only publishes its pending requests anew).
+    fn journal_request(&mut self, event: &DynEvent) {
+        if self.shared.journal.is_none() {
+            return;
+        }
+        let record = crate::snapshot::encode_event::<W>(event).unwrap_or_else(|_| {
+            crate::snapshot::EventRecord {
+                event: event.name().to_string(),
+                data: serde_json::json!({ "debug": format!("{event:?}") }),
+            }
+        });
+        let seq = self.shared.stream_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        self.rows.push((seq, record));
+    }
+
     /// A step failed for good: hand it to the catch-error step while the budget lasts, or fail
     /// the run. Panics and timeouts are never caught.
     fn recover(&mut self, index: usize, failed: Failed) -> Result<()> {
@@ -1527,6 +1545,9 @@ where
                     eprintln!("[run {run}] waiting for a human: {request}");
                 }
                 // Leaves the graph: published for the outside world, which answers later.
+                // A durable run journals it with its stream, so that a process reading the
+                // journal (a server other than the run's owner) sees the question too.
+                self.journal_request(&event);
                 self.shared.stream.publish(StreamItem::Event(event.clone()));
                 self.await_response(&event);
                 self.pending_requests.push(event);

@@ -148,6 +148,31 @@ pub trait ServedWorkflow: Send + Sync + 'static {
         store: Arc<dyn Store>,
         evict_after: Option<Duration>,
     ) -> Result<ServedRun, StartError>;
+    /// Starts a worker loop ([`Runner::work`]) over the durable runs of this workflow in
+    /// `store`: it claims the runs that need an owner (enqueued, orphaned by a dead process,
+    /// parked with an answer waiting) and runs them here, `max_runs` at a time, evicting parked
+    /// runs after `evict_after`.
+    ///
+    /// # Errors
+    /// The workflow is not durable.
+    fn work_stored(
+        &self,
+        store: Arc<dyn Store>,
+        evict_after: Option<Duration>,
+        max_runs: usize,
+    ) -> Result<crate::Worker, WorkflowError>;
+
+    /// Decodes the event named `kind` from `value`, as [`RunControl::send_json`] would, and
+    /// encodes it as a durable run's journal and inbox keep it (a store's
+    /// `Message::event`): what a server posts to a stored run that runs in another process.
+    ///
+    /// # Errors
+    /// [`InvalidEvent`]: an unknown event type or a payload that does not fit it.
+    fn encode_event(
+        &self,
+        kind: &str,
+        value: Value,
+    ) -> Result<crate::snapshot::EventRecord, InvalidEvent>;
 }
 
 /// Why [`ServedWorkflow::start_stored`] started nothing.
@@ -424,6 +449,24 @@ where
             .into()),
             Err(error) => Err(error.into()),
         }
+    }
+
+    fn work_stored(
+        &self,
+        store: Arc<dyn Store>,
+        evict_after: Option<Duration>,
+        max_runs: usize,
+    ) -> Result<crate::Worker, WorkflowError> {
+        self.stored(store, evict_after).work(max_runs)
+    }
+
+    fn encode_event(
+        &self,
+        kind: &str,
+        value: Value,
+    ) -> Result<crate::snapshot::EventRecord, InvalidEvent> {
+        let event = decode_event(&events_of::<W>(&self.extra), kind, value)?;
+        crate::snapshot::encode_event::<W>(&event).map_err(InvalidEvent::new)
     }
 }
 

@@ -366,7 +366,8 @@ pub trait Store: Send + Sync + 'static {
         event: &EventRecord,
     ) -> Result<(), StoreError>;
 
-    /// The events the run wrote to its stream, in order.
+    /// The events the run wrote to its stream (and the requests for a human it published), in
+    /// order.
     ///
     /// # Errors
     /// When the store could not be read.

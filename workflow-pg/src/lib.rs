@@ -58,6 +58,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod read;
+
 use postgres::{Client, Config, NoTls};
 use tidewater::snapshot::EventRecord;
 use tidewater::store::{
