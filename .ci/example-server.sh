@@ -2,7 +2,7 @@
 # client's test, the debugger page's browser test): builds `cargo run --example server`,
 # starts it on a free port of 127.0.0.1, waits for /health, and stops it when the calling
 # script exits. Sets SERVER_URL and SERVER_LOG.
-cargo build --quiet -p examples --example server
+cargo build --quiet -p examples --example server ${EXAMPLE_FEATURES:+--features "$EXAMPLE_FEATURES"}
 _target="${CARGO_TARGET_DIR:-target}"
 _port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 SERVER_URL="http://127.0.0.1:$_port"

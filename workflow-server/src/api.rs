@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tidewater::serve::ServedWorkflow;
 use tokio::sync::Semaphore;
 
-use crate::handlers::{Entry, Handlers};
+use crate::handlers::{Entry, Handlers, Persist};
 
 /// What every route shares.
 pub(crate) struct Shared {
@@ -23,11 +23,13 @@ pub(crate) struct Shared {
     pub(crate) handlers: Handlers,
     pub(crate) run_limit: Option<Arc<Semaphore>>,
     pub(crate) heartbeat: Option<Duration>,
-    pub(crate) persist: Option<Arc<crate::persist::Persist>>,
+    pub(crate) persist: Option<Persist>,
     /// Evict durable runs parked for a human after this long (only with `persist`).
     pub(crate) evict_after: Option<Duration>,
     /// The span each run is started in (`Server::run_span`).
     pub(crate) run_span: Option<RunSpan>,
+    /// On a shared persistence: the workers that claim the durable runs needing an owner.
+    pub(crate) workers: std::sync::Mutex<Vec<tidewater::Worker>>,
 }
 
 /// Makes the span a run starts in, from the workflow's name and the request's `traceparent`.
@@ -51,6 +53,11 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult = Result<Response, ApiError>;
+
+/// The persistence when several servers share it.
+fn shared_persist(state: &Shared) -> Option<&Persist> {
+    state.persist.as_ref().filter(|p| p.shared())
+}
 
 fn not_found_handler() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "Handler not found")
@@ -209,17 +216,41 @@ fn start(
         .as_ref()
         .map(|span| span(name, traceparent(headers).as_deref()));
     let _entered = span.as_ref().map(tracing::Span::enter);
-    let run = match &state.persist {
+    // Recorded first: on a shared persistence, another server may take the id at once.
+    let durable = wf.durable() && state.persist.is_some();
+    let origin = crate::handlers::record(state.persist.as_ref(), &handler_id, name, durable)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("Initial persistence failed: {e}"),
+            )
+        })?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                format!("Handler '{handler_id}' already exists"),
+            )
+        })?;
+    let started = match &state.persist {
         Some(p) => wf
-            .start_stored(&handler_id, input, p.store.clone(), state.evict_after)
+            .start_stored(&handler_id, input, p.store(), state.evict_after)
             .map_err(|e| match e {
                 tidewater::serve::StartError::Invalid(e) => invalid(e),
                 e => ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("Initial persistence failed: {e}"),
                 ),
-            })?,
-        None => wf.start(input).map_err(invalid)?,
+            }),
+        None => wf.start(input).map_err(invalid),
+    };
+    let run = match started {
+        Ok(run) => run,
+        Err(e) => {
+            if let Some(p) = &state.persist {
+                p.delete(&handler_id);
+            }
+            return Err(e);
+        }
     };
     Ok(state.handlers.track(
         handler_id,
@@ -228,7 +259,7 @@ fn start(
         permit,
         traceparent(headers),
         state.persist.clone(),
-        None,
+        origin,
     ))
 }
 
@@ -279,8 +310,13 @@ pub(crate) async fn run(
     body: Bytes,
 ) -> ApiResult {
     let entry = start(&state, &name, &headers, &body)?;
-    entry.ended().await;
-    let data = entry.data();
+    let data = match shared_persist(&state) {
+        Some(p) => crate::shared::wait_ended(&state, p, &entry.handler_id, None).await?,
+        None => {
+            entry.ended().await;
+            entry.data()
+        }
+    };
     let status = if data["status"] == "completed" {
         StatusCode::OK
     } else {
@@ -296,7 +332,14 @@ pub(crate) async fn run_nowait(
     body: Bytes,
 ) -> ApiResult {
     let entry = start(&state, &name, &headers, &body)?;
-    Ok(Json(entry.data()).into_response())
+    let data = match shared_persist(&state) {
+        Some(p) => {
+            let (row, seen) = crate::shared::handler(p, &entry.handler_id)?;
+            crate::shared::data(&row, &seen)
+        }
+        None => entry.data(),
+    };
+    Ok(Json(data).into_response())
 }
 
 fn status_code(data: &Value) -> StatusCode {
@@ -311,15 +354,24 @@ pub(crate) async fn get_handler(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let entry = state.handlers.get(&id).ok_or_else(not_found_handler)?;
-    let data = entry.data();
+    let data = handler_data(&state, &id)?;
     Ok((status_code(&data), Json(data)).into_response())
+}
+
+/// The wire's `HandlerData` of handler `id`, or 404.
+fn handler_data(state: &Shared, id: &str) -> Result<Value, ApiError> {
+    match shared_persist(state) {
+        Some(p) => {
+            let (row, seen) = crate::shared::handler(p, id)?;
+            Ok(crate::shared::data(&row, &seen))
+        }
+        None => Ok(state.handlers.get(id).ok_or_else(not_found_handler)?.data()),
+    }
 }
 
 /// `GET /results/{id}`: the handler, its `result` the workflow's output itself.
 pub(crate) async fn get_result(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    let entry = state.handlers.get(&id).ok_or_else(not_found_handler)?;
-    let mut data = entry.data();
+    let mut data = handler_data(&state, &id)?;
     let status = status_code(&data);
     let result = data["result"]["value"]["result"].take();
     data["result"] = result;
@@ -342,11 +394,15 @@ pub(crate) async fn list_handlers(
     };
     let statuses = list("status");
     let names = list("workflow_name");
-    let handlers: Vec<Value> = state
-        .handlers
-        .all()
-        .iter()
-        .map(|e| e.data())
+    let all = match shared_persist(&state) {
+        Some(p) => match crate::shared::list(p) {
+            Ok(all) => all,
+            Err(e) => return e.into_response(),
+        },
+        None => state.handlers.all().iter().map(|e| e.data()).collect(),
+    };
+    let handlers: Vec<Value> = all
+        .into_iter()
         .filter(|d| {
             statuses
                 .as_ref()
@@ -366,6 +422,9 @@ pub(crate) async fn cancel(
 ) -> ApiResult {
     let pairs = query_pairs(query.as_deref());
     let purge = query_flag(&pairs, "purge", false);
+    if let Some(p) = shared_persist(&state) {
+        return cancel_shared(&state, p, &id, purge).await;
+    }
     let entry = state.handlers.get(&id).ok_or_else(not_found_handler)?;
     let terminal = entry.lock().status.is_terminal();
     if terminal && !purge {
@@ -378,7 +437,7 @@ pub(crate) async fn cancel(
             if let (Some(wf), Some(p)) = (state.workflows.get(&entry.workflow_name), &state.persist)
             {
                 let run = wf
-                    .resume_stored(&entry.handler_id, p.store.clone(), None)
+                    .resume_stored(&entry.handler_id, p.store(), None)
                     .map_err(|e| {
                         ApiError::new(
                             StatusCode::INTERNAL_SERVER_ERROR,
@@ -431,6 +490,32 @@ pub(crate) async fn post_event(
         ));
     }
     let step = body.get("step").and_then(Value::as_str);
+    let message_id = body
+        .get("message_id")
+        .and_then(Value::as_str)
+        .or_else(|| headers.get("idempotency-key").and_then(|v| v.to_str().ok()))
+        .map(str::to_string);
+    if let Some(p) = shared_persist(&state) {
+        let (row, seen) = crate::shared::handler(p, &id)?;
+        if seen.status.is_terminal() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "Workflow already completed",
+            ));
+        }
+        if row.durable {
+            let (kind, value) = event_of(event)?;
+            crate::shared::post(&state, p, &row, &kind, value, step, message_id)?;
+            tracing::info!(handler_id = %id, event = %kind, "event posted to the run's inbox");
+            return Ok(Json(json!({ "status": "sent" })).into_response());
+        }
+        if !state.handlers.contains(&id) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "the run executes on another server and is not durable: send it there",
+            ));
+        }
+    }
     let entry = state.handlers.get(&id).ok_or_else(not_found_handler)?;
     if entry.lock().status.is_terminal() {
         return Err(ApiError::new(
@@ -438,6 +523,29 @@ pub(crate) async fn post_event(
             "Workflow already completed",
         ));
     }
+    let (kind, value) = event_of(event)?;
+    let kind = kind.as_str();
+    let _reviving = entry.revive.lock().await;
+    if entry.lock().parked {
+        answer_parked(&state, &entry, kind, value, step, traceparent(&headers))?;
+        tracing::info!(handler_id = %id, event = kind, "event sent to a parked run: resumed");
+        return Ok(Json(json!({ "status": "sent" })).into_response());
+    }
+    let Some(control) = entry.control() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "Workflow already completed",
+        ));
+    };
+    control
+        .send_json(kind, value, step)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.message))?;
+    tracing::info!(handler_id = %id, event = kind, "event sent");
+    Ok(Json(json!({ "status": "sent" })).into_response())
+}
+
+/// The posted event's type name and payload (the wire envelope, or a JSON string of it).
+fn event_of(event: Value) -> Result<(String, Value), ApiError> {
     let event = match event {
         Value::String(s) => serde_json::from_str(&s).map_err(|_| {
             ApiError::new(
@@ -469,23 +577,40 @@ pub(crate) async fn post_event(
             .cloned()
             .unwrap_or_else(|| json!({})),
     );
-    let _reviving = entry.revive.lock().await;
-    if entry.lock().parked {
-        answer_parked(&state, &entry, kind, value, step, traceparent(&headers))?;
-        tracing::info!(handler_id = %id, event = kind, "event sent to a parked run: resumed");
-        return Ok(Json(json!({ "status": "sent" })).into_response());
+    Ok((kind.to_string(), value))
+}
+
+/// `POST /handlers/{id}/cancel` on a shared persistence: a durable run gets a cancel in its
+/// inbox (wherever it executes), a run executing here is cancelled at once; a run that is not
+/// durable and executes on another server cannot be reached from here (409).
+async fn cancel_shared(state: &Shared, p: &Persist, id: &str, purge: bool) -> ApiResult {
+    let (row, seen) = crate::shared::handler(p, id)?;
+    let terminal = seen.status.is_terminal();
+    if terminal && !purge {
+        return Err(not_found_handler());
     }
-    let Some(control) = entry.control() else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "Workflow already completed",
-        ));
-    };
-    control
-        .send_json(kind, value, step)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.message))?;
-    tracing::info!(handler_id = %id, event = kind, "event sent");
-    Ok(Json(json!({ "status": "sent" })).into_response())
+    if !terminal {
+        let local = state.handlers.get(id).and_then(|e| e.control());
+        if row.durable {
+            crate::shared::post_cancel(p, &row)?;
+        } else if local.is_none() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "the run executes on another server and is not durable: cancel it there",
+            ));
+        }
+        if let Some(control) = local {
+            control.cancel();
+        }
+        // The run ends at its next await point, wherever it is.
+        crate::shared::wait_ended(state, p, id, Some(Duration::from_secs(5))).await?;
+    }
+    if purge {
+        p.delete(id);
+        state.handlers.remove(id);
+        return Ok(Json(json!({ "status": "deleted" })).into_response());
+    }
+    Ok(Json(json!({ "status": "cancelled" })).into_response())
 }
 
 /// Brings a run parked in the store back with the event posted to it (the caller holds the
@@ -512,13 +637,7 @@ fn answer_parked(
     };
     let permit = run_permit(state)?;
     let run = wf
-        .answer_stored(
-            &entry.handler_id,
-            kind,
-            value,
-            p.store.clone(),
-            state.evict_after,
-        )
+        .answer_stored(&entry.handler_id, kind, value, p.store(), state.evict_after)
         .map_err(|e| match e {
             tidewater::serve::StartError::Invalid(e) => {
                 ApiError::new(StatusCode::BAD_REQUEST, e.message)
@@ -585,6 +704,40 @@ pub(crate) async fn stream_events(
             after = Some(last);
         }
     }
+    let content_type = if sse {
+        "text/event-stream"
+    } else {
+        "application/x-ndjson"
+    };
+    let headers = [
+        (header::CONTENT_TYPE, content_type),
+        (header::CACHE_CONTROL, "no-cache"),
+    ];
+    if let Some(p) = shared_persist(&state) {
+        let (row, seen) = crate::shared::handler(p, &id)?;
+        let Some((next, journal)) = crate::shared::cursor(p, &row, &seen, after)? else {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        };
+        let reader = crate::shared::SharedReader {
+            state: state.clone(),
+            p: p.clone(),
+            id: row.handler_id,
+            workflow: row.workflow_name,
+            durable: row.durable,
+            next,
+            journal,
+            sse,
+            include_internal,
+            include_qualified_name,
+            heartbeat: if sse { state.heartbeat } else { None },
+            done: false,
+        };
+        let stream = futures_util::stream::unfold(reader, |mut r| async move {
+            let chunk = r.next_chunk().await?;
+            Some((Ok::<Bytes, Infallible>(chunk), r))
+        });
+        return Ok((headers, Body::from_stream(stream)).into_response());
+    }
     let entry = state.handlers.get(&id).ok_or_else(not_found_handler)?;
     let cursor = {
         let log = entry.lock();
@@ -608,19 +761,7 @@ pub(crate) async fn stream_events(
         let chunk = r.next_chunk().await?;
         Some((Ok::<Bytes, Infallible>(chunk), r))
     });
-    let content_type = if sse {
-        "text/event-stream"
-    } else {
-        "application/x-ndjson"
-    };
-    Ok((
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    Ok((headers, Body::from_stream(stream)).into_response())
 }
 
 struct Reader {
@@ -649,21 +790,16 @@ impl Reader {
             };
             if !batch.is_empty() {
                 let mut out = String::new();
-                for (i, mut event) in batch.into_iter().enumerate() {
-                    let seq = self.next + i;
-                    let internal = event["types"]
-                        .as_array()
-                        .is_some_and(|t| t.iter().any(|t| t == "InternalDispatchEvent"));
-                    if internal && !self.include_internal {
-                        continue;
-                    }
-                    if !self.include_qualified_name {
-                        event["qualified_name"] = Value::Null;
-                    }
-                    if self.sse {
-                        out.push_str(&format!("id: {seq}\ndata: {event}\n\n"));
-                    } else {
-                        out.push_str(&format!("{event}\n"));
+                for (i, event) in batch.into_iter().enumerate() {
+                    let seq = (self.next + i) as i64;
+                    if let Some(text) = format_event(
+                        seq,
+                        event,
+                        self.sse,
+                        self.include_internal,
+                        self.include_qualified_name,
+                    ) {
+                        out.push_str(&text);
                     }
                 }
                 self.next = total;
@@ -693,6 +829,31 @@ impl Reader {
             }
         }
     }
+}
+
+/// One event as the stream sends it (`id: <seq>` and `data:` for SSE, a line of NDJSON
+/// otherwise); `None` for an internal event the reader did not ask for.
+pub(crate) fn format_event(
+    seq: i64,
+    mut event: Value,
+    sse: bool,
+    include_internal: bool,
+    include_qualified_name: bool,
+) -> Option<String> {
+    let internal = event["types"]
+        .as_array()
+        .is_some_and(|t| t.iter().any(|t| t == "InternalDispatchEvent"));
+    if internal && !include_internal {
+        return None;
+    }
+    if !include_qualified_name {
+        event["qualified_name"] = Value::Null;
+    }
+    Some(if sse {
+        format!("id: {seq}\ndata: {event}\n\n")
+    } else {
+        format!("{event}\n")
+    })
 }
 
 /// The OpenAPI document of this API.

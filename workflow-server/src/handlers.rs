@@ -12,7 +12,10 @@ use tidewater::serve::{RunControl, ServedRun, envelope};
 use tidewater::{StreamItem, WorkflowError};
 use tokio::sync::watch;
 
-use crate::persist::{Persist, Row};
+use crate::persist::{End, NewHandler, Persistence, Row};
+
+/// The server's persistence, shared by its handlers.
+pub(crate) type Persist = Arc<dyn Persistence>;
 
 /// A handler's status, as on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +68,10 @@ pub(crate) struct Entry {
     /// `None` for a handler read back from the file after its run ended, and while its run is
     /// parked out of memory.
     control: Mutex<Option<RunControl>>,
-    persist: Option<Arc<Persist>>,
+    persist: Option<Persist>,
+    /// Writes its events to the persistence's log; not for a durable run of a shared
+    /// persistence, whose stream every server reads from the store's journal.
+    log_events: bool,
     /// Held while a parked run is brought back, so that two answers resume it once.
     pub(crate) revive: tokio::sync::Mutex<()>,
 }
@@ -99,7 +105,7 @@ impl Entry {
 
     fn push(&self, event: Value) {
         let mut state = self.lock();
-        if let Some(p) = &self.persist {
+        if let Some(p) = self.persist.as_ref().filter(|_| self.log_events) {
             p.append_event(&self.handler_id, state.events.len(), &event);
         }
         state.events.push(event);
@@ -115,15 +121,14 @@ impl Entry {
         state.error = error;
         state.result = result;
         if let Some(p) = &self.persist {
-            p.finish(
-                &self.handler_id,
-                status.as_str(),
-                state.error.as_deref(),
-                state.result.as_ref(),
-                &now,
-                state.events.len(),
-                &last,
-            );
+            p.finish(&End {
+                id: &self.handler_id,
+                status: status.as_str(),
+                error: state.error.as_deref(),
+                result: state.result.as_ref(),
+                at: &now,
+                last: self.log_events.then_some((state.events.len(), &last)),
+            });
         }
         state.updated_at = Some(now.clone());
         state.completed_at = Some(now);
@@ -238,7 +243,7 @@ impl Handlers {
         &self,
         row: Row,
         failure: Option<String>,
-        persist: Option<Arc<Persist>>,
+        persist: Option<Persist>,
     ) {
         let status = match row.status.as_str() {
             "completed" => Status::Completed,
@@ -259,15 +264,14 @@ impl Handlers {
                 );
                 let now = crate::time::now();
                 if let Some(p) = &persist {
-                    p.finish(
-                        &row.handler_id,
-                        "failed",
-                        Some(&reason),
-                        None,
-                        &now,
-                        events.len(),
-                        &last,
-                    );
+                    p.finish(&End {
+                        id: &row.handler_id,
+                        status: "failed",
+                        error: Some(&reason),
+                        result: None,
+                        at: &now,
+                        last: Some((events.len(), &last)),
+                    });
                 }
                 events.push(last);
                 tracing::error!(handler_id = %row.handler_id, %reason, "handler marked failed");
@@ -292,6 +296,7 @@ impl Handlers {
             changed: watch::channel(0).0,
             control: Mutex::new(None),
             persist,
+            log_events: true,
             revive: tokio::sync::Mutex::new(()),
         }));
     }
@@ -309,19 +314,22 @@ impl Handlers {
         run: ServedRun,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
         traceparent: Option<String>,
-        persist: Option<Arc<Persist>>,
-        resumed: Option<Row>,
+        persist: Option<Persist>,
+        origin: Origin,
     ) -> Arc<Entry> {
         let now = crate::time::now();
-        let (run_id, started_at, events) = match resumed {
-            Some(row) => (row.run_id, row.started_at, row.events.unwrap_or_default()),
-            None => {
-                let run_id = crate::time::handler_id();
-                if let Some(p) = &persist {
-                    p.insert_handler(&handler_id, &workflow_name, &run_id, &now);
-                }
-                (run_id, now.clone(), Vec::new())
-            }
+        let (run_id, started_at, events, log_events) = match origin {
+            Origin::Resumed(row) => (
+                row.run_id,
+                row.started_at,
+                row.events.unwrap_or_default(),
+                true,
+            ),
+            Origin::Started {
+                run_id,
+                started_at,
+                log_events,
+            } => (run_id, started_at, Vec::new(), log_events),
         };
         let entry = Arc::new(Entry {
             handler_id: handler_id.clone(),
@@ -340,12 +348,56 @@ impl Handlers {
             changed: watch::channel(0).0,
             control: Mutex::new(None),
             persist,
+            log_events,
             revive: tokio::sync::Mutex::new(()),
         });
         self.insert(entry.clone());
         drive(entry.clone(), run, permit, traceparent);
         entry
     }
+}
+
+/// Where a tracked run comes from.
+pub(crate) enum Origin {
+    /// Started now, its handler already recorded (see [`record`]).
+    Started {
+        run_id: String,
+        started_at: String,
+        log_events: bool,
+    },
+    /// Read back from the persistence and resumed.
+    Resumed(Box<Row>),
+}
+
+/// Records a new handler in the persistence (when there is one) before its run starts, and
+/// says how it is to be tracked; `None` when a handler with this id exists in the
+/// persistence (another server of a shared one made it).
+pub(crate) fn record(
+    persist: Option<&Persist>,
+    handler_id: &str,
+    workflow_name: &str,
+    durable: bool,
+) -> std::io::Result<Option<Origin>> {
+    let run_id = crate::time::handler_id();
+    let started_at = crate::time::now();
+    if let Some(p) = persist {
+        let fresh = p.insert_handler(&NewHandler {
+            id: handler_id,
+            workflow: workflow_name,
+            run_id: &run_id,
+            started_at: &started_at,
+            durable,
+        })?;
+        if !fresh {
+            return Ok(None);
+        }
+    }
+    let log_events = !(durable && persist.is_some_and(|p| p.shared()));
+    Ok(Some(Origin::Started {
+        run_id,
+        started_at,
+        log_events,
+    }))
 }
 
 /// Brings a parked handler's run back (resumed from the store with its answer): its events
@@ -499,7 +551,7 @@ fn error_chain(error: &WorkflowError) -> String {
     message
 }
 
-fn terminal(kind: &str, value: Value) -> Value {
+pub(crate) fn terminal(kind: &str, value: Value) -> Value {
     json!({
         "value": value,
         "qualified_name": format!("workflows.events.{kind}"),

@@ -34,6 +34,9 @@ mod graph;
 mod handlers;
 mod openapi;
 mod persist;
+#[cfg(feature = "postgres")]
+mod pg;
+mod shared;
 mod time;
 
 use std::collections::BTreeMap;
@@ -70,6 +73,8 @@ pub struct Server {
     heartbeat: Option<Duration>,
     page: Option<Router>,
     sqlite: Option<std::path::PathBuf>,
+    #[cfg(feature = "postgres")]
+    postgres: Option<(tidewater_pg::PgOptions, String)>,
     evict_after: Option<Duration>,
     shutdown_grace: Duration,
     run_span: Option<api::RunSpan>,
@@ -128,6 +133,8 @@ impl Server {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             page: None,
             sqlite: None,
+            #[cfg(feature = "postgres")]
+            postgres: None,
             run_span: None,
         }
     }
@@ -228,6 +235,40 @@ impl Server {
         self
     }
 
+    /// Keeps handlers and the runs' checkpoints in the PostgreSQL database at `conninfo` (a
+    /// libpq-style string, `host=127.0.0.1 port=5432 user=app dbname=runs`), shared with other
+    /// server processes (feature `postgres`). Every server on the database serves the same
+    /// handlers: any of them starts a run, answers or cancels any run, lists them all and
+    /// streams any run's events (read from the store's journal, by sequence number), wherever
+    /// the run executes; each also works the durable runs that need an owner (a run whose
+    /// server died, a parked run that was answered). See `docs/server.md`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> std::io::Result<()> {
+    /// tidewater_server::Server::new()
+    ///     .postgres("host=127.0.0.1 port=5432 user=postgres dbname=runs")
+    ///     .serve("127.0.0.1:8080")
+    ///     .await
+    /// # }
+    /// ```
+    #[cfg(feature = "postgres")]
+    pub fn postgres(self, conninfo: impl Into<String>) -> Server {
+        let conninfo = conninfo.into();
+        self.postgres_with(tidewater_pg::PgOptions::new(conninfo.clone()), conninfo)
+    }
+
+    /// [`postgres`](Server::postgres) with the store's options (its pool, its lease TTL); the
+    /// server's own connection uses `conninfo`.
+    #[cfg(feature = "postgres")]
+    pub fn postgres_with(
+        mut self,
+        options: tidewater_pg::PgOptions,
+        conninfo: impl Into<String>,
+    ) -> Server {
+        self.postgres = Some((options, conninfo.into()));
+        self
+    }
+
     /// With [`sqlite`](Server::sqlite): a run of a `#[workflow(durable)]` workflow that has
     /// waited this long for a human (parked on unanswered requests, nothing running) is saved
     /// to the file and leaves memory; the answer posted to `/events/{id}` brings it back, and
@@ -283,12 +324,24 @@ impl Server {
         self.build().map(|(router, _)| router)
     }
 
+    /// The persistence set: PostgreSQL (which wins), the SQLite file, or none.
+    fn open_persist(&self) -> std::io::Result<Option<handlers::Persist>> {
+        #[cfg(feature = "postgres")]
+        if let Some((options, conninfo)) = &self.postgres {
+            return Ok(Some(Arc::new(pg::PgPersist::open(
+                options.clone(),
+                conninfo,
+            )?)));
+        }
+        Ok(match &self.sqlite {
+            Some(path) => Some(Arc::new(persist::SqlitePersist::open(path)?)),
+            None => None,
+        })
+    }
+
     /// The router and the state its routes share.
     fn build(self) -> std::io::Result<(Router, api::AppState)> {
-        let persist = match &self.sqlite {
-            Some(path) => Some(Arc::new(persist::Persist::open(path)?)),
-            None => None,
-        };
+        let persist = self.open_persist()?;
         let state = Arc::new(api::Shared {
             workflows: self.workflows,
             handlers: handlers::Handlers::default(),
@@ -297,9 +350,15 @@ impl Server {
             evict_after: persist.as_ref().and(self.evict_after),
             persist,
             run_span: self.run_span,
+            workers: std::sync::Mutex::default(),
         });
-        if let Some(p) = &state.persist {
-            restore(&state, p)?;
+        match &state.persist {
+            Some(p) if p.shared() => {
+                let workers = shared::start_workers(&state, p);
+                *state.workers.lock().unwrap_or_else(|p| p.into_inner()) = workers;
+            }
+            Some(p) => restore(&state, p)?,
+            None => {}
         }
         let mut api = Router::new()
             .route("/workflows", get(api::list_workflows))
@@ -408,6 +467,22 @@ impl Server {
 /// The runs at a shutdown: durable runs on the SQLite file stop at their next quiet point and
 /// are saved; the others get `grace` to end and are cancelled after it.
 async fn wind_down(state: &api::Shared, grace: Duration) {
+    // A shared database's workers stop claiming and suspend the runs they took (saved for the
+    // other servers to take), within the grace; a run still in hand after it is given back
+    // when the process ends (its lease released, or run out).
+    let workers = std::mem::take(&mut *state.workers.lock().unwrap_or_else(|p| p.into_inner()));
+    let workers = async move {
+        let stopping = futures_util::future::join_all(workers.into_iter().map(|w| w.shutdown()));
+        if tokio::time::timeout(grace, stopping).await.is_err() {
+            tracing::warn!("workers still running runs after the grace: given back");
+        }
+    };
+    let handlers = wind_down_handlers(state, grace);
+    futures_util::future::join(workers, handlers).await;
+}
+
+/// [`wind_down`] for the runs of the server's handlers.
+async fn wind_down_handlers(state: &api::Shared, grace: Duration) {
     let running: Vec<_> = state
         .handlers
         .all()
@@ -460,7 +535,7 @@ async fn wind_down(state: &api::Shared, grace: Duration) {
 }
 
 /// Reads every stored handler back; resumes the running ones that can be.
-fn restore(state: &api::Shared, p: &Arc<persist::Persist>) -> std::io::Result<()> {
+fn restore(state: &api::Shared, p: &handlers::Persist) -> std::io::Result<()> {
     let mut resumed = 0;
     let mut ended = 0;
     for row in p.load()? {
@@ -480,15 +555,20 @@ fn restore(state: &api::Shared, p: &Arc<persist::Persist>) -> std::io::Result<()
                 row.workflow_name
             )),
             Some(_) if row.events.is_err() => row.events.as_ref().err().cloned(),
-            Some(wf) => match wf.resume_stored(&row.handler_id, p.store.clone(), state.evict_after)
-            {
+            Some(wf) => match wf.resume_stored(&row.handler_id, p.store(), state.evict_after) {
                 Ok(run) => {
                     resumed += 1;
                     let id = row.handler_id.clone();
                     let name = row.workflow_name.clone();
-                    state
-                        .handlers
-                        .track(id, name, run, None, None, Some(p.clone()), Some(row));
+                    state.handlers.track(
+                        id,
+                        name,
+                        run,
+                        None,
+                        None,
+                        Some(p.clone()),
+                        handlers::Origin::Resumed(Box::new(row)),
+                    );
                     continue;
                 }
                 Err(e) => Some(format!("the run cannot resume: {e}")),
