@@ -239,9 +239,15 @@ struct Executor<W: Workflow, F> {
     /// Armed while a durable run is parked on requests alone and evicts after an idle time
     /// (`Runner::evict_waiting_after`); disarmed by any activity.
     evict_timer: Option<Pin<Box<Sleep>>>,
-    /// Durable runs: the writes handed to the store's writer and not durable yet, in order.
-    /// No step is polled and nothing is answered until they are (group commit: the run's task
-    /// waits without holding its thread).
+    /// Durable runs: their writes in flight (boxed, made at the first one: a run that is not
+    /// durable pays one pointer for them).
+    writes: Option<Box<Writes<W::Output>>>,
+}
+
+/// A durable run's writes handed to the store's writer (group commit).
+struct Writes<O> {
+    /// Not durable yet, in order. No step is polled and nothing is answered until they are
+    /// (the run's task waits without holding its thread).
     commits: Vec<crate::commit::Ticket>,
     /// Steps waiting for what they recorded to be durable (`Context::once`, an answer taken by
     /// `wait_for`): let go once `commits` are.
@@ -252,7 +258,19 @@ struct Executor<W: Workflow, F> {
     /// longer holds its claim.
     releasing: bool,
     /// The run's result, held while its end is written.
-    ending: Option<Result<W::Output>>,
+    ending: Option<Result<O>>,
+}
+
+impl<O> Default for Writes<O> {
+    fn default() -> Self {
+        Writes {
+            commits: Vec::new(),
+            then: Vec::new(),
+            rows: Vec::new(),
+            releasing: false,
+            ending: None,
+        }
+    }
 }
 
 type Admission = Pin<
@@ -375,7 +393,7 @@ where
             && executor.shared.journal.is_some()
             && !executor.released
             && !executor.ended
-            && executor.ending.is_none()
+            && !executor.ending()
         {
             let error = match outcome {
                 Outcome::TimedOut(message) => format!("stopped by its parent: {message}"),
@@ -523,17 +541,13 @@ where
             released: false,
             attempt_failed: false,
             unsaved_input: false,
-            commits: Vec::new(),
-            then: Vec::new(),
-            rows: Vec::new(),
-            releasing: false,
-            ending: None,
+            writes: None,
             runner,
         }
     }
 
     fn poll(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<W::Output>> {
-        if self.ending.is_some() {
+        if self.ending() {
             return self.poll_end(cx);
         }
         if !self.begun {
@@ -702,7 +716,7 @@ where
         let mut budget = POLL_BUDGET;
         loop {
             // Durable runs: what the last steps did is acted on only once it is in the store.
-            if !self.commits.is_empty() || !self.then.is_empty() {
+            if self.writes_in_flight() {
                 match self.poll_commits(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
@@ -717,7 +731,7 @@ where
                 {
                     return Poll::Ready(Err(error));
                 }
-                if !self.commits.is_empty() && self.output.is_none() {
+                if self.writes_in_flight() && self.output.is_none() {
                     // An input was saved: no step acts on it before it is durable.
                     continue;
                 }
@@ -780,7 +794,7 @@ where
                 let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
                 return self.check_deadline(cx);
             }
-            if !self.commits.is_empty() || !self.then.is_empty() {
+            if self.writes_in_flight() {
                 // Writes in flight: wait for them first (their writer wakes the run).
                 continue;
             }
@@ -924,7 +938,7 @@ where
         // The checkpoint may have drained more requests: they are saved too. They go on once
         // the checkpoint is durable.
         waiting.append(&mut lock(&self.shared.flush_requests));
-        self.then.append(&mut waiting);
+        self.writes().then.append(&mut waiting);
         Ok(())
     }
 
@@ -1463,7 +1477,7 @@ where
         for (_, record) in mine {
             let seq = self.shared.stream_seq.fetch_add(1, Ordering::Relaxed) + 1;
             // Written with the next checkpoint (the one recording this completion), before it.
-            self.rows.push((seq, record));
+            self.writes().rows.push((seq, record));
         }
         Ok(())
     }
@@ -1875,9 +1889,11 @@ where
         output: Option<serde_json::Value>,
         error: Option<String>,
     ) -> Result<()> {
-        let Some(journal) = &self.shared.journal else {
+        if self.shared.journal.is_none() {
             return Ok(());
-        };
+        }
+        let events = std::mem::take(&mut self.writes().rows);
+        let journal = self.shared.journal.as_ref().expect("checked above");
         let record = RunRecord {
             status,
             snapshot,
@@ -1890,35 +1906,39 @@ where
         let ticket = journal.committer.submit(crate::commit::Job {
             key: journal.key.clone(),
             lease: journal.lease.clone(),
-            events: std::mem::take(&mut self.rows),
+            events,
             record: Some(record),
             release: false,
         });
-        self.commits.push(ticket);
+        let writes = self.writes();
+        writes.commits.push(ticket);
         // Any other status gives the run up, once it is durable.
-        self.releasing |= status != RunStatus::Running;
+        writes.releasing |= status != RunStatus::Running;
         Ok(())
     }
 
     /// Ready once every write handed to the store's writer is durable (then the steps waiting
     /// for their records go on), or with the first one's error.
     fn poll_commits(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
+        let Some(writes) = self.writes.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
         let mut failed = None;
-        while let Some(ticket) = self.commits.first() {
+        while let Some(ticket) = writes.commits.first() {
             let outcome = std::task::ready!(ticket.poll(cx));
-            self.commits.remove(0);
+            writes.commits.remove(0);
             if let Err(error) = outcome {
                 failed.get_or_insert(error);
             }
         }
         if let Some(error) = failed {
-            self.releasing = false;
+            writes.releasing = false;
             return Poll::Ready(Err(WorkflowError::Store(error)));
         }
-        if std::mem::take(&mut self.releasing) {
+        if std::mem::take(&mut writes.releasing) {
             self.released = true;
         }
-        for done in self.then.drain(..) {
+        for done in writes.then.drain(..) {
             let _ = done.send(());
         }
         Poll::Ready(Ok(()))
@@ -1927,20 +1947,40 @@ where
     /// Blocks until every write handed to the store's writer is durable (the few writes made
     /// outside the run's poll: a child stopped by its parent's end).
     fn wait_commits(&mut self) -> Result<()> {
+        let Some(writes) = self.writes.as_mut() else {
+            return Ok(());
+        };
         let mut failed = None;
-        for ticket in self.commits.drain(..) {
+        for ticket in writes.commits.drain(..) {
             if let Err(error) = ticket.wait() {
                 failed.get_or_insert(error);
             }
         }
         if let Some(error) = failed {
-            self.releasing = false;
+            writes.releasing = false;
             return Err(WorkflowError::Store(error));
         }
-        if std::mem::take(&mut self.releasing) {
+        if std::mem::take(&mut writes.releasing) {
             self.released = true;
         }
         Ok(())
+    }
+
+    /// The run's writes (made at the first one).
+    fn writes(&mut self) -> &mut Writes<W::Output> {
+        self.writes.get_or_insert_with(Box::default)
+    }
+
+    /// Writes handed to the store's writer are not durable yet, or steps wait for them.
+    fn writes_in_flight(&self) -> bool {
+        self.writes
+            .as_ref()
+            .is_some_and(|w| !w.commits.is_empty() || !w.then.is_empty())
+    }
+
+    /// The run's end is being written.
+    fn ending(&self) -> bool {
+        self.writes.as_ref().is_some_and(|w| w.ending.is_some())
     }
 
     /// What a cancelled run's record says of the attempts that had failed before the cancel
@@ -1972,7 +2012,11 @@ where
         cx: &mut TaskContext<'_>,
     ) -> Poll<Result<W::Output>> {
         let result = self.save_outcome(result);
-        self.ending = Some(result);
+        if self.writes.is_none() {
+            // Nothing written (a run that is not durable): it ends now.
+            return Poll::Ready(self.ended_with(result, Ok(())));
+        }
+        self.writes().ending = Some(result);
         self.poll_end(cx)
     }
 
@@ -1981,7 +2025,17 @@ where
     /// store does not know about.
     fn poll_end(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<W::Output>> {
         let saved = std::task::ready!(self.poll_commits(cx));
-        let mut result = self.ending.take().expect("a run ends once");
+        let result = self
+            .writes
+            .as_mut()
+            .and_then(|w| w.ending.take())
+            .expect("a run ends once");
+        Poll::Ready(self.ended_with(result, saved))
+    }
+
+    /// Ends the run with `result`, or with the error of its last writes (`saved`).
+    fn ended_with(&mut self, result: Result<W::Output>, saved: Result<()>) -> Result<W::Output> {
+        let mut result = result;
         if let Err(error) = saved {
             if !matches!(result, Err(WorkflowError::Store(_))) {
                 tracing::error!(%error, "could not journal the end of a durable run");
@@ -2003,7 +2057,7 @@ where
         let saved = !matches!(result, Err(WorkflowError::Store(_)));
         self.stop_children(&outcome, saved);
         self.shared.stream.end(outcome);
-        Poll::Ready(result)
+        result
     }
 
     /// Hands the outcome of a durable run to the store's writer (a record that cannot be made
