@@ -1497,7 +1497,7 @@ where
             }
         });
         let seq = self.shared.stream_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        self.rows.push((seq, record));
+        self.writes().rows.push((seq, record));
     }
 
     /// A step failed for good: hand it to the catch-error step while the budget lasts, or fail
