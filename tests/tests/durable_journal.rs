@@ -352,16 +352,20 @@ fn sends_are_not_repeated_by_a_resumed_sender(multi: bool) {
             .runner()
             .store(store.clone());
         let _run = runner.start_durable("k", PARTS).unwrap();
-        until("work 1 saved before it ran", DEADLINE, || {
-            store.load("k").unwrap().is_some_and(|record| {
-                let steps: Vec<&str> = record
-                    .snapshot
-                    .in_flight
-                    .iter()
-                    .map(|c| c.step.as_str())
-                    .collect();
-                steps == ["fan", "work"] && record.snapshot.in_flight[1].event.data["index"] == 1
-            })
+        // The checkpoint with `work 1` in flight commits before the step starts (its writer
+        // may be another thread): wait for both, so that the crash comes while it runs.
+        until("work 1 saved and running", DEADLINE, || {
+            read_log(&log).iter().any(|line| line == "work 1")
+                && store.load("k").unwrap().is_some_and(|record| {
+                    let steps: Vec<&str> = record
+                        .snapshot
+                        .in_flight
+                        .iter()
+                        .map(|c| c.step.as_str())
+                        .collect();
+                    steps == ["fan", "work"]
+                        && record.snapshot.in_flight[1].event.data["index"] == 1
+                })
         })
         .await;
     });
