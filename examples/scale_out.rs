@@ -1,12 +1,14 @@
 //! Scale-out on PostgreSQL: worker processes share one database, and the runs of a worker that
 //! dies finish on the others. `examples/scale_out.sh` runs the whole story (a private
-//! PostgreSQL, two workers, a batch of orders, one worker killed with `SIGKILL` mid-batch);
-//! this binary is each part of it:
+//! PostgreSQL, two workers, an API-only server, a batch of orders started over HTTP, one worker
+//! killed with `SIGKILL` mid-batch); this binary is each part of it:
 //!
 //! ```sh
 //! DB="host=127.0.0.1 port=5432 user=postgres dbname=runs"
 //! cargo run --example scale_out -- worker "$DB" worker-a &   # as many as you like
-//! cargo run --example scale_out -- enqueue "$DB" 20          # order-00 .. order-19
+//! cargo run --example scale_out -- serve "$DB" 8080 &        # starts go to the workers
+//! curl -s localhost:8080/workflows/orders/run-nowait -d '{"handler_id": "order-00", "start_event": 0}'
+//! cargo run --example scale_out -- enqueue "$DB" 20          # or straight into the queue
 //! cargo run --example scale_out -- watch "$DB" 20            # until all have finished
 //! ```
 //!
@@ -105,6 +107,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let ended = worker.shutdown().await?;
             println!("[{}] shut down after {ended} runs", arg(2));
         }
+        "serve" => {
+            // An API-only server on the same database: a start is enqueued for the workers,
+            // and the run is streamed, answered and reported from the database.
+            let port: u16 = arg(2).parse()?;
+            let server = tidewater_server::Server::new()
+                .serve_workflow("orders", Orders { name: "-".into() }.runner())
+                .postgres_with(
+                    PgOptions::new(arg(1)).lease_ttl(Duration::from_secs(3)),
+                    arg(1),
+                )
+                .api_only(true);
+            println!("[server] serving on http://127.0.0.1:{port}");
+            server.serve(("127.0.0.1", port)).await?;
+        }
         "enqueue" => {
             let runner = Orders { name: "-".into() }.runner().store(store(&arg(1)));
             let n: u32 = arg(2).parse()?;
@@ -140,7 +156,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         _ => {
             eprintln!(
-                "usage: scale_out worker <conninfo> <name> | enqueue <conninfo> <n> | watch <conninfo> <n>"
+                "usage: scale_out worker <conninfo> <name> | serve <conninfo> <port> | enqueue <conninfo> <n> | watch <conninfo> <n>"
             );
             std::process::exit(2);
         }

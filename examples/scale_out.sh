@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Scale-out on PostgreSQL, end to end (docs/scale-out.md): starts a private PostgreSQL (Debian's
-# initdb/pg_ctl, in a temp dir, 127.0.0.1 only), two worker processes, enqueues a batch of 20
-# orders, kills worker A with SIGKILL in the middle, and shows every order finishing, A's
-# unfinished ones on worker B.
+# initdb/pg_ctl, in a temp dir, 127.0.0.1 only), two worker processes and an API-only server,
+# starts a batch of 20 orders through the server's HTTP API (the server enqueues them; the
+# workers run them), kills worker A with SIGKILL in the middle, and shows every order
+# finishing, A's unfinished ones on worker B, and the server reporting all 20 completed.
 #
 # usage: examples/scale_out.sh        (as root, the server runs as `postgres`)
 set -euo pipefail
@@ -37,7 +38,19 @@ ex="${CARGO_TARGET_DIR:-$root/target}/debug/examples/scale_out"
 echo "== two workers"
 "$ex" worker "$db" worker-a > "$dir/a.log" & pids+=($!); a=$!
 "$ex" worker "$db" worker-b > "$dir/b.log" & pids+=($!)
-"$ex" enqueue "$db" 20
+
+echo "== an API-only server (it runs nothing: starts are enqueued for the workers)"
+http_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+api="http://127.0.0.1:$http_port"
+"$ex" serve "$db" "$http_port" > "$dir/server.log" 2>&1 & pids+=($!)
+for _ in $(seq 1 300); do curl -sf "$api/health" >/dev/null && break; sleep 0.05; done
+curl -sf "$api/health" >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
+echo "== 20 orders started through the server's HTTP API"
+for order in $(seq 0 19); do
+  id="$(printf 'order-%02d' "$order")"
+  curl -sf "$api/workflows/orders/run-nowait" -H 'content-type: application/json' \
+    -d "{\"handler_id\": \"$id\", \"start_event\": $order}" >/dev/null
+done
 
 # Let the batch get going, then kill worker A in the middle of its runs: once it has shipped
 # an order and is in the middle of a payment.
@@ -66,3 +79,14 @@ for key in $(grep -o 'order-[0-9]*' "$dir/a.log" | sort -u); do
   fi
 done
 [ "$(grep -c 'shipped by' "$dir/watch.log")" = 20 ] && echo "== all 20 orders finished"
+echo "== the server's view (GET /handlers), which ran none of them"
+curl -sf "$api/handlers" | python3 -c '
+import collections, json, sys
+handlers = json.load(sys.stdin)["handlers"]
+print(dict(collections.Counter(h["status"] for h in handlers)), "of", len(handlers), "handlers")
+done = [h for h in handlers if h["status"] == "completed"]
+if done:
+    h = sorted(done, key=lambda h: h["handler_id"])[0]
+    print(h["handler_id"], "->", h["result"]["value"]["result"])
+'
+[ "$(curl -sf "$api/handlers?status=completed" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["handlers"]))')" = 20 ]

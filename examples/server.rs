@@ -223,9 +223,8 @@ async fn main() -> std::io::Result<()> {
     if let Ok(token) = std::env::var("AUTH_TOKEN") {
         server = server.auth_token(token);
     }
-    // With `--features postgres`: handlers (and durable runs) in the PostgreSQL database at
-    // this libpq connection string, shared with any other server started on it.
-    #[cfg(feature = "postgres")]
+    // `POSTGRES=<conninfo>`: handlers (and durable runs) in the PostgreSQL database at this
+    // libpq connection string, shared with any other server started on it.
     if let Ok(conninfo) = std::env::var("POSTGRES") {
         server = server.postgres(conninfo);
     }

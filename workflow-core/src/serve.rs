@@ -161,6 +161,18 @@ pub trait ServedWorkflow: Send + Sync + 'static {
         evict_after: Option<Duration>,
         max_runs: usize,
     ) -> Result<crate::Worker, WorkflowError>;
+    /// Validates `input` as the start event's payload and records the durable run `key` in
+    /// `store` for a worker to take ([`Runner::enqueue`]): nothing runs here.
+    ///
+    /// # Errors
+    /// [`StartError::Invalid`] for a bad payload; [`StartError::Failed`] when the workflow is
+    /// not durable or the store refuses (a run with this key has not ended).
+    fn enqueue_stored(
+        &self,
+        key: &str,
+        input: Value,
+        store: Arc<dyn Store>,
+    ) -> Result<(), StartError>;
 
     /// Decodes the event named `kind` from `value`, as [`RunControl::send_json`] would, and
     /// encodes it as a durable run's journal and inbox keep it (a store's
@@ -458,6 +470,17 @@ where
         max_runs: usize,
     ) -> Result<crate::Worker, WorkflowError> {
         self.stored(store, evict_after).work(max_runs)
+    }
+
+    fn enqueue_stored(
+        &self,
+        key: &str,
+        input: Value,
+        store: Arc<dyn Store>,
+    ) -> Result<(), StartError> {
+        let input = decode_input::<W>(input)?;
+        self.stored(store, None).enqueue(key, input)?;
+        Ok(())
     }
 
     fn encode_event(

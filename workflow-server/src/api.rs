@@ -30,6 +30,25 @@ pub(crate) struct Shared {
     pub(crate) run_span: Option<RunSpan>,
     /// On a shared persistence: the workers that claim the durable runs needing an owner.
     pub(crate) workers: std::sync::Mutex<Vec<tidewater::Worker>>,
+    /// `Server::api_only`: durable starts are enqueued for the workers, none run here.
+    pub(crate) api_only: bool,
+}
+
+/// Where a started run went.
+pub(crate) enum Started {
+    /// It runs in this process.
+    Here(Arc<Entry>),
+    /// It was enqueued in the shared database for a worker (`Server::api_only`): its handler id.
+    Queued(String),
+}
+
+impl Started {
+    fn handler_id(&self) -> &str {
+        match self {
+            Started::Here(entry) => &entry.handler_id,
+            Started::Queued(id) => id,
+        }
+    }
 }
 
 /// Makes the span a run starts in, from the workflow's name and the request's `traceparent`.
@@ -161,7 +180,7 @@ fn start(
     name: &str,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<Arc<Entry>, ApiError> {
+) -> Result<Started, ApiError> {
     let wf = workflow(state, name)?;
     let body = json_body(body, "Invalid JSON body")?;
     let Some(body) = body.as_object() else {
@@ -203,6 +222,12 @@ fn start(
             .cloned(),
     )
     .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    if state.api_only
+        && wf.durable()
+        && let Some(p) = shared_persist(state)
+    {
+        return enqueue(p, &*wf, name, handler_id, input);
+    }
     let permit = run_permit(state)?;
     let invalid = |e: tidewater::serve::InvalidEvent| {
         ApiError::new(
@@ -252,7 +277,7 @@ fn start(
             return Err(e);
         }
     };
-    Ok(state.handlers.track(
+    Ok(Started::Here(state.handlers.track(
         handler_id,
         name.to_string(),
         run,
@@ -260,7 +285,46 @@ fn start(
         traceparent(headers),
         state.persist.clone(),
         origin,
-    ))
+    )))
+}
+
+/// A start on an API-only server: the handler recorded, the run enqueued for the workers.
+fn enqueue(
+    p: &Persist,
+    wf: &dyn ServedWorkflow,
+    name: &str,
+    handler_id: String,
+    input: Value,
+) -> Result<Started, ApiError> {
+    crate::handlers::record(Some(p), &handler_id, name, true)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("Initial persistence failed: {e}"),
+            )
+        })?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                format!("Handler '{handler_id}' already exists"),
+            )
+        })?;
+    match wf.enqueue_stored(&handler_id, input, p.store()) {
+        Ok(()) => Ok(Started::Queued(handler_id)),
+        Err(e) => {
+            p.delete(&handler_id);
+            Err(match e {
+                tidewater::serve::StartError::Invalid(e) => ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("Validation error for 'start_event': {e}"),
+                ),
+                e => ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("Initial persistence failed: {e}"),
+                ),
+            })
+        }
+    }
 }
 
 /// Python's events keep their free-form fields under `_data` (`StartEvent(topic="x")` dumps
@@ -309,13 +373,14 @@ pub(crate) async fn run(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let entry = start(&state, &name, &headers, &body)?;
-    let data = match shared_persist(&state) {
-        Some(p) => crate::shared::wait_ended(&state, p, &entry.handler_id, None).await?,
-        None => {
+    let started = start(&state, &name, &headers, &body)?;
+    let data = match (shared_persist(&state), &started) {
+        (Some(p), _) => crate::shared::wait_ended(&state, p, started.handler_id(), None).await?,
+        (None, Started::Here(entry)) => {
             entry.ended().await;
             entry.data()
         }
+        (None, Started::Queued(_)) => unreachable!("a run is enqueued only on a shared database"),
     };
     let status = if data["status"] == "completed" {
         StatusCode::OK
@@ -331,13 +396,14 @@ pub(crate) async fn run_nowait(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let entry = start(&state, &name, &headers, &body)?;
-    let data = match shared_persist(&state) {
-        Some(p) => {
-            let (row, seen) = crate::shared::handler(p, &entry.handler_id)?;
+    let started = start(&state, &name, &headers, &body)?;
+    let data = match (shared_persist(&state), &started) {
+        (Some(p), _) => {
+            let (row, seen) = crate::shared::handler(p, started.handler_id())?;
             crate::shared::data(&row, &seen)
         }
-        None => entry.data(),
+        (None, Started::Here(entry)) => entry.data(),
+        (None, Started::Queued(_)) => unreachable!("a run is enqueued only on a shared database"),
     };
     Ok(Json(data).into_response())
 }

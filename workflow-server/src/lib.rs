@@ -78,6 +78,7 @@ pub struct Server {
     evict_after: Option<Duration>,
     shutdown_grace: Duration,
     run_span: Option<api::RunSpan>,
+    api_only: bool,
 }
 
 impl std::fmt::Debug for Server {
@@ -131,6 +132,7 @@ impl Server {
             heartbeat: Some(Duration::from_secs(25)),
             evict_after: Some(DEFAULT_EVICT_AFTER),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            api_only: false,
             page: None,
             sqlite: None,
             #[cfg(feature = "postgres")]
@@ -269,6 +271,27 @@ impl Server {
         self
     }
 
+    /// With [`postgres`](Server::postgres): this server runs no durable workflow itself. A
+    /// start (`/workflows/{name}/run` or `run-nowait`) of a `#[workflow(durable)]` workflow is
+    /// recorded and enqueued for the workers (processes running `Runner::work` on the same
+    /// database, or other servers), and no worker runs here; answers and cancels reach the runs
+    /// through their inboxes, and streams, results and listings are read from the database as
+    /// for any run on a shared database. Runs of workflows that are not durable still run
+    /// here. Without a shared database the setting does nothing.
+    ///
+    /// ```
+    /// # #[cfg(feature = "postgres")] {
+    /// let api = tidewater_server::Server::new()
+    ///     .postgres("host=127.0.0.1 port=5432 user=postgres dbname=runs")
+    ///     .api_only(true);
+    /// # let _ = api;
+    /// # }
+    /// ```
+    pub fn api_only(mut self, api_only: bool) -> Server {
+        self.api_only = api_only;
+        self
+    }
+
     /// With [`sqlite`](Server::sqlite): a run of a `#[workflow(durable)]` workflow that has
     /// waited this long for a human (parked on unanswered requests, nothing running) is saved
     /// to the file and leaves memory; the answer posted to `/events/{id}` brings it back, and
@@ -351,8 +374,10 @@ impl Server {
             persist,
             run_span: self.run_span,
             workers: std::sync::Mutex::default(),
+            api_only: self.api_only,
         });
         match &state.persist {
+            Some(p) if p.shared() && state.api_only => {}
             Some(p) if p.shared() => {
                 let workers = shared::start_workers(&state, p);
                 *state.workers.lock().unwrap_or_else(|p| p.into_inner()) = workers;

@@ -495,3 +495,85 @@ fn two_servers_in_one_process_on_a_current_thread_runtime() {
         );
     });
 }
+
+/// An API-only server (`Server::api_only`) runs nothing itself: a start is recorded and
+/// enqueued, and it waits in the database until a worker (`Runner::work` on the same database)
+/// takes it; the server streams the run, takes its answers and reports its end, all through
+/// the database.
+#[test]
+fn an_api_only_server_leaves_its_runs_to_the_workers() {
+    use tidewater::store::{RunStatus, Store};
+    let db = pg::PgServer::start("api-only");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let api = common::spawn(
+            tidewater_server::Server::new()
+                .serve_workflow("panel", Panel.runner())
+                .postgres(db.conninfo())
+                .api_only(true),
+        )
+        .await;
+        start(api, "panel", "vote-6", "ship it").await;
+
+        // Nothing runs it yet: the start event is still queued, and no process holds the run.
+        let store = std::sync::Arc::new(tidewater_pg::PgStore::connect(&db.conninfo()).unwrap());
+        let queued = Instant::now();
+        while queued.elapsed() < Duration::from_millis(500) {
+            let record = store
+                .load("vote-6")
+                .unwrap()
+                .expect("the run is in the store");
+            assert_eq!(record.status, RunStatus::Running);
+            assert!(
+                record.snapshot.in_flight.is_empty(),
+                "{:?}",
+                record.snapshot
+            );
+            assert_eq!(record.snapshot.queued.len(), 1, "{:?}", record.snapshot);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            handler_ids(api).await,
+            [("vote-6".to_string(), "running".to_string())]
+        );
+
+        // A worker takes it; the API server streams it and takes the answers.
+        let worker = Panel.runner().store(store.clone()).work(4).unwrap();
+        let (_, mut events) = Sse::open(api, "/events/vote-6?after_sequence=-1", &[]).await;
+        for juror in 0..2 {
+            let (seq, review) = next_event(&mut events).await;
+            assert_eq!((seq, review["type"].as_str()), (juror, Some("Review")));
+        }
+        for juror in ["juror-1", "juror-2"] {
+            let sent = post(api, "/events/vote-6", &verdict(juror == "juror-1", juror)).await;
+            assert_eq!(sent.status, 200, "{}", sent.body);
+        }
+        let rest = tokio::time::timeout(Duration::from_secs(20), events.events())
+            .await
+            .expect("the stream ends");
+        assert_eq!(ids_and_types(&rest), [(2, "StopEvent".to_string())]);
+        let done = wait_ended(api, "vote-6").await;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(done["result"]["value"]["result"], 1, "{done}");
+        assert_eq!(
+            store.load("vote-6").unwrap().unwrap().status,
+            RunStatus::Finished
+        );
+
+        // A bad start is refused before anything is recorded.
+        let bad = post(
+            api,
+            "/workflows/panel/run-nowait",
+            &json!({ "handler_id": "vote-7", "start_event": 7 }).to_string(),
+        )
+        .await;
+        assert_eq!(bad.status, 400, "{}", bad.body);
+        assert!(store.load("vote-7").unwrap().is_none());
+        assert_eq!(get(api, "/handlers/vote-7").await.status, 404);
+        assert_eq!(worker.stop().await.unwrap(), 1);
+    });
+}
