@@ -847,34 +847,7 @@ impl Store for PgStore {
     }
 
     fn events(&self, key: &str) -> Result<Vec<(u64, EventRecord)>, StoreError> {
-        let k = key.to_string();
-        let rows: Vec<(i64, String)> = self.call(move |connection| {
-            connection.run(&format!("cannot read the events of run `{k}`"), |client| {
-                Ok(client
-                    .query(
-                        "SELECT seq, event FROM tidewater_events WHERE key = $1 ORDER BY seq",
-                        &[&k],
-                    )?
-                    .into_iter()
-                    .map(|row| (row.get(0), row.get(1)))
-                    .collect())
-            })
-        })?;
-        rows.into_iter()
-            .map(|(seq, text)| {
-                // Numbers start at 1: anything else is a row this store never wrote.
-                let seq = u64::try_from(seq)
-                    .ok()
-                    .filter(|&seq| seq > 0)
-                    .ok_or_else(|| {
-                        StoreError::new(format!("run `{key}` has an impossible event number {seq}"))
-                    })?;
-                Ok((
-                    seq,
-                    from_json(&text, &format!("event {seq} of run `{key}`"))?,
-                ))
-            })
-            .collect()
+        self.events_from(key, i64::MIN)
     }
 
     fn keys(&self, status: RunStatus) -> Result<Vec<String>, StoreError> {
@@ -979,25 +952,16 @@ impl Store for PgStore {
     }
 
     fn inbox(&self, key: &str, after: u64) -> Result<Vec<(u64, Message)>, StoreError> {
-        let k = key.to_string();
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let rows: Vec<(i64, String)> = self.call(move |connection| {
-            connection.run(&format!("cannot read the inbox of run `{k}`"), |client| {
-                Ok(client
-                    .query(
-                        "SELECT seq, message FROM tidewater_inbox WHERE key = $1 AND seq > $2
-                         ORDER BY seq",
-                        &[&k, &after],
-                    )?
-                    .into_iter()
-                    .map(|row| (row.get(0), row.get(1)))
-                    .collect())
-            })
-        })?;
+        let rows = self.rows_after(
+            "SELECT seq, message FROM tidewater_inbox WHERE key = $1 AND seq > $2 ORDER BY seq",
+            "message",
+            key,
+            i64::try_from(after).unwrap_or(i64::MAX),
+        )?;
         rows.into_iter()
             .map(|(seq, text)| {
                 Ok((
-                    seq as u64,
+                    seq,
                     from_json(&text, &format!("message {seq} of run `{key}`"))?,
                 ))
             })
