@@ -343,9 +343,24 @@ async fn a_parked_run_is_evicted_after_its_idle_time_current_thread() {
     }
     assert_eq!(soon.await.unwrap(), "published");
 
-    // Left waiting: still in memory just before the idle time, gone at it.
+    // Left waiting: still in memory just before the idle time, gone at it. The checkpoints go
+    // through the store's writer thread, which paused time does not wait for: spin without
+    // letting the clock run (yielding keeps the runtime busy) until the run is parked in the
+    // store, so that its idle time is counted from here.
     let late = runner.start_durable("late", "b".into()).unwrap();
     let late = tokio::spawn(late);
+    let spinning = std::time::Instant::now();
+    while !store
+        .load("late")
+        .unwrap()
+        .is_some_and(|record| !record.snapshot.pending_requests.is_empty())
+    {
+        assert!(
+            spinning.elapsed() < std::time::Duration::from_secs(10),
+            "the run never parked"
+        );
+        tokio::task::yield_now().await;
+    }
     tokio::time::sleep(Duration::from_millis(99)).await;
     assert!(!late.is_finished(), "evicted before its idle time");
     assert_eq!(
