@@ -51,10 +51,13 @@ CREATE TABLE IF NOT EXISTS events (
 /// A [`Store`] in an embedded SQLite database: one file, no server to start. SQLite is
 /// compiled into the crate, so no system library is needed.
 ///
-/// Two tables: `runs (key, status, record, updated, owner_id, owner, epoch)` holds each run's
-/// last checkpoint as JSON and who owns it (see [`Store`]'s ownership rules: every write is
-/// conditional on the owner's epoch, in the same statement), `events (key, seq, event)` the
+/// Three tables: `runs (key, status, record, updated, owner_id, owner, epoch, workflow,
+/// inbox_last, inbox_read, has_work)` holds each run's last checkpoint as JSON, who owns it
+/// (see [`Store`]'s ownership rules: every write is conditional on the owner's epoch, in the
+/// same statement) and what the run queue needs to know ([`Store::claim`]); `inbox (key, seq,
+/// id, message)` the messages posted to it ([`Store::post`]); `events (key, seq, event)` the
 /// events it wrote to its stream. A run started and not yet checkpointed has an empty record.
+/// A file made by an older version gains the missing columns when it is opened.
 ///
 /// The database runs in WAL mode with `synchronous = NORMAL`, and every write that must be
 /// durable syncs the log itself (`fdatasync`) after its commit, outside the connection's lock:
@@ -230,42 +233,39 @@ impl SqliteStore {
         connection
             .execute_batch(SCHEMA)
             .map_err(|e| fail("cannot create the tables of", e))?;
-        // Files made before runs had owners: add the columns.
-        let has_owner: bool = connection
-            .query_row(
-                "SELECT count(*) FROM pragma_table_info('runs') WHERE name = 'epoch'",
-                [],
-                |row| row.get::<_, i64>(0),
-            )
-            .map(|n| n > 0)
-            .map_err(|e| fail("cannot read the tables of", e))?;
-        if !has_owner {
-            connection
-                .execute_batch(
-                    "ALTER TABLE runs ADD COLUMN owner_id TEXT;
-                     ALTER TABLE runs ADD COLUMN owner TEXT;
-                     ALTER TABLE runs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;",
+        // Files made before runs had owners, and before inboxes and the run queue: add the
+        // columns they lack.
+        let migrations = [
+            (
+                "epoch",
+                "owner",
+                "ALTER TABLE runs ADD COLUMN owner_id TEXT;
+                 ALTER TABLE runs ADD COLUMN owner TEXT;
+                 ALTER TABLE runs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;",
+            ),
+            (
+                "inbox_last",
+                "queue",
+                "ALTER TABLE runs ADD COLUMN workflow TEXT;
+                 ALTER TABLE runs ADD COLUMN inbox_last INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE runs ADD COLUMN inbox_read INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE runs ADD COLUMN has_work INTEGER NOT NULL DEFAULT 0;",
+            ),
+        ];
+        for (probe, what, sql) in migrations {
+            let present: bool = connection
+                .query_row(
+                    "SELECT count(*) FROM pragma_table_info('runs') WHERE name = ?1",
+                    [probe],
+                    |row| row.get::<_, i64>(0),
                 )
-                .map_err(|e| fail("cannot add the owner columns to", e))?;
-        }
-        // Files made before inboxes and the run queue: add their columns.
-        let has_queue: bool = connection
-            .query_row(
-                "SELECT count(*) FROM pragma_table_info('runs') WHERE name = 'inbox_last'",
-                [],
-                |row| row.get::<_, i64>(0),
-            )
-            .map(|n| n > 0)
-            .map_err(|e| fail("cannot read the tables of", e))?;
-        if !has_queue {
-            connection
-                .execute_batch(
-                    "ALTER TABLE runs ADD COLUMN workflow TEXT;
-                     ALTER TABLE runs ADD COLUMN inbox_last INTEGER NOT NULL DEFAULT 0;
-                     ALTER TABLE runs ADD COLUMN inbox_read INTEGER NOT NULL DEFAULT 0;
-                     ALTER TABLE runs ADD COLUMN has_work INTEGER NOT NULL DEFAULT 0;",
-                )
-                .map_err(|e| fail("cannot add the queue columns to", e))?;
+                .map(|n| n > 0)
+                .map_err(|e| fail("cannot read the tables of", e))?;
+            if !present {
+                connection
+                    .execute_batch(sql)
+                    .map_err(|e| fail(&format!("cannot add the {what} columns to"), e))?;
+            }
         }
         connection
             .execute_batch(
@@ -919,6 +919,65 @@ mod tests {
         // NORMAL: a commit does not sync the log; every durable write syncs it after its
         // commit (`sync_log`), once for a whole batch.
         assert_eq!(synchronous, 1, "NORMAL");
+    }
+
+    #[test]
+    fn a_file_made_before_owners_and_inboxes_gains_their_columns_and_keeps_its_runs() {
+        let dir = TempDir::new("migrate");
+        let path = dir.0.join("old.db");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE runs (key TEXT PRIMARY KEY NOT NULL, status TEXT NOT NULL,
+                     record TEXT NOT NULL, updated INTEGER NOT NULL);
+                 CREATE TABLE events (key TEXT NOT NULL, seq INTEGER NOT NULL,
+                     event TEXT NOT NULL, PRIMARY KEY (key, seq)) WITHOUT ROWID;",
+            )
+            .unwrap();
+            let text = serde_json::to_string(&record(RunStatus::Waiting, 2, 1)).unwrap();
+            old.execute(
+                "INSERT INTO runs (key, status, record, updated) VALUES ('a', 'waiting', ?1, 0)",
+                [text],
+            )
+            .unwrap();
+        }
+        for _ in 0..2 {
+            // The second open finds the columns there and adds nothing.
+            let store = SqliteStore::open(&path).unwrap();
+            let columns: Vec<String> = lock(&store.connection)
+                .prepare("SELECT name FROM pragma_table_info('runs') ORDER BY cid")
+                .unwrap()
+                .query_map([], |row| row.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(
+                columns,
+                [
+                    "key",
+                    "status",
+                    "record",
+                    "updated",
+                    "owner_id",
+                    "owner",
+                    "epoch",
+                    "workflow",
+                    "inbox_last",
+                    "inbox_read",
+                    "has_work"
+                ]
+            );
+            assert_eq!(
+                store.load("a").unwrap(),
+                Some(record(RunStatus::Waiting, 2, 1))
+            );
+        }
+        // The old run can be resumed (taken, epoch 1) like any other.
+        let store = SqliteStore::open(&path).unwrap();
+        let lease = store
+            .acquire("a", &Owner::this_process(), Claim::Resume)
+            .unwrap();
+        assert_eq!(lease.epoch, 1);
     }
 
     #[test]
