@@ -1,7 +1,10 @@
 //! Events: the typed values that flow between steps.
 
 use std::any::{Any, TypeId};
+use std::cell::UnsafeCell;
 use std::fmt;
+use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
 
 /// A value that flows between the steps of a workflow.
@@ -302,6 +305,10 @@ pub enum Either<L, R> {
 
 /// A type-erased event, as it travels inside the executor and on the stream.
 ///
+/// An event of up to [`DynEvent::INLINE_BYTES`] bytes (and alignment up to a pointer's) is
+/// stored inside the `DynEvent` itself, so erasing it and taking it back allocate nothing; a
+/// larger one is boxed. Either way the type is checked by its `TypeId`.
+///
 /// ```
 /// use tidewater::prelude::*;
 /// use tidewater::DynEvent;
@@ -314,88 +321,208 @@ pub enum Either<L, R> {
 /// assert_eq!(ev.downcast_ref::<Progress>(), Some(&Progress(3)));
 /// assert_eq!(ev.downcast::<Progress>().ok(), Some(Progress(3)));
 /// ```
-pub struct DynEvent(Box<dyn ErasedEvent>);
-
-/// The object-safe face of [`Event`].
-trait ErasedEvent: Any + Send {
-    fn meta(&self) -> EventMeta;
-    fn clone_box(&self) -> Box<dyn ErasedEvent>;
-    fn as_any(&self) -> &dyn Any;
-    fn as_any_box(self: Box<Self>) -> Box<dyn Any>;
-    fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
-    fn to_json(&self) -> Option<Result<serde_json::Value, String>>;
-    fn answered_by(&self, response: &dyn Any) -> bool;
+pub struct DynEvent {
+    /// What the stored value is, and how to drop, clone, show and downcast it.
+    vtable: &'static VTable,
+    /// The value itself when its type fits ([`Erased::INLINE`]), otherwise the `*mut E` of its
+    /// box (from `Box::into_raw`). In an `UnsafeCell` because a `&DynEvent` hands out `&E`,
+    /// and `E` may have interior mutability (a `Cell`).
+    slot: UnsafeCell<MaybeUninit<Slot>>,
+    /// Auto traits as for the `Box<dyn Any + Send>` this replaces: `Send` (every event is
+    /// `Send`), neither `Sync` nor unwind-safe.
+    _owns: PhantomData<Box<dyn Any + Send>>,
 }
 
-impl<E: Event> ErasedEvent for E {
-    fn meta(&self) -> EventMeta {
-        EventMeta::of::<E>()
+/// The inline storage of a [`DynEvent`]: two words, aligned as a pointer. Two, not three:
+/// every event held by a run (in its queues, its calls, a parked step's future) pays for the
+/// slot, and a third word costs a parked run about 56 bytes more for the events of 17 to 24
+/// bytes (a `String`) that it would keep out of a box.
+type Slot = [usize; 2];
+
+/// The per-type operations of a [`DynEvent`], one constant per event type.
+struct VTable {
+    type_id: TypeId,
+    meta: EventMeta,
+    /// Drops the value in the slot (or its box).
+    drop: unsafe fn(*mut Slot),
+    /// The value in the slot (or in its box), as `&dyn Any`; the lifetime is the slot's.
+    as_any: unsafe fn(*const Slot) -> *const dyn Any,
+    clone: unsafe fn(*const Slot) -> DynEvent,
+    debug: unsafe fn(*const Slot, &mut fmt::Formatter<'_>) -> fmt::Result,
+    to_json: unsafe fn(*const Slot) -> Option<Result<serde_json::Value, String>>,
+    answered_by: unsafe fn(*const Slot, &dyn Any) -> bool,
+}
+
+/// The [`VTable`] of events of type `E`, and how an `E` sits in a slot.
+///
+/// Every function taking a slot requires that it holds a live `E` put there by
+/// [`DynEvent::new::<E>`] (which is what a `DynEvent` whose vtable is `Erased::<E>::VTABLE`
+/// guarantees) and, for `drop` and `take`, that the value is not used again.
+struct Erased<E>(PhantomData<E>);
+
+impl<E: Event> Erased<E> {
+    /// `E` fits in the slot: no larger and no more aligned than it.
+    const INLINE: bool = std::mem::size_of::<E>() <= std::mem::size_of::<Slot>()
+        && std::mem::align_of::<E>() <= std::mem::align_of::<Slot>();
+
+    const VTABLE: VTable = VTable {
+        type_id: TypeId::of::<E>(),
+        meta: EventMeta::of::<E>(),
+        drop: Self::drop,
+        as_any: Self::as_any,
+        clone: Self::clone,
+        debug: Self::debug,
+        to_json: Self::to_json,
+        answered_by: Self::answered_by,
+    };
+
+    /// Moves `event` into `slot`: in place when it fits, else boxed.
+    fn put(event: E) -> MaybeUninit<Slot> {
+        let mut slot = MaybeUninit::<Slot>::uninit();
+        let at = slot.as_mut_ptr();
+        if Self::INLINE {
+            // SAFETY: `INLINE` says an `E` fits in `Slot` and needs no stricter alignment,
+            // so `at` is valid and aligned for one `E` (a zero-sized one included).
+            unsafe { at.cast::<E>().write(event) };
+        } else {
+            // SAFETY: `Slot` is larger than a pointer and aligned as one.
+            unsafe { at.cast::<*mut E>().write(Box::into_raw(Box::new(event))) };
+        }
+        slot
     }
-    fn clone_box(&self) -> Box<dyn ErasedEvent> {
-        Box::new(self.clone())
+
+    /// Where the `E` held in `slot` is.
+    ///
+    /// # Safety
+    /// `slot` holds an `E` (see the type's doc).
+    unsafe fn ptr(slot: *const Slot) -> *const E {
+        if Self::INLINE {
+            slot.cast::<E>()
+        } else {
+            // SAFETY: the caller's; a boxed `E` left its pointer in the slot.
+            unsafe { slot.cast::<*const E>().read() }
+        }
     }
-    fn as_any(&self) -> &dyn Any {
-        self
+
+    /// Moves the `E` out of `slot` (and frees its box).
+    ///
+    /// # Safety
+    /// `slot` holds an `E`, and nothing uses or drops it afterwards.
+    unsafe fn take(slot: *mut Slot) -> E {
+        if Self::INLINE {
+            // SAFETY: the caller's: a live, aligned `E`, read once.
+            unsafe { slot.cast::<E>().read() }
+        } else {
+            // SAFETY: the caller's: the pointer came from `Box::into_raw` and is freed once.
+            unsafe { *Box::from_raw(slot.cast::<*mut E>().read()) }
+        }
     }
-    fn as_any_box(self: Box<Self>) -> Box<dyn Any> {
-        self
+
+    unsafe fn drop(slot: *mut Slot) {
+        if Self::INLINE {
+            // SAFETY: the caller's: a live, aligned `E`, dropped once.
+            unsafe { std::ptr::drop_in_place(slot.cast::<E>()) }
+        } else {
+            // SAFETY: the caller's: the pointer came from `Box::into_raw` and is freed once.
+            drop(unsafe { Box::from_raw(slot.cast::<*mut E>().read()) })
+        }
     }
-    fn debug(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
+
+    unsafe fn as_any(slot: *const Slot) -> *const dyn Any {
+        // SAFETY: the caller's.
+        unsafe { Self::ptr(slot) as *const dyn Any }
     }
-    fn to_json(&self) -> Option<Result<serde_json::Value, String>> {
-        self.__to_json()
+
+    unsafe fn clone(slot: *const Slot) -> DynEvent {
+        // SAFETY: the caller's: a live `E`, borrowed for the call.
+        DynEvent::new(unsafe { &*Self::ptr(slot) }.clone())
     }
-    fn answered_by(&self, response: &dyn Any) -> bool {
-        self.__answered_by(response)
+
+    unsafe fn debug(slot: *const Slot, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // SAFETY: the caller's.
+        fmt::Debug::fmt(unsafe { &*Self::ptr(slot) }, f)
+    }
+
+    unsafe fn to_json(slot: *const Slot) -> Option<Result<serde_json::Value, String>> {
+        // SAFETY: the caller's.
+        unsafe { &*Self::ptr(slot) }.__to_json()
+    }
+
+    unsafe fn answered_by(slot: *const Slot, response: &dyn Any) -> bool {
+        // SAFETY: the caller's.
+        unsafe { &*Self::ptr(slot) }.__answered_by(response)
     }
 }
 
 impl DynEvent {
+    /// The largest event stored without a box (two words: 16 bytes on 64-bit targets),
+    /// when its alignment is at most a pointer's.
+    pub const INLINE_BYTES: usize = std::mem::size_of::<Slot>();
+
     /// Erases the type of an event.
     pub fn new<E: Event>(event: E) -> DynEvent {
-        DynEvent(Box::new(event))
+        DynEvent {
+            vtable: &Erased::<E>::VTABLE,
+            slot: UnsafeCell::new(Erased::<E>::put(event)),
+            _owns: PhantomData,
+        }
+    }
+
+    /// The slot, for the vtable's functions: it holds the vtable's type.
+    fn slot(&self) -> *const Slot {
+        self.slot.get().cast_const().cast()
     }
 
     /// The stable name of the event's type.
     pub fn name(&self) -> &'static str {
-        self.0.meta().name
+        self.vtable.meta.name
     }
 
     /// The id of the event's type.
     pub fn id(&self) -> EventId {
-        self.0.meta().id
+        self.vtable.meta.id
     }
 
     #[doc(hidden)]
     pub fn kind(&self) -> EventKind {
-        self.0.meta().kind
+        self.vtable.meta.kind
     }
 
     #[doc(hidden)]
     pub fn meta(&self) -> EventMeta {
-        self.0.meta()
+        self.vtable.meta
     }
 
     /// The event as JSON: `None` when its type is not `Serialize`.
     #[doc(hidden)]
     pub fn to_json(&self) -> Option<Result<serde_json::Value, String>> {
-        self.0.to_json()
+        // SAFETY: the slot holds the vtable's type.
+        unsafe { (self.vtable.to_json)(self.slot()) }
+    }
+
+    /// The event as `&dyn Any`.
+    fn as_any(&self) -> &dyn Any {
+        // SAFETY: the slot holds the vtable's type, alive as long as `self` is borrowed.
+        unsafe { &*(self.vtable.as_any)(self.slot()) }
     }
 
     /// For a request: does `response` answer it (see `#[event(request = R, correlate = f)]`)?
     pub(crate) fn answered_by(&self, response: &DynEvent) -> bool {
-        self.0.answered_by(response.0.as_any())
+        // SAFETY: the slot holds the vtable's type.
+        unsafe { (self.vtable.answered_by)(self.slot(), response.as_any()) }
     }
 
     /// Is this event an `E`?
     pub fn is<E: Event>(&self) -> bool {
-        self.0.as_any().type_id() == TypeId::of::<E>()
+        self.vtable.type_id == TypeId::of::<E>()
     }
 
     /// Borrows the event as an `E`, if it is one.
     pub fn downcast_ref<E: Event>(&self) -> Option<&E> {
-        self.0.as_any().downcast_ref()
+        // SAFETY: the type ids are equal, so the slot holds an `E`, alive while `self` is
+        // borrowed.
+        self.is::<E>()
+            .then(|| unsafe { &*Erased::<E>::ptr(self.slot()) })
     }
 
     /// Takes the event back as an `E`, or returns it unchanged if it is another type.
@@ -403,26 +530,34 @@ impl DynEvent {
     /// # Errors
     /// The event itself, when it is not an `E`.
     pub fn downcast<E: Event>(self) -> Result<E, DynEvent> {
-        if self.is::<E>() {
-            match self.0.as_any_box().downcast::<E>() {
-                Ok(event) => Ok(*event),
-                Err(_) => unreachable!("type id checked above"),
-            }
-        } else {
-            Err(self)
+        if !self.is::<E>() {
+            return Err(self);
         }
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: the type ids are equal, so the slot holds an `E`; `this` is never dropped,
+        // so the value is moved out exactly once.
+        Ok(unsafe { Erased::<E>::take(this.slot.get().cast()) })
+    }
+}
+
+impl Drop for DynEvent {
+    fn drop(&mut self) {
+        // SAFETY: the slot holds the vtable's type, dropped here once.
+        unsafe { (self.vtable.drop)(self.slot.get().cast()) }
     }
 }
 
 impl Clone for DynEvent {
     fn clone(&self) -> Self {
-        DynEvent(self.0.clone_box())
+        // SAFETY: the slot holds the vtable's type.
+        unsafe { (self.vtable.clone)(self.slot()) }
     }
 }
 
 impl fmt::Debug for DynEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.debug(f)
+        // SAFETY: the slot holds the vtable's type.
+        unsafe { (self.vtable.debug)(self.slot(), f) }
     }
 }
 
@@ -591,5 +726,204 @@ impl<L: StepInput, R: StepInput> StepInput for Either<L, R> {
             Ok(left) => Ok(Either::Left(left)),
             Err(event) => R::from_dyn(event).map(Either::Right),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The storage of [`DynEvent`]: values inline and boxed, each dropped exactly once
+    //! whichever way it leaves (dropped, cloned, downcast, downcast to the wrong type).
+
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts its live copies; `PAD` words of payload make it small or large.
+    #[derive(Debug)]
+    struct Counted<const PAD: usize> {
+        live: Arc<AtomicUsize>,
+        pad: [u64; PAD],
+    }
+
+    impl<const PAD: usize> Counted<PAD> {
+        fn new(live: &Arc<AtomicUsize>, seed: u64) -> Self {
+            live.fetch_add(1, Ordering::SeqCst);
+            let mut pad = [0; PAD];
+            for (i, word) in pad.iter_mut().enumerate() {
+                *word = seed + i as u64;
+            }
+            Counted {
+                live: live.clone(),
+                pad,
+            }
+        }
+    }
+
+    impl<const PAD: usize> Clone for Counted<PAD> {
+        fn clone(&self) -> Self {
+            self.live.fetch_add(1, Ordering::SeqCst);
+            Counted {
+                live: self.live.clone(),
+                pad: self.pad,
+            }
+        }
+    }
+
+    impl<const PAD: usize> Drop for Counted<PAD> {
+        fn drop(&mut self) {
+            self.live.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl<const PAD: usize> Event for Counted<PAD> {
+        const NAME: &'static str = "tests::Counted";
+    }
+
+    #[derive(Debug, Clone, PartialEq)]
+    struct Zero;
+    impl Event for Zero {
+        const NAME: &'static str = "tests::Zero";
+    }
+
+    /// A zero-sized type more aligned than the slot: boxed (a box of a ZST allocates nothing).
+    #[derive(Debug, Clone, PartialEq)]
+    #[repr(align(64))]
+    struct AlignedZero;
+    impl Event for AlignedZero {
+        const NAME: &'static str = "tests::AlignedZero";
+    }
+
+    /// Small, but aligned past the slot: must be boxed, and come back aligned.
+    #[derive(Debug, Clone, PartialEq)]
+    #[repr(align(32))]
+    struct Aligned(u8, u64);
+    impl Event for Aligned {
+        const NAME: &'static str = "tests::Aligned";
+    }
+
+    /// Interior mutability through `&DynEvent` (the slot is in an `UnsafeCell`).
+    #[derive(Debug, Clone)]
+    struct Cellular(std::cell::Cell<u32>);
+    impl Event for Cellular {
+        const NAME: &'static str = "tests::Cellular";
+    }
+
+    /// Exercises every way out of a `DynEvent` holding `Counted<PAD>`.
+    fn round_trip<const PAD: usize>(inline: bool) {
+        assert_eq!(Erased::<Counted<PAD>>::INLINE, inline);
+        let live = Arc::new(AtomicUsize::new(0));
+        // Dropped while erased.
+        drop(DynEvent::new(Counted::<PAD>::new(&live, 1)));
+        assert_eq!(live.load(Ordering::SeqCst), 0);
+        // Cloned, both copies intact, both dropped.
+        let ev = DynEvent::new(Counted::<PAD>::new(&live, 7));
+        let copy = ev.clone();
+        assert_eq!(live.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            copy.downcast_ref::<Counted<PAD>>().unwrap().pad,
+            ev.downcast_ref::<Counted<PAD>>().unwrap().pad
+        );
+        drop(copy);
+        assert_eq!(live.load(Ordering::SeqCst), 1);
+        // The wrong type gives the event back, still alive and intact.
+        let ev = ev.downcast::<Zero>().unwrap_err();
+        let ev = ev.downcast::<Counted<17>>().unwrap_err();
+        assert_eq!(live.load(Ordering::SeqCst), 1);
+        // Moved (the inline value moves with the `DynEvent`) and taken back.
+        let moved = vec![ev];
+        let back = moved
+            .into_iter()
+            .next()
+            .unwrap()
+            .downcast::<Counted<PAD>>()
+            .unwrap();
+        let expected: [u64; PAD] = std::array::from_fn(|i| 7 + i as u64);
+        assert_eq!(back.pad, expected);
+        assert_eq!(live.load(Ordering::SeqCst), 1);
+        drop(back);
+        assert_eq!(live.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn small_events_are_inline_and_dropped_once() {
+        // An `Arc` (8 B) and up to one word of payload fit in 16 B.
+        round_trip::<0>(true);
+        round_trip::<1>(true);
+    }
+
+    #[test]
+    fn large_events_are_boxed_and_dropped_once() {
+        round_trip::<2>(false);
+        round_trip::<16>(false);
+    }
+
+    #[test]
+    fn zero_sized_and_over_aligned_events() {
+        const { assert!(Erased::<Zero>::INLINE) };
+        let ev = DynEvent::new(Zero);
+        assert_eq!(ev.clone().downcast::<Zero>().ok(), Some(Zero));
+        assert_eq!(format!("{ev:?}"), "Zero");
+        assert_eq!(ev.name(), "tests::Zero");
+
+        const { assert!(!Erased::<AlignedZero>::INLINE) };
+        let ev = DynEvent::new(AlignedZero);
+        assert_eq!(ev.clone().downcast::<AlignedZero>().ok(), Some(AlignedZero));
+        drop(ev);
+
+        const { assert!(!Erased::<Aligned>::INLINE) };
+        let ev = DynEvent::new(Aligned(3, 9));
+        let seen = ev.downcast_ref::<Aligned>().unwrap();
+        assert_eq!(seen as *const Aligned as usize % 32, 0, "borrowed aligned");
+        let copy = ev.clone();
+        assert_eq!(copy.downcast::<Aligned>().ok(), Some(Aligned(3, 9)));
+        assert_eq!(ev.downcast::<Aligned>().ok(), Some(Aligned(3, 9)));
+    }
+
+    #[test]
+    fn the_type_decides_not_the_name() {
+        // `StopEvent<u32>` and `StopEvent<u64>` share a name (and an id), not a type.
+        let ev = DynEvent::new(StopEvent(5_u32));
+        assert_eq!(ev.id(), <StopEvent<u64> as Event>::ID);
+        assert!(!ev.is::<StopEvent<u64>>());
+        let ev = ev.downcast::<StopEvent<u64>>().unwrap_err();
+        assert_eq!(ev.kind(), EventKind::Stop);
+        assert_eq!(ev.downcast::<StopEvent<u32>>().ok(), Some(StopEvent(5)));
+        // A `String` is 24 B: boxed. Its heap buffer survives the moves.
+        let ev = DynEvent::new(StartEvent("pirates".to_string()));
+        let ev = std::hint::black_box(ev);
+        assert_eq!(ev.downcast::<StartEvent<String>>().unwrap().0, "pirates");
+    }
+
+    #[test]
+    fn interior_mutability_through_a_shared_borrow() {
+        let ev = DynEvent::new(Cellular(std::cell::Cell::new(1)));
+        ev.downcast_ref::<Cellular>().unwrap().0.set(2);
+        assert_eq!(ev.downcast::<Cellular>().unwrap().0.get(), 2);
+    }
+
+    #[test]
+    fn an_event_is_send_but_not_sync() {
+        fn send<T: Send>() {}
+        send::<DynEvent>();
+        // Not `Sync`, as an event type need not be: this compiles only if the impl for
+        // `Sync` types does not apply (else the `_` is ambiguous).
+        trait AmbiguousIfSync<A> {
+            fn check() {}
+        }
+        impl<T: ?Sized> AmbiguousIfSync<()> for T {}
+        impl<T: ?Sized + Sync> AmbiguousIfSync<u8> for T {}
+        <DynEvent as AmbiguousIfSync<_>>::check();
+    }
+
+    #[test]
+    fn size_of_an_event() {
+        assert_eq!(
+            std::mem::size_of::<DynEvent>(),
+            3 * std::mem::size_of::<usize>()
+        );
+        assert_eq!(
+            std::mem::size_of::<Option<DynEvent>>(),
+            std::mem::size_of::<DynEvent>()
+        );
     }
 }
