@@ -41,6 +41,12 @@ pub trait Event: fmt::Debug + Clone + Send + 'static {
     /// For a request: the id of its paired response type.
     #[doc(hidden)]
     const RESPONSE: Option<EventId> = None;
+    /// For a request: the compile error when no step of a workflow emitting it accepts its
+    /// response. `#[derive(Event)]` names both types in it; `#[workflow]` cannot, since it does
+    /// not see which emitted events are requests.
+    #[doc(hidden)]
+    const UNANSWERED: &'static str = "a request is emitted but no step accepts its response\n\
+        help: add a step taking the response named by its `Request::Response`";
 
     /// For a request: does `response` (its paired response type, erased) answer this request?
     /// `#[event(request = R, correlate = field)]` compares `field` of both; without it, any
@@ -573,6 +579,8 @@ pub struct EventMeta {
     pub kind: EventKind,
     /// For a request: its paired response's id.
     pub response: Option<EventId>,
+    /// For a request: the compile error when its response has no step (`Event::UNANSWERED`).
+    pub unanswered: &'static str,
     /// The Rust type's identity, for run-time checks the constants cannot make.
     pub type_id: fn() -> TypeId,
     /// Decodes the event from JSON (`None`: the type is not `Deserialize`).
@@ -589,6 +597,7 @@ impl EventMeta {
             id: E::ID,
             kind: E::KIND,
             response: E::RESPONSE,
+            unanswered: E::UNANSWERED,
             type_id: TypeId::of::<E>,
             from_json: dyn_from_json::<E>,
             schema: E::__schema,

@@ -228,6 +228,22 @@ impl Graph {
         }
     }
 
+    /// Rules for the `slot`th event `step` emits, for `#[workflow]`'s constant per emitted
+    /// event: `1` when no step consumes it ([`is_consumed`](Graph::is_consumed)), `2` when it
+    /// is a request whose response no step accepts
+    /// ([`request_is_answered`](Graph::request_is_answered); the message is the event's own
+    /// `EventMeta::unanswered`), `0` when it passes both.
+    pub const fn emit_check(&self, step: usize, slot: usize) -> u8 {
+        let meta = &self.steps[step].emits[slot];
+        if !self.is_consumed(meta.id) {
+            1
+        } else if !self.request_is_answered(meta.response) {
+            2
+        } else {
+            0
+        }
+    }
+
     /// A shortest cycle of steps through `step` (`step` first; an emitted event of each is
     /// accepted by the next, and the last's by `step`), or `None` when `step` lies on no loop.
     ///

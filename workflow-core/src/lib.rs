@@ -138,7 +138,7 @@ pub use workflow::{DEFAULT_MAX_LOOP_INVOCATIONS, DEFAULT_POLL_INTERVAL, Runner, 
 #[doc(hidden)]
 pub use event::{EventKind, EventMeta, IntoDynEvent, StepInput};
 #[doc(hidden)]
-pub use output::{Emitted, StepOutput};
+pub use output::Emitted;
 #[doc(hidden)]
 pub use workflow::StepConfig;
 
@@ -256,9 +256,11 @@ pub mod __private {
     pub use crate::context::{Context, EventOf};
     pub use crate::error::BoxError;
     pub use crate::event::probe;
-    pub use crate::event::{DynEvent, Event, EventId, EventKind, EventMeta, Request, StepInput};
+    pub use crate::event::{
+        DynEvent, Either, Event, EventId, EventKind, EventMeta, Request, StepInput,
+    };
     pub use crate::graph::{Graph, StepSpec};
-    pub use crate::output::{Emitted, StepOutput};
+    pub use crate::output::Emitted;
     pub use crate::retry::RetryPolicy;
     #[cfg(feature = "serve")]
     pub use crate::serve;
@@ -294,11 +296,35 @@ pub mod __private {
         })
     }
 
-    /// Turns a step's return value into its emitted events.
-    pub fn emit<T: StepOutput>(value: T) -> Result<Emitted, BoxError> {
-        let mut out = Emitted::Nothing;
-        value.into_emitted(&mut out)?;
-        Ok(out)
+    /// The error of a step that returned `Err`.
+    pub fn step_error<E: StepError>(error: E) -> BoxError {
+        error.into_boxed()
+    }
+
+    /// The error type of a step's `Result`: anything that converts into [`BoxError`].
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be the error of a step",
+        label = "not an error type",
+        note = "a step's error converts into `Box<dyn std::error::Error + Send + Sync>`: implement `std::error::Error` for it, or return `anyhow::Error`, `String` or `&'static str`"
+    )]
+    pub trait StepError: Send + 'static {
+        /// The error, boxed.
+        fn into_boxed(self) -> BoxError;
+    }
+
+    impl<E: Into<BoxError> + Send + 'static> StepError for E {
+        fn into_boxed(self) -> BoxError {
+            self.into()
+        }
+    }
+
+    /// Before the events of a returned `Vec`: an empty one (no allocation) is still told
+    /// apart from a step that emitted nothing, so the stuck diagnostic can name a fan-out of
+    /// zero items.
+    pub fn start_batch(out: &mut Emitted, len: usize) {
+        if len == 0 && matches!(out, Emitted::Nothing) {
+            *out = Emitted::Many(Vec::new());
+        }
     }
 
     /// Takes the output out of the stop event.

@@ -79,9 +79,16 @@ fn expand(input: TokenStream) -> syn::Result<TokenStream> {
         }
     });
     let response_id = request.as_ref().map(|ty| {
+        let response = crate::expand::type_name(ty);
+        let unanswered = format!(
+            "request `{name}` is emitted but no step accepts its response `{response}`\n\
+             help: add a step taking `ev: {response}`: the answer sent from outside would have \
+             nowhere to go"
+        );
         quote! {
             const RESPONSE: ::core::option::Option<#private::EventId> =
                 ::core::option::Option::Some(<#ty as #private::Event>::ID);
+            const UNANSWERED: &'static str = #unanswered;
         }
     });
     // The answer to this request is the response whose field equals this request's.

@@ -362,7 +362,6 @@ fn invoke_arm(
 ) -> TokenStream {
     let ident = &step.ident;
     let input = events.of(&step.input);
-    let output = events.of(&step.output);
     let arity = step.ctx_position.map_or(1, |_| 2);
     let args = (0..arity).map(|position| {
         if position == step.event_position {
@@ -378,16 +377,110 @@ fn invoke_arm(
     } else {
         quote!(Self::#ident(#(#args),*))
     };
-    // Spanned on the return type: "`String` cannot be returned by a step" points there.
-    let emit = quote_spanned!(step.output_span=> #private::emit::<#output>(output));
+    let emit = emit_output(private, events, &step.output);
+    // `()`: nothing to push (and no variable for rustc to call unused).
+    let emit = if emit.is_empty() {
+        quote! {
+            #call.await;
+            let emitted = #private::Emitted::Nothing;
+        }
+    } else {
+        quote! {
+            let output = #call.await;
+            let mut emitted = #private::Emitted::Nothing;
+            #emit
+        }
+    };
     quote! {
         #index => {
             let event = match #private::take_input::<#input>(event) {
                 ::core::result::Result::Ok(event) => event,
                 ::core::result::Result::Err(error) => return ::core::result::Result::Err(error),
             };
-            let output = #call.await;
             #emit
+            ::core::result::Result::Ok(emitted)
+        }
+    }
+}
+
+/// The statements that push the events in `output` (of type `ty`, the step's return type or a
+/// part of it) onto `emitted`, unfolded like the graph reads the type (`ast::unfold_output`):
+/// `Either` and `Result` become a `match`, `Option` an `if let`, `Vec` a `for`, `()` nothing,
+/// and each event one `DynEvent::new::<E>`. Each event is so checked on its own token: a type
+/// that is not an event (`Either<Draft, String>`) is reported once, on `String`, and not once
+/// more as a return type.
+fn emit_output(private: &TokenStream, events: &EventAliases, ty: &Type) -> TokenStream {
+    let parts = match ty {
+        Type::Tuple(tuple) if tuple.elems.is_empty() => return TokenStream::new(),
+        Type::Group(group) => return emit_output(private, events, &group.elem),
+        Type::Paren(paren) => return emit_output(private, events, &paren.elem),
+        Type::Path(path) if path.qself.is_none() => path.path.segments.last().map(|segment| {
+            let args: Vec<&Type> = match &segment.arguments {
+                syn::PathArguments::AngleBracketed(args) => args
+                    .args
+                    .iter()
+                    .filter_map(|arg| match arg {
+                        syn::GenericArgument::Type(ty) => Some(ty),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            (segment.ident.to_string(), args)
+        }),
+        _ => None,
+    };
+    let Some((name, args)) = parts else {
+        let ty = events.of(ty);
+        return quote_spanned!(type_span(&ty)=> emitted.push(#private::DynEvent::new::<#ty>(output));
+        );
+    };
+    match (name.as_str(), args.as_slice()) {
+        ("Result", [ok] | [ok, _]) => {
+            let ok_events = emit_output(private, events, ok);
+            // Spanned on the error type (on `Result` for `io::Result<T>`): an error type that
+            // does not convert is reported there.
+            let error_span = type_span(args.get(1).copied().unwrap_or(ty));
+            let error = quote_spanned!(error_span=> #private::step_error(error));
+            let ok = bind(&ok_events);
+            quote! {
+                match output {
+                    ::core::result::Result::Ok(#ok) => { #ok_events }
+                    ::core::result::Result::Err(error) => {
+                        return ::core::result::Result::Err(#error);
+                    }
+                }
+            }
+        }
+        ("Option", [some]) => {
+            let some_events = emit_output(private, events, some);
+            let some = bind(&some_events);
+            quote! {
+                if let ::core::option::Option::Some(#some) = output { #some_events }
+            }
+        }
+        ("Vec", [item]) => {
+            let item_events = emit_output(private, events, item);
+            let item = bind(&item_events);
+            quote! {
+                #private::start_batch(&mut emitted, output.len());
+                for #item in output { #item_events }
+            }
+        }
+        ("Either", [left, right]) => {
+            let left_events = emit_output(private, events, left);
+            let right_events = emit_output(private, events, right);
+            let (left, right) = (bind(&left_events), bind(&right_events));
+            quote! {
+                match output {
+                    #private::Either::Left(#left) => { #left_events }
+                    #private::Either::Right(#right) => { #right_events }
+                }
+            }
+        }
+        _ => {
+            let ty = events.of(ty);
+            quote_spanned!(type_span(&ty)=> emitted.push(#private::DynEvent::new::<#ty>(output));)
         }
     }
 }
@@ -631,6 +724,16 @@ impl EventAliases {
     }
 }
 
+/// The pattern for a part of a return value: `output`, or `_` when `events` (the code that
+/// pushes its events) does nothing with it, as for `()`.
+fn bind(events: &TokenStream) -> TokenStream {
+    if events.is_empty() {
+        quote!(_)
+    } else {
+        quote!(output)
+    }
+}
+
 /// `tokens`, every one of them spanned on `span`.
 fn respan(tokens: TokenStream, span: Span) -> TokenStream {
     use proc_macro2::{Group, TokenTree};
@@ -713,21 +816,14 @@ fn graph_checks(
                  goes to `ctx.write_event_to_stream`, not to the graph)",
                 type_name(ty)
             );
+            // The same constant rejects a step returning `Ask` (`#[event(request = Answer)]`)
+            // when no step takes `Answer`. Whether `Ask` is a request is said by its own derive,
+            // which also writes that message (`EventMeta::unanswered`): this macro cannot see it.
             checks.push(quote_spanned! {type_span(ty)=>
-                const _: () = if !#graph.is_consumed(#graph.steps[#index].emits[#slot].id) {
-                    ::core::panic!(#message)
-                };
-            });
-            // Rejects a step returning `Ask` (`#[event(request = Answer)]`) when no step takes
-            // `Answer`: the outside's answer would have nowhere to go.
-            let unanswered = format!(
-                "request `{}` is emitted by step `{step_name}` but no step accepts its response\n\
-                 help: add a step taking the response named by its `#[event(request = ..)]`",
-                type_name(ty)
-            );
-            checks.push(quote_spanned! {type_span(ty)=>
-                const _: () = if !#graph.request_is_answered(#graph.steps[#index].emits[#slot].response) {
-                    ::core::panic!(#unanswered)
+                const _: () = match #graph.emit_check(#index, #slot) {
+                    1 => ::core::panic!(#message),
+                    2 => ::core::panic!("{}", #graph.steps[#index].emits[#slot].unanswered),
+                    _ => {}
                 };
             });
         }

@@ -1,5 +1,6 @@
 // Guards the return shapes a step may have: an event, `Option`, `Vec`, `Either`, nested
-// `Either`, `()`-free `Result` with a custom error, and `Result` of a branch.
+// `Either`, `()`-free `Result` with a custom error, a one-argument `Result` alias (`io::Result<Vec<_>>`),
+// and `Result` of a branch.
 
 use tidewater::prelude::*;
 
@@ -43,8 +44,8 @@ impl Shapes {
     }
 
     #[step]
-    async fn split(&self, ev: Split) -> Vec<Part> {
-        vec![Part(ev.0)]
+    async fn split(&self, ev: Split) -> std::io::Result<Vec<Part>> {
+        Ok(vec![Part(ev.0)])
     }
 
     #[step]
