@@ -338,7 +338,7 @@ impl<W: Workflow, C: Workflow> ChildCall<'_, W, C> {
                 path: Arc::from([id]),
             },
         );
-        shared.family = OnceLock::from(Box::new(Family {
+        let _ = shared.rare().family.set(Box::new(Family {
             upward: Some(Upward {
                 cap,
                 parent_outcome: Mutex::new(None),
@@ -351,9 +351,9 @@ impl<W: Workflow, C: Workflow> ChildCall<'_, W, C> {
             (Some(journal), true) => {
                 // A durable sub-run under the parent's key, with its own journal.
                 let key = format!("{}/{}", ctx.invocation_key(), self.label);
-                runner.config.evict_waiting_after = None;
-                let store = runner
-                    .config
+                let config = Arc::make_mut(&mut runner.config);
+                config.evict_waiting_after = None;
+                let store = config
                     .store
                     .get_or_insert_with(|| journal.store.clone())
                     .clone();
@@ -389,8 +389,7 @@ impl<W: Workflow, C: Workflow> ChildCall<'_, W, C> {
                 }
             }
             _ => match parent
-                .family
-                .get()
+                .family()
                 .and_then(|f| f.take_restored(ctx.invocation, &self.label))
             {
                 // Running when the parent's snapshot was taken: it goes on from there.
@@ -406,7 +405,7 @@ impl<W: Workflow, C: Workflow> ChildCall<'_, W, C> {
         // Made here, inside the calling step's poll: the child's span is the step's child.
         let (slot, control) = execute_child(runner, Arc::new(shared), init);
         self.entry = NEXT_ENTRY.fetch_add(1, Ordering::Relaxed);
-        lock(&parent.family.get_or_init(Box::default).children).push(ChildEntry {
+        lock(&parent.rare().family.get_or_init(Box::default).children).push(ChildEntry {
             id: self.entry,
             invocation: ctx.invocation,
             label: self.label.clone(),
@@ -425,7 +424,7 @@ impl<W: Workflow, C: Workflow> ChildCall<'_, W, C> {
 
     /// Records a child's start or end in the parent's trace, when the parent records one.
     fn record(&self, event: impl FnOnce(String, String, u64) -> crate::trace::TraceEvent) {
-        if let (Some(recorder), Some(id)) = (self.ctx.shared.trace.get(), self.id) {
+        if let (Some(recorder), Some(id)) = (self.ctx.shared.trace(), self.id) {
             recorder.record(event(
                 id.step.to_string(),
                 id.workflow.to_string(),
@@ -452,7 +451,7 @@ impl<W: Workflow, C: Workflow> ChildCall<'_, W, C> {
             self.record_end("cancelled".to_string());
         }
         if self.entry != 0 {
-            if let Some(family) = self.ctx.shared.family.get() {
+            if let Some(family) = self.ctx.shared.family() {
                 lock(&family.children).retain(|e| e.id != self.entry);
             }
             self.entry = 0;

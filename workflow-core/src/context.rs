@@ -67,15 +67,29 @@ pub(crate) struct RunShared<W: Workflow> {
     /// The step invocations whose wakers fired, by call index, for the loop to poll.
     pub(crate) woken: Mutex<Vec<u32>>,
     pub(crate) stream: Publisher,
-    /// Fan-in buffers, per collecting step and collected type (`CollectSet::KEY`).
-    pub(crate) collect: Mutex<CollectBuffers>,
     /// Steps waiting inline for an event, in registration order.
     waiters: Mutex<Vec<Waiter>>,
     next_waiter: AtomicU64,
-    /// Responses that arrived while nobody waited for them, for the next matching waiter.
-    pub(crate) unclaimed: Mutex<Vec<DynEvent>>,
     /// How many events steps wrote to the stream (the stream position of snapshots).
     pub(crate) stream_seq: AtomicU64,
+    /// The run is over: snapshot requests are refused (see `request_snapshot`).
+    snapshots_closed: AtomicBool,
+    /// Durable runs: where the run is journaled.
+    /// Boxed: most runs are not durable, and every run pays for the field.
+    pub(crate) journal: Option<Box<Journal>>,
+    /// What few runs use, made at the first use (`RunShared::rare`): a run that collects
+    /// nothing, retries nothing, fails nowhere, records nothing, is never snapshotted, traced
+    /// or a parent pays one pointer for all of it.
+    rare: std::sync::OnceLock<Box<RareShared>>,
+}
+
+/// The parts of a run's shared state that few runs use (see `RunShared::rare`).
+#[derive(Default)]
+pub(crate) struct RareShared {
+    /// Fan-in buffers, per collecting step and collected type (`CollectSet::KEY`).
+    pub(crate) collect: Mutex<CollectBuffers>,
+    /// Responses that arrived while nobody waited for them, for the next matching waiter.
+    pub(crate) unclaimed: Mutex<Vec<DynEvent>>,
     /// What the collects of invocations of steps with retries did, so that a retry sees the
     /// same fan-in: keyed by (step, worker) and the buffer's key.
     pub(crate) held: Mutex<HeldSets>,
@@ -89,12 +103,9 @@ pub(crate) struct RunShared<W: Workflow> {
     pub(crate) memos: Mutex<Vec<(u64, Vec<MemoRecord>)>>,
     /// Steps waiting for the loop to checkpoint what they recorded (durable runs).
     pub(crate) flush_requests: Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
-    /// `Handler::snapshot` calls waiting for the loop; `None` once the run is over, so that a
-    /// later request fails at once instead of waiting for a loop that is gone.
-    pub(crate) snapshot_requests: Mutex<Option<Vec<SnapshotReply>>>,
-    /// Durable runs: where the run is journaled.
-    /// Boxed: most runs are not durable, and every run pays for the field.
-    pub(crate) journal: Option<Box<Journal>>,
+    /// `Handler::snapshot` calls waiting for the loop (refused once the run is over, so that
+    /// a later request fails at once instead of waiting for a loop that is gone).
+    snapshot_requests: Mutex<Vec<SnapshotReply>>,
     /// The run's trace recorder, set by the executor when the runner records.
     pub(crate) trace: std::sync::OnceLock<Arc<crate::trace::Recorder>>,
     /// Its parent (a child run) and its children (`Context::run_child`).
@@ -324,17 +335,28 @@ impl CollectBuffers {
     }
 }
 
-/// A step waiting inline (`ctx.wait_for`) for an event that matches.
+/// A step waiting inline (`ctx.wait_for`) for an event that matches: its entry in the run's
+/// waiter list, which is also where its answer is left (no channel per wait).
 struct Waiter {
     id: u64,
     /// `accepts::<R>`: is the event an `R` that `predicate` (a [`Predicate<R>`]) accepts? A
     /// function pointer, so a wait without a predicate allocates no closure.
     matches: fn(&DynEvent, Option<&(dyn Any + Send)>) -> bool,
     predicate: Option<Box<dyn Any + Send>>,
-    answer: tokio::sync::oneshot::Sender<WaitAnswer>,
-    /// Durable workflows: the invocation and label the answer is recorded under, by the loop
-    /// when it hands the answer over, so that the checkpoint after routing holds it.
-    record_as: Option<(u64, String)>,
+    /// The waker of the waiting step until an answer comes, then the answer, which stays here
+    /// until the step takes it (or is dropped with the step).
+    slot: Slot,
+    /// Durable workflows: the invocation the answer is recorded under (label
+    /// `wait_for:<R::NAME>`, `R::NAME` being `name`), by the loop when it hands the answer
+    /// over, so that the checkpoint after routing holds it.
+    record_as: Option<u64>,
+    name: &'static str,
+}
+
+/// Where a waiter is: waiting (with the waker of its step, once polled), or answered.
+enum Slot {
+    Waiting(Option<std::task::Waker>),
+    Answered(WaitAnswer),
 }
 
 /// What a waiter receives: the event, or the panic of its predicate, which the run loop runs
@@ -345,6 +367,15 @@ type WaitAnswer = std::result::Result<DynEvent, Box<dyn Any + Send>>;
 impl Waiter {
     fn matches(&self, event: &DynEvent) -> bool {
         (self.matches)(event, self.predicate.as_deref())
+    }
+
+    /// Leaves `answer` for the step and wakes it.
+    fn answer(&mut self, answer: WaitAnswer) {
+        if let Slot::Waiting(Some(waker)) =
+            std::mem::replace(&mut self.slot, Slot::Answered(answer))
+        {
+            waker.wake();
+        }
     }
 }
 
@@ -372,20 +403,12 @@ impl<W: Workflow> RunShared<W> {
             waker: AtomicWaker::new(),
             woken: Mutex::new(Vec::new()),
             stream: Publisher::new(stream_capacity),
-            collect: Mutex::new(CollectBuffers::default()),
             waiters: Mutex::new(Vec::new()),
             next_waiter: AtomicU64::new(1),
-            unclaimed: Mutex::new(Vec::new()),
             stream_seq: AtomicU64::new(0),
-            journal_pending: Mutex::new(Vec::new()),
-            held: Mutex::new(Vec::new()),
-            failures: Mutex::new(std::collections::VecDeque::new()),
-            memos: Mutex::new(Vec::new()),
-            flush_requests: Mutex::new(Vec::new()),
-            snapshot_requests: Mutex::new(Some(Vec::new())),
+            snapshots_closed: AtomicBool::new(false),
             journal: None,
-            trace: std::sync::OnceLock::new(),
-            family: std::sync::OnceLock::new(),
+            rare: std::sync::OnceLock::new(),
         }
     }
 
@@ -394,29 +417,72 @@ impl<W: Workflow> RunShared<W> {
         self
     }
 
-    /// Asks the loop for a snapshot at its next turn.
-    ///
-    /// A run that is over drops `reply` at once: its handler reads that as `Cancelled`.
+    /// The parts few runs use, made now if they are not yet.
+    pub(crate) fn rare(&self) -> &RareShared {
+        self.rare.get_or_init(Box::default)
+    }
+
+    /// The parts few runs use, if something made them.
+    pub(crate) fn rare_if_made(&self) -> Option<&RareShared> {
+        self.rare.get().map(|r| &**r)
+    }
+
+    /// Its parent (a child run) and its children, if it has either.
+    pub(crate) fn family(&self) -> Option<&crate::child::Family> {
+        self.rare_if_made()?.family.get().map(|f| &**f)
+    }
+
+    /// The run's trace recorder, when its runner records.
+    pub(crate) fn trace(&self) -> Option<&Arc<crate::trace::Recorder>> {
+        self.rare_if_made()?.trace.get()
+    }
+
     /// Keeps a failed attempt for `Handler::failures` (the latest `KEPT_FAILURES`).
     pub(crate) fn failed(&self, failure: crate::error::FailedAttempt) {
-        let mut failures = lock(&self.failures);
+        let mut failures = lock(&self.rare().failures);
         if failures.len() == crate::error::KEPT_FAILURES {
             failures.pop_front();
         }
         failures.push_back(failure);
     }
 
+    /// Asks the loop for a snapshot at its next turn.
+    ///
+    /// A run that is over drops `reply` at once: its handler reads that as `Cancelled`.
     pub(crate) fn request_snapshot(&self, reply: SnapshotReply) {
-        if let Some(requests) = lock(&self.snapshot_requests).as_mut() {
-            requests.push(reply);
-            self.notify();
+        let rare = self.rare();
+        // Made (above) before the flag is read, with a fence on both sides: either this sees
+        // the run closed, or `close_snapshot_requests` sees the part made and drops `reply`.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let mut requests = lock(&rare.snapshot_requests);
+        if self.snapshots_closed.load(Ordering::Relaxed) {
+            return;
+        }
+        requests.push(reply);
+        drop(requests);
+        self.notify();
+    }
+
+    /// The snapshot requests waiting for the loop, taken.
+    pub(crate) fn take_snapshot_requests(&self) -> Vec<SnapshotReply> {
+        match self.rare_if_made() {
+            Some(rare) => std::mem::take(&mut *lock(&rare.snapshot_requests)),
+            None => Vec::new(),
         }
     }
 
     /// The run is over: drops the snapshot requests nobody will answer (their handlers get
     /// `Cancelled`) and refuses later ones.
     pub(crate) fn close_snapshot_requests(&self) {
-        lock(&self.snapshot_requests).take();
+        self.snapshots_closed.store(true, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if let Some(rare) = self.rare_if_made() {
+            // Under the lock: a request that read the flag before it was set is in the list
+            // now, and goes; one that reads it after sees it set.
+            let mut requests = lock(&rare.snapshot_requests);
+            self.snapshots_closed.store(true, Ordering::Relaxed);
+            requests.clear();
+        }
     }
 
     pub(crate) fn post(&self, envelope: Envelope) {
@@ -464,13 +530,17 @@ impl<W: Workflow> RunShared<W> {
         if waiters.is_empty() {
             return Some(event);
         }
-        let mut event = event;
         loop {
             // A predicate is the step's code, run here by the loop: its panic is caught and
             // handed to its step, which panics with it (before, it unwound through the run
             // loop and the run's task panicked). Its waiter does not take the event.
             let mut panicked = None;
             let found = waiters.iter().position(|w| {
+                // An answered waiter takes nothing more (it leaves the list when its step
+                // takes its answer).
+                if matches!(w.slot, Slot::Answered(_)) {
+                    return false;
+                }
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.matches(&event))) {
                     Ok(matched) => matched,
                     Err(panic) => {
@@ -482,24 +552,22 @@ impl<W: Workflow> RunShared<W> {
             let Some(i) = found else {
                 return Some(event);
             };
-            let waiter = waiters.remove(i);
+            let waiter = &mut waiters[i];
             if let Some(panic) = panicked {
-                let _ = waiter.answer.send(Err(panic));
+                waiter.answer(Err(panic));
                 continue;
             }
-            if let Some((invocation, label)) = &waiter.record_as {
+            if let Some(invocation) = waiter.record_as {
                 // Recorded before it is handed over: the checkpoint that follows the routing
                 // of an answer from outside holds it, even before the step runs again.
                 if let Ok(record) = crate::snapshot::encode_event::<W>(&event) {
                     let value = serde_json::to_value(record).expect("an event record is JSON");
-                    self.record(*invocation, label, value);
+                    let label = format!("wait_for:{}", waiter.name);
+                    self.record(invocation, &label, value);
                 }
             }
-            match waiter.answer.send(Ok(event)) {
-                Ok(()) => return None,
-                // The waiter went away (its step was cancelled): try the next one.
-                Err(back) => event = back.unwrap_or_else(|_| unreachable!("sent an event")),
-            }
+            waiters[i].answer(Ok(event));
+            return None;
         }
     }
 
@@ -510,7 +578,7 @@ impl<W: Workflow> RunShared<W> {
         label: &str,
         nth: u32,
     ) -> Option<serde_json::Value> {
-        let memos = lock(&self.memos);
+        let memos = lock(&self.rare_if_made()?.memos);
         let (_, records) = memos.iter().find(|(i, _)| *i == invocation)?;
         records
             .iter()
@@ -520,7 +588,7 @@ impl<W: Workflow> RunShared<W> {
     }
 
     pub(crate) fn record(&self, invocation: u64, label: &str, value: serde_json::Value) {
-        let mut memos = lock(&self.memos);
+        let mut memos = lock(&self.rare().memos);
         let record = MemoRecord {
             label: label.to_string(),
             value,
@@ -534,7 +602,7 @@ impl<W: Workflow> RunShared<W> {
     /// Counts the `nth` send under `label` by `invocation` (its record holds how many it sent),
     /// or tells that it was sent already (`true`).
     fn count_send(&self, invocation: u64, label: String, nth: u32) -> bool {
-        let mut memos = lock(&self.memos);
+        let mut memos = lock(&self.rare().memos);
         let records = match memos.iter().position(|(i, _)| *i == invocation) {
             Some(at) => &mut memos[at].1,
             None => {
@@ -561,7 +629,10 @@ impl<W: Workflow> RunShared<W> {
 
     /// What `invocation` recorded, for a snapshot.
     pub(crate) fn memo_of(&self, invocation: u64) -> Vec<MemoRecord> {
-        let memos = lock(&self.memos);
+        let Some(rare) = self.rare_if_made() else {
+            return Vec::new();
+        };
+        let memos = lock(&rare.memos);
         memos
             .iter()
             .find(|(i, _)| *i == invocation)
@@ -571,7 +642,10 @@ impl<W: Workflow> RunShared<W> {
 
     /// The invocation ended: what it recorded is no longer needed.
     pub(crate) fn forget(&self, invocation: u64) {
-        let mut memos = lock(&self.memos);
+        let Some(rare) = self.rare_if_made() else {
+            return;
+        };
+        let mut memos = lock(&rare.memos);
         if !memos.is_empty() {
             memos.retain(|(i, _)| *i != invocation);
         }
@@ -580,12 +654,40 @@ impl<W: Workflow> RunShared<W> {
     /// A resumed invocation's records, from its snapshot.
     pub(crate) fn restore_memo(&self, invocation: u64, records: Vec<MemoRecord>) {
         if !records.is_empty() {
-            lock(&self.memos).push((invocation, records));
+            lock(&self.rare().memos).push((invocation, records));
         }
     }
 
+    /// Deregisters waiter `id` (its step went away: a time limit, a cancel), with its answer
+    /// if one came.
     fn remove_waiter(&self, id: u64) {
         lock(&self.waiters).retain(|w| w.id != id);
+    }
+
+    /// Waiter `id`'s answer, taken (the waiter leaves the list), or pending (its step's
+    /// waker kept for the answer).
+    fn poll_waiter(
+        &self,
+        id: u64,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<WaitAnswer>> {
+        let mut waiters = lock(&self.waiters);
+        let Some(i) = waiters.iter().position(|w| w.id == id) else {
+            // Not registered any more: nothing will answer it.
+            return std::task::Poll::Ready(None);
+        };
+        match &mut waiters[i].slot {
+            Slot::Waiting(waker) => {
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waker = Some(cx.waker().clone());
+                }
+                std::task::Poll::Pending
+            }
+            Slot::Answered(_) => match waiters.remove(i).slot {
+                Slot::Answered(answer) => std::task::Poll::Ready(Some(answer)),
+                Slot::Waiting(_) => unreachable!("matched above"),
+            },
+        }
     }
 
     pub(crate) fn cancel(&self) {
@@ -814,7 +916,7 @@ impl<W: Workflow> Context<W> {
             return Ok(());
         }
         let (done, saved) = tokio::sync::oneshot::channel();
-        lock(&self.shared.flush_requests).push(done);
+        lock(&self.shared.rare().flush_requests).push(done);
         self.shared.notify();
         saved.await.map_err(|_| WorkflowError::Cancelled)
     }
@@ -870,7 +972,7 @@ impl<W: Workflow> Context<W> {
     pub(crate) fn sent_before(&self, event: &'static str, target: Option<usize>) -> bool {
         let again = self.sent_before_in_journal(event, target);
         if !again {
-            if let Some(trace) = self.shared.trace.get() {
+            if let Some(trace) = self.shared.trace() {
                 trace.record(crate::trace::TraceEvent::EventSent {
                     event: event.to_string(),
                     target: target.map(|t| W::GRAPH.steps[t].name.to_string()),
@@ -904,14 +1006,14 @@ impl<W: Workflow> Context<W> {
         if !self.retries || self.attempt <= 1 {
             return None;
         }
-        lock(&self.shared.held)
+        lock(&self.shared.rare().held)
             .iter()
             .find(|(at, k, _)| *at == (self.step, self.worker) && *k == key)
             .map(|(_, _, held)| held.clone())
     }
 
     fn hold(&self, key: u64, held: Held) {
-        let mut all = lock(&self.shared.held);
+        let mut all = lock(&self.shared.rare().held);
         let at = (self.step, self.worker);
         match all.iter_mut().find(|(a, k, _)| *a == at && *k == key) {
             Some(entry) => entry.2 = held,
@@ -980,7 +1082,7 @@ impl<W: Workflow> Context<W> {
             E::NAME
         );
         let key = E::ID.raw();
-        let mut buffers = lock(&self.shared.collect);
+        let mut buffers = lock(&self.shared.rare().collect);
         buffers.want(
             (self.step, key),
             std::slice::from_ref(&E::NAME),
@@ -1064,7 +1166,7 @@ impl<W: Workflow> Context<W> {
             // Not one of the collected types (the step also accepts others): left alone.
             return None;
         }
-        let mut buffers = lock(&self.shared.collect);
+        let mut buffers = lock(&self.shared.rare().collect);
         buffers.want((self.step, T::KEY), T::NAMES, Per::Set(1));
         let held = self.held(T::KEY);
         if let Some(Held::Set(set)) = held {
@@ -1157,7 +1259,7 @@ impl<W: Workflow> Context<W> {
                 .map(|e| e.downcast::<E>().expect("items hold one type"))
                 .collect()
         };
-        let mut buffers = lock(&self.shared.collect);
+        let mut buffers = lock(&self.shared.rare().collect);
         let held = self.held(key);
         if let Some(Held::Set(set)) = held {
             // A retry of the invocation that was handed this set: the same set again.
@@ -1290,7 +1392,7 @@ impl<W: Workflow> Context<W> {
                     data: serde_json::json!({ "debug": format!("{event:?}") }),
                 }
             });
-            lock(&shared.journal_pending).push(((self.step, self.worker), record));
+            lock(&shared.rare().journal_pending).push(((self.step, self.worker), record));
         } else {
             shared.stream_seq.fetch_add(1, Ordering::Relaxed);
         }
@@ -1419,87 +1521,238 @@ impl<'a, W: Workflow, R: Event> WaitFor<'a, W, R> {
 
 impl<'a, W: Workflow, R: Event> std::future::IntoFuture for WaitFor<'a, W, R> {
     type Output = Result<R>;
-    type IntoFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<R>> + Send + 'a>>;
+    type IntoFuture = Waiting<'a, W, R>;
 
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
-            let ctx = self.ctx;
-            let shared = &ctx.shared;
-            // Durable workflows: the n-th wait for an `R` of this invocation is answered by the
-            // n-th `R` it received, recorded when it came.
-            let recorded = if W::DURABLE {
-                let label = format!("wait_for:{}", R::NAME);
-                let nth = ctx.ask(&label);
-                if let Some(value) = shared.recall(ctx.invocation, &label, nth) {
-                    return replay::<W, R>(&label, value);
-                }
-                Some(label)
+    fn into_future(self) -> Waiting<'a, W, R> {
+        Waiting {
+            ctx: self.ctx,
+            state: WaitState::Start {
+                matches: self.matches,
+                request: self.request,
+                timeout: self.timeout,
+            },
+        }
+    }
+}
+
+/// An inline wait in progress: what awaiting a [`WaitFor`] (from [`Context::wait_for`])
+/// polls. A named type rather than a boxed future, so that a step parked on it (a run waiting
+/// for a human) carries its few words inline.
+///
+/// ```
+/// use tidewater::prelude::*;
+/// use tidewater::Waiting;
+///
+/// #[derive(Debug, Clone, Event)]
+/// #[event(response)]
+/// struct Approval(bool);
+///
+/// struct Gate;
+///
+/// #[workflow]
+/// impl Gate {
+///     #[step]
+///     async fn ask(&self, ctx: &Context<Self>, _ev: StartEvent<()>) -> Result<StopEvent<bool>, WorkflowError> {
+///         let wait: Waiting<'_, Self, Approval> = std::future::IntoFuture::into_future(ctx.wait_for());
+///         Ok(StopEvent(wait.await?.0))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let run = Gate.start(());
+/// run.send_response(Approval(true));
+/// assert!(run.await.unwrap());
+/// # }
+/// ```
+#[must_use = "a wait does nothing until it is awaited"]
+pub struct Waiting<'a, W: Workflow, R: Event> {
+    ctx: &'a Context<W>,
+    state: WaitState<'a, R>,
+}
+
+enum WaitState<'a, R: Event> {
+    /// Not polled yet: the wait as built.
+    Start {
+        matches: Option<Predicate<R>>,
+        request: Option<DynEvent>,
+        timeout: Option<std::time::Duration>,
+    },
+    /// Registered as waiter `id` (deregistered when the future is dropped), with its time
+    /// limit and timer (boxed: a wait without a time limit, a parked run, carries none).
+    Registered {
+        id: u64,
+        limit: Option<(std::time::Duration, Pin<Box<tokio::time::Sleep>>)>,
+    },
+    /// Durable workflows: the answer is being recorded and saved before the step sees it.
+    Saving(Pin<Box<dyn Future<Output = Result<R>> + Send + 'a>>),
+    Done,
+}
+
+use std::future::Future;
+use std::pin::Pin;
+
+impl<W: Workflow, R: Event> Unpin for Waiting<'_, W, R> {}
+
+impl<'a, W: Workflow, R: Event> Waiting<'a, W, R> {
+    /// The wait got `event` (label: durable workflows record it first).
+    fn got(&mut self, label: Option<String>, event: DynEvent) -> std::task::Poll<Result<R>> {
+        match label {
+            None => {
+                self.state = WaitState::Done;
+                std::task::Poll::Ready(Ok(event
+                    .downcast::<R>()
+                    .unwrap_or_else(|_| unreachable!("the matcher checked the type"))))
+            }
+            Some(label) => {
+                let ctx = self.ctx;
+                self.state = WaitState::Saving(Box::pin(ctx.received::<R>(Some(label), event)));
+                std::task::Poll::Pending
+            }
+        }
+    }
+
+    /// The first poll: an answer recorded before (durable), an unclaimed answer, or
+    /// registered as a waiter.
+    fn start(
+        &mut self,
+        matches: Option<Predicate<R>>,
+        request: Option<DynEvent>,
+        timeout: Option<std::time::Duration>,
+    ) -> std::task::Poll<Result<R>> {
+        let ctx = self.ctx;
+        let shared = &ctx.shared;
+        // Durable workflows: the n-th wait for an `R` of this invocation is answered by the
+        // n-th `R` it received, recorded when it came.
+        let recorded = if W::DURABLE {
+            let label = format!("wait_for:{}", R::NAME);
+            let nth = ctx.ask(&label);
+            if let Some(value) = shared.recall(ctx.invocation, &label, nth) {
+                self.state = WaitState::Done;
+                return std::task::Poll::Ready(replay::<W, R>(&label, value));
+            }
+            Some(label)
+        } else {
+            None
+        };
+        let id = shared.next_waiter.fetch_add(1, Ordering::Relaxed);
+        let waiter = Waiter {
+            id,
+            matches: accepts::<R>,
+            predicate: matches.map(|p| Box::new(p) as Box<dyn Any + Send>),
+            slot: Slot::Waiting(None),
+            record_as: recorded.is_some().then_some(ctx.invocation),
+            name: R::NAME,
+        };
+        let early = {
+            let mut waiters = lock(&shared.waiters);
+            // An answer that came before anyone waited is taken at once.
+            let mut unclaimed = shared.rare_if_made().map(|r| lock(&r.unclaimed));
+            if let Some((unclaimed, i)) = unclaimed.as_mut().and_then(|unclaimed| {
+                let i = unclaimed.iter().position(|e| waiter.matches(e))?;
+                Some((unclaimed, i))
+            }) {
+                Some(unclaimed.remove(i))
             } else {
+                // Grown from one: most runs have one waiter, and a parked run pays for the
+                // rest.
+                if waiters.len() == waiters.capacity() {
+                    let more = waiters.len().max(1);
+                    waiters.reserve_exact(more);
+                }
+                waiters.push(waiter);
                 None
-            };
-            let id = shared.next_waiter.fetch_add(1, Ordering::Relaxed);
-            let (answer, receive) = tokio::sync::oneshot::channel();
-            let waiter = Waiter {
-                id,
-                matches: accepts::<R>,
-                predicate: self.matches.map(|p| Box::new(p) as Box<dyn Any + Send>),
-                answer,
-                record_as: recorded.clone().map(|label| (ctx.invocation, label)),
-            };
-            let early = {
-                let mut waiters = lock(&shared.waiters);
-                // An answer that came before anyone waited is taken at once.
-                let mut unclaimed = lock(&shared.unclaimed);
-                if let Some(i) = unclaimed.iter().position(|e| waiter.matches(e)) {
-                    Some(unclaimed.remove(i))
-                } else {
-                    // Grown from one: most runs have one waiter, and a parked run pays for the
-                    // rest.
-                    if waiters.len() == waiters.capacity() {
-                        let more = waiters.len().max(1);
-                        waiters.reserve_exact(more);
+            }
+        };
+        if let Some(event) = early {
+            return self.got(recorded, event);
+        }
+        // Deregistered on every exit from now on: answered, timed out, or the step dropped.
+        self.state = WaitState::Registered {
+            id,
+            limit: timeout.map(|limit| (limit, Box::pin(tokio::time::sleep(limit)))),
+        };
+        if let Some(trace) = shared.trace() {
+            // An inline wait is a wait for a human too: drawn as the request it
+            // published, or as the answer it waits for when it published none.
+            let request = request.as_ref().map_or(R::NAME, |r| r.name());
+            trace.record(crate::trace::TraceEvent::HumanWait {
+                request: request.to_string(),
+            });
+        }
+        if let Some(request) = request {
+            shared.stream.publish(StreamItem::Event(request));
+        }
+        std::task::Poll::Pending
+    }
+}
+
+impl<W: Workflow, R: Event> Future for Waiting<'_, W, R> {
+    type Output = Result<R>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<R>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            match std::mem::replace(&mut this.state, WaitState::Done) {
+                WaitState::Start {
+                    matches,
+                    request,
+                    timeout,
+                } => {
+                    if let Poll::Ready(result) = this.start(matches, request, timeout) {
+                        return Poll::Ready(result);
                     }
-                    waiters.push(waiter);
-                    None
+                    // Registered (polled below, so that the answer finds the waker), or
+                    // saving an early answer.
                 }
-            };
-            if let Some(event) = early {
-                return ctx.received::<R>(recorded, event).await;
-            }
-            // Deregisters on every exit: answered, timed out, or the step dropped.
-            struct Deregister<'s, W: Workflow>(&'s RunShared<W>, u64);
-            impl<W: Workflow> Drop for Deregister<'_, W> {
-                fn drop(&mut self) {
-                    self.0.remove_waiter(self.1);
+                WaitState::Registered { id, mut limit } => {
+                    // The answer first, then the time limit, as `tokio::time::timeout` does:
+                    // an answer that is there in time is never cut off.
+                    let answer = match this.ctx.shared.poll_waiter(id, cx) {
+                        Poll::Ready(answer) => answer,
+                        Poll::Pending => {
+                            if let Some((timeout, sleep)) = &mut limit {
+                                if sleep.as_mut().poll(cx).is_ready() {
+                                    this.ctx.shared.remove_waiter(id);
+                                    return Poll::Ready(Err(WorkflowError::WaitTimedOut {
+                                        event: R::NAME,
+                                        timeout: *timeout,
+                                    }));
+                                }
+                            }
+                            this.state = WaitState::Registered { id, limit };
+                            return Poll::Pending;
+                        }
+                    };
+                    let Some(answer) = answer else {
+                        return Poll::Ready(Err(WorkflowError::Cancelled));
+                    };
+                    // The predicate panicked in the run loop: the panic is this step's.
+                    let event = answer.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    let label = W::DURABLE.then(|| format!("wait_for:{}", R::NAME));
+                    if let Poll::Ready(result) = this.got(label, event) {
+                        return Poll::Ready(result);
+                    }
                 }
+                WaitState::Saving(mut saving) => {
+                    let polled = saving.as_mut().poll(cx);
+                    if polled.is_pending() {
+                        this.state = WaitState::Saving(saving);
+                    }
+                    return polled;
+                }
+                WaitState::Done => panic!("a wait polled after it was answered"),
             }
-            let _guard = Deregister(shared, id);
-            if let Some(trace) = shared.trace.get() {
-                // An inline wait is a wait for a human too: drawn as the request it
-                // published, or as the answer it waits for when it published none.
-                let request = self.request.as_ref().map_or(R::NAME, |r| r.name());
-                trace.record(crate::trace::TraceEvent::HumanWait {
-                    request: request.to_string(),
-                });
-            }
-            if let Some(request) = self.request {
-                shared.stream.publish(StreamItem::Event(request));
-            }
-            // The timer is boxed: a wait without a time limit (a parked run) carries none.
-            let received = match self.timeout {
-                Some(limit) => Box::pin(tokio::time::timeout(limit, receive))
-                    .await
-                    .map_err(|_| WorkflowError::WaitTimedOut {
-                        event: R::NAME,
-                        timeout: limit,
-                    })?,
-                None => receive.await,
-            };
-            let event = received.map_err(|_| WorkflowError::Cancelled)?;
-            // The predicate panicked in the run loop: the panic is this step's.
-            let event = event.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            ctx.received::<R>(recorded, event).await
-        })
+        }
+    }
+}
+
+impl<W: Workflow, R: Event> Drop for Waiting<'_, W, R> {
+    fn drop(&mut self) {
+        // The step went away while it waited (a cancel, its time limit, the run's end).
+        if let WaitState::Registered { id, .. } = self.state {
+            self.ctx.shared.remove_waiter(id);
+        }
     }
 }
 

@@ -206,10 +206,13 @@ impl<W: Workflow> Handler<W> {
     ///
     /// [`FailedAttempt`]: crate::FailedAttempt
     pub fn failures(&self) -> Vec<crate::FailedAttempt> {
-        crate::stream::lock(&self.shared.failures)
-            .iter()
-            .cloned()
-            .collect()
+        match self.shared.rare_if_made() {
+            Some(rare) => crate::stream::lock(&rare.failures)
+                .iter()
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        }
     }
 
     /// A copy of the run's state as it is now.
@@ -256,8 +259,7 @@ impl<W: Workflow> Handler<W> {
     /// [`Runner::trace`]: crate::Runner::trace
     pub fn recording(&self) -> Option<crate::trace::Recording> {
         self.shared
-            .trace
-            .get()
+            .trace()
             .map(|recorder| crate::trace::Recording(recorder.clone()))
     }
 

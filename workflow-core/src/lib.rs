@@ -123,7 +123,7 @@ pub mod guide {
 }
 
 pub use child::ChildCall;
-pub use context::{CollectSet, Context, EventOf, RunId, WaitFor};
+pub use context::{CollectSet, Context, EventOf, RunId, WaitFor, Waiting};
 pub use error::{BoxError, FailedAttempt, Result, WorkflowError};
 pub use event::{DynEvent, Either, Event, EventId, Request, StartEvent, StepFailure, StopEvent};
 pub use graph::{Graph, GraphError, StepSpec};

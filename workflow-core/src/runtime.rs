@@ -194,17 +194,14 @@ struct Executor<W: Workflow, F> {
     free_calls: Vec<u32>,
     /// Calls to poll, in the order they were started or woken.
     ready: VecDeque<u32>,
-    /// Spare buffers swapped with `RunShared::inbox` and `woken`, so draining them keeps
-    /// their capacity and sending an event does not allocate.
+    /// A spare buffer swapped with `RunShared::inbox`, so draining it keeps its capacity and
+    /// sending an event does not allocate.
     inbox: Vec<crate::context::Envelope>,
-    woken: Vec<u32>,
     output: Option<W::Output>,
     /// The last step to finish and how many events it emitted, for the stuck diagnostic.
     last: Option<(&'static str, usize)>,
     /// Does a step take `StepFailure`? Then failing invocations keep their input for it.
     catches: bool,
-    /// Requests published to the outside and not answered yet: the run waits for them.
-    pending_requests: Vec<DynEvent>,
     recoveries: u32,
     /// How many invocations completed.
     completed: u64,
@@ -212,15 +209,11 @@ struct Executor<W: Workflow, F> {
     started: u64,
     /// How the run begins; taken by the first poll.
     init: Option<Init>,
-    /// Waiting for a turn under `max_concurrent_runs`.
-    admission: Option<Admission>,
-    _permit: Option<OwnedSemaphorePermit>,
-    /// The run's time limit, armed once the run is admitted (boxed: most runs have none).
-    deadline: Option<Pin<Box<Sleep>>>,
-    /// When the run's time limit passes (checked after every step's poll too).
-    deadline_at: Option<tokio::time::Instant>,
-    /// The run's time limit: its runner's, or less for a child whose parent ends first.
-    limit: Option<std::time::Duration>,
+    /// What few runs use (a time limit, a turn under `max_concurrent_runs`, requests, eviction),
+    /// made at first use: a run without any of them pays one pointer.
+    rare: Option<Box<Rare>>,
+    /// The run's span (`workflow.run`) is made: until then `Run::span` is its parent.
+    span_made: bool,
     begun: bool,
     ended: bool,
     /// Invocations of steps on a loop so far (the runaway-loop guard).
@@ -236,12 +229,28 @@ struct Executor<W: Workflow, F> {
     unsaved_input: bool,
     /// The run's trace recorder, when the runner records (`Runner::trace`).
     trace: Option<Arc<Recorder>>,
-    /// Armed while a durable run is parked on requests alone and evicts after an idle time
-    /// (`Runner::evict_waiting_after`); disarmed by any activity.
-    evict_timer: Option<Pin<Box<Sleep>>>,
     /// Durable runs: their writes in flight (boxed, made at the first one: a run that is not
     /// durable pays one pointer for them).
     writes: Option<Box<Writes<W::Output>>>,
+}
+
+/// The parts of a run that few runs use (see `Executor::rare`).
+#[derive(Default)]
+struct Rare {
+    /// Waiting for a turn under `max_concurrent_runs`.
+    admission: Option<Admission>,
+    permit: Option<OwnedSemaphorePermit>,
+    /// The run's time limit, armed once the run is admitted.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// When the run's time limit passes (checked after every step's poll too).
+    deadline_at: Option<tokio::time::Instant>,
+    /// The run's time limit: its runner's, or less for a child whose parent ends first.
+    limit: Option<std::time::Duration>,
+    /// Requests published to the outside and not answered yet: the run waits for them.
+    pending_requests: Vec<DynEvent>,
+    /// Armed while a durable run is parked on requests alone and evicts after an idle time
+    /// (`Runner::evict_waiting_after`); disarmed by any activity.
+    evict_timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// A durable run's writes handed to the store's writer (group commit).
@@ -323,10 +332,9 @@ pub(crate) fn execute<W: Workflow>(
 ) -> impl Future<Output = Result<W::Output>> + Send + 'static {
     Run {
         executor: Executor::new(W::__invoke, runner, shared, init),
-        span: None,
         // The caller's span where the run is made (`start`, `run`): the parent of the run's
         // span, whichever task polls it first.
-        parent: tracing::Span::current(),
+        span: tracing::Span::current(),
     }
 }
 
@@ -363,7 +371,7 @@ where
         // A step of the child waiting inline takes it now (its waiter is gone at once, so a
         // second answer of the type goes to the next one who waits).
         let event = shared.offer_to_waiters(event)?;
-        let Some(upward) = shared.family.get().and_then(|f| f.upward.as_ref()) else {
+        let Some(upward) = shared.family().and_then(|f| f.upward.as_ref()) else {
             return Some(event);
         };
         let mut awaiting = lock(&upward.awaiting);
@@ -375,7 +383,7 @@ where
             return None;
         }
         drop(awaiting);
-        match shared.family.get() {
+        match shared.family() {
             Some(family) => family.offer(event),
             None => Some(event),
         }
@@ -383,7 +391,7 @@ where
 
     fn parent_ended(&mut self, outcome: &Outcome, saved: bool) {
         let executor = &mut self.executor;
-        if let Some(upward) = executor.shared.family.get().and_then(|f| f.upward.as_ref()) {
+        if let Some(upward) = executor.shared.family().and_then(|f| f.upward.as_ref()) {
             *lock(&upward.parent_outcome) = Some(outcome.clone());
         }
         // The parent journaled its end: a journaled child records its own (stopped), so that
@@ -425,8 +433,7 @@ pub(crate) fn execute_child<C: Workflow>(
 ) {
     let run = Arc::new(std::sync::Mutex::new(Run {
         executor: Executor::new(C::__invoke, runner, shared, init),
-        span: None,
-        parent: tracing::Span::current(),
+        span: tracing::Span::current(),
     }));
     let weak = Arc::downgrade(&run);
     let control: std::sync::Weak<std::sync::Mutex<dyn ChildControl>> = weak;
@@ -439,10 +446,9 @@ pub(crate) fn execute_child<C: Workflow>(
 /// whole life beside the executor made from them, and every parked run pays for that.
 struct Run<W: Workflow, F> {
     executor: Executor<W, F>,
-    /// `workflow.run`, made at the first poll (as an `async fn` would).
-    span: Option<tracing::Span>,
-    /// The span current where the run was made: the parent of `workflow.run`.
-    parent: tracing::Span,
+    /// `workflow.run`, made at the first poll (as an `async fn` would); until then the span
+    /// current where the run was made, its parent (`Executor::span_made` tells which).
+    span: tracing::Span,
 }
 
 // Nothing in a run is pinned in place: the invocation futures are pinned in their own boxes,
@@ -457,16 +463,18 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let span = this.span.get_or_insert_with(|| {
+        if !this.executor.span_made {
+            this.executor.span_made = true;
             let (workflow, run_id) = (W::GRAPH.workflow, this.executor.shared.run_id);
-            if this.parent.is_none() {
+            let parent = std::mem::replace(&mut this.span, tracing::Span::none());
+            this.span = if parent.is_none() {
                 // Made outside any span: the span current where it is first polled.
                 tracing::info_span!("workflow.run", workflow, run_id)
             } else {
-                tracing::info_span!(parent: &this.parent, "workflow.run", workflow, run_id)
-            }
-        });
-        let _entered = span.enter();
+                tracing::info_span!(parent: &parent, "workflow.run", workflow, run_id)
+            };
+        }
+        let _entered = this.span.enter();
         this.executor.poll(cx)
     }
 }
@@ -502,12 +510,17 @@ where
             // A resumed durable run continues the trace its journal holds.
             let prior = shared.journal.as_ref().and_then(|j| j.trace.clone());
             let recorder = Arc::new(Recorder::new(W::GRAPH.workflow, shared.run_id, prior));
-            let _ = shared.trace.set(recorder.clone());
+            let _ = shared.rare().trace.set(recorder.clone());
             recorder
+        });
+        let rare = runner.config.run_limit.clone().map(|semaphore| {
+            Box::new(Rare {
+                admission: Some(Box::pin(semaphore.acquire_owned()) as Admission),
+                ..Rare::default()
+            })
         });
         Executor {
             trace,
-            evict_timer: None,
             invoke,
             shared,
             steps,
@@ -516,24 +529,15 @@ where
             free_calls: Vec::new(),
             ready: VecDeque::new(),
             inbox: Vec::new(),
-            woken: Vec::new(),
             output: None,
             last: None,
             catches,
             recoveries: 0,
-            pending_requests: Vec::new(),
             completed: 0,
             started: 0,
             init: Some(init),
-            admission: runner
-                .config
-                .run_limit
-                .clone()
-                .map(|semaphore| Box::pin(semaphore.acquire_owned()) as Admission),
-            _permit: None,
-            deadline: None,
-            deadline_at: None,
-            limit: None,
+            rare,
+            span_made: false,
             begun: false,
             ended: false,
             loop_invocations: 0,
@@ -552,7 +556,7 @@ where
         }
         if !self.begun {
             // Wait for a turn under `max_concurrent_runs` (the run's timeout starts after).
-            if self.admission.is_some() {
+            if self.rare.as_ref().is_some_and(|r| r.admission.is_some()) {
                 // A run cancelled while it waits for its turn ends now, never admitted (it
                 // used to wait for a permit first, forever if none came back). `cancel`
                 // wakes this waker: registered before the flag is read, so no cancel is
@@ -563,10 +567,11 @@ where
                 }
                 // A snapshot of a run still waiting for its turn: the run as it will begin.
                 self.answer_snapshots_before_begin();
-                let admission = self.admission.as_mut().expect("checked above");
+                let rare = self.rare.as_mut().expect("checked above");
+                let admission = rare.admission.as_mut().expect("checked above");
                 let permit = std::task::ready!(admission.as_mut().poll(cx));
-                self._permit = Some(permit.expect("the semaphore is never closed"));
-                self.admission = None;
+                rare.permit = Some(permit.expect("the semaphore is never closed"));
+                rare.admission = None;
             }
             self.begun = true;
             let now = tokio::time::Instant::now();
@@ -582,23 +587,25 @@ where
             // A child's deadline is the earlier of its own and its parent's.
             let cap = self
                 .shared
-                .family
-                .get()
+                .family()
                 .and_then(|f| f.upward.as_ref())
                 .and_then(|u| u.cap);
-            self.deadline_at = match (own, cap) {
+            let deadline_at = match (own, cap) {
                 (Some(own), Some(cap)) => Some(own.min(cap)),
                 (own, cap) => own.or(cap),
             };
-            // The limit a timeout names: the runner's own, unless the parent's deadline comes
-            // first (then what was left of it).
-            self.limit = match (own, self.deadline_at) {
-                (Some(own), Some(at)) if own == at => self.runner.config.timeout,
-                (_, at) => at.map(|at| at.saturating_duration_since(now)),
-            };
-            self.deadline = self
-                .deadline_at
-                .map(|at| Box::pin(tokio::time::sleep_until(at)));
+            if let Some(at) = deadline_at {
+                // The limit a timeout names: the runner's own, unless the parent's deadline
+                // comes first (then what was left of it).
+                let limit = match own {
+                    Some(own) if own == at => self.runner.config.timeout,
+                    _ => Some(at.saturating_duration_since(now)),
+                };
+                let rare = self.rare();
+                rare.deadline_at = Some(at);
+                rare.limit = limit;
+                rare.deadline = Some(Box::pin(tokio::time::sleep_until(at)));
+            }
             let init = self.init.take().expect("a run begins once");
             if let Err(error) = self.begin(init) {
                 return self.end(Err(error), cx);
@@ -611,10 +618,7 @@ where
     /// Answers the snapshot requests of a run that has not begun (it waits for admission):
     /// a run that was to start holds its start event; one that was to resume, what it restored.
     fn answer_snapshots_before_begin(&self) {
-        let requests = lock(&self.shared.snapshot_requests)
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default();
+        let requests = self.shared.take_snapshot_requests();
         if requests.is_empty() {
             return;
         }
@@ -659,7 +663,7 @@ where
                         if let Some(invocation) = invocation {
                             self.shared.restore_memo(invocation, call.memo);
                             if !call.children.is_empty() {
-                                let family = self.shared.family.get_or_init(Box::default);
+                                let family = self.shared.rare().family.get_or_init(Box::default);
                                 let mut restored = lock(&family.restored);
                                 for (label, snapshot) in call.children {
                                     restored.push((invocation, label, snapshot));
@@ -685,7 +689,7 @@ where
                         .stream
                         .publish(StreamItem::Event(request.clone()));
                     self.await_response(&request);
-                    self.pending_requests.push(request);
+                    self.rare().pending_requests.push(request);
                 }
                 // The re-run steps go first, up to their first pause: a step that waits inline
                 // registers its waiter again before any answer in the inbox is routed, so that
@@ -756,7 +760,8 @@ where
             if budget > 0 {
                 if let Some(index) = self.ready.pop_front() {
                     budget -= 1;
-                    if let Some(at) = self.deadline_at {
+                    let deadline_at = self.deadline_at();
+                    if let Some(at) = deadline_at {
                         // Past the deadline before this poll (a busy runtime polled the run
                         // late): no step is to blame, and none is polled any more.
                         if tokio::time::Instant::now() >= at {
@@ -769,7 +774,7 @@ where
                     // A step that held the thread (blocking I/O, a CPU loop) past the run's
                     // deadline returns here only after it: the deadline still holds, it is
                     // named first, and what the late step produced is discarded.
-                    if let Some(at) = self.deadline_at {
+                    if let Some(at) = deadline_at {
                         self.shared.holding.store(0, Ordering::Relaxed);
                         if tokio::time::Instant::now() >= at {
                             return Poll::Ready(Err(self.timed_out(Some(index as usize))));
@@ -807,12 +812,12 @@ where
             }
             let calls_free = self.calls.len() == self.free_calls.len();
             let idle = calls_free && self.queued == 0;
-            if !idle {
-                self.evict_timer = None;
+            if let Some(rare) = self.rare.as_mut().filter(|_| !idle) {
+                rare.evict_timer = None;
             }
             if calls_free
                 && self.suspending()
-                && (self.queued > 0 || !self.pending_requests.is_empty())
+                && (self.queued > 0 || !self.pending_requests().is_empty())
             {
                 // Asked to stop (a server shutting down): nothing runs any more, and the
                 // queues and requests are saved for a resume.
@@ -829,7 +834,7 @@ where
                 });
             }
             if idle {
-                if self.pending_requests.is_empty() {
+                if self.pending_requests().is_empty() {
                     return Poll::Ready(Err(self.stuck()));
                 }
                 let evict_after = self
@@ -844,6 +849,7 @@ where
                         // Parked for a while first: an answer that comes soon finds the run
                         // here.
                         let timer = self
+                            .rare()
                             .evict_timer
                             .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
                         timer.as_mut().poll(cx).is_ready()
@@ -868,7 +874,7 @@ where
 
     /// Pending, unless the run's time limit has passed.
     fn check_deadline(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<W::Output>> {
-        if let Some(sleep) = &mut self.deadline {
+        if let Some(sleep) = self.rare.as_mut().and_then(|r| r.deadline.as_mut()) {
             if sleep.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(self.timed_out(None)));
             }
@@ -886,7 +892,7 @@ where
             active.insert(0, name);
         }
         WorkflowError::TimedOut {
-            timeout: self.limit.unwrap_or_default(),
+            timeout: self.rare.as_ref().and_then(|r| r.limit).unwrap_or_default(),
             active,
         }
     }
@@ -901,8 +907,7 @@ where
         if self.shared.cancelled.load(Ordering::Acquire) {
             return Err(WorkflowError::Cancelled);
         }
-        std::mem::swap(&mut *lock(&self.shared.woken), &mut self.woken);
-        self.ready.extend(self.woken.drain(..));
+        self.ready.extend(lock(&self.shared.woken).drain(..));
         let mut mail = std::mem::take(&mut self.inbox);
         {
             let mut inbox = lock(&self.shared.inbox);
@@ -917,10 +922,7 @@ where
         mail.clear();
         self.inbox = mail;
         result?;
-        let requests = lock(&self.shared.snapshot_requests)
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default();
+        let requests = self.shared.take_snapshot_requests();
         for reply in requests {
             let _ = reply.send(self.capture());
         }
@@ -930,14 +932,17 @@ where
     /// Durable runs: checkpoints what steps recorded (`Context::once`, the answers of their
     /// waits), then lets them go on.
     fn flush(&mut self) -> Result<()> {
-        let mut waiting = std::mem::take(&mut *lock(&self.shared.flush_requests));
+        let Some(rare) = self.shared.rare_if_made() else {
+            return Ok(());
+        };
+        let mut waiting = std::mem::take(&mut *lock(&rare.flush_requests));
         if waiting.is_empty() {
             return Ok(());
         }
         self.checkpoint()?;
         // The checkpoint may have drained more requests: they are saved too. They go on once
         // the checkpoint is durable.
-        waiting.append(&mut lock(&self.shared.flush_requests));
+        waiting.append(&mut lock(&self.shared.rare().flush_requests));
         self.writes().then.append(&mut waiting);
         Ok(())
     }
@@ -1008,11 +1013,11 @@ where
             let event = if envelope.target.is_none()
                 && event.kind() == EventKind::Response
                 && !self
-                    .pending_requests
+                    .pending_requests()
                     .iter()
                     .any(|r| r.meta().response == Some(event.id()))
             {
-                let offered = match self.shared.family.get() {
+                let offered = match self.shared.family() {
                     Some(family) => family.offer(event),
                     None => Some(event),
                 };
@@ -1030,7 +1035,7 @@ where
                 // An answer no step takes and nobody waits for yet: kept for a later
                 // `wait_for`, never lost and never fatal.
                 tracing::debug!(event = event.name(), "keeping an unclaimed response");
-                lock(&self.shared.unclaimed).push(event);
+                lock(&self.shared.rare().unclaimed).push(event);
                 continue;
             }
             self.route(event, envelope.target)?;
@@ -1235,7 +1240,9 @@ where
         if self.runner.config.steps[call.step].retry.is_some() {
             // The invocation is over: its retries no longer need what its collects did.
             let at = (call.step, call.worker);
-            crate::stream::lock(&self.shared.held).retain(|(a, _, _)| *a != at);
+            if let Some(rare) = self.shared.rare_if_made() {
+                crate::stream::lock(&rare.held).retain(|(a, _, _)| *a != at);
+            }
         }
         Done {
             step: call.step,
@@ -1259,7 +1266,7 @@ where
             retries: self.runner.config.steps[step].retry.is_some(),
             invocation: call.order,
             asked: std::sync::Mutex::new(Vec::new()),
-            deadline: self.deadline_at,
+            deadline: self.rare.as_ref().and_then(|r| r.deadline_at),
         };
         call.span = tracing::debug_span!(
             "workflow.step",
@@ -1463,7 +1470,10 @@ where
             return Ok(());
         };
         let mine: Vec<_> = {
-            let mut pending = lock(&self.shared.journal_pending);
+            let Some(rare) = self.shared.rare_if_made() else {
+                return Ok(());
+            };
+            let mut pending = lock(&rare.journal_pending);
             if pending.is_empty() {
                 return Ok(());
             }
@@ -1564,7 +1574,7 @@ where
                 self.journal_request(&event);
                 self.shared.stream.publish(StreamItem::Event(event.clone()));
                 self.await_response(&event);
-                self.pending_requests.push(event);
+                self.rare().pending_requests.push(event);
                 return Ok(());
             }
             EventKind::Response => {
@@ -1573,12 +1583,12 @@ where
                 // the second of several requests of one type clears that one.
                 let id = Some(meta.id);
                 if let Some(i) = self
-                    .pending_requests
+                    .pending_requests()
                     .iter()
                     .position(|r| r.meta().response == id && r.answered_by(&event))
                 {
-                    self.pending_requests.remove(i);
-                    if let Some(upward) = self.shared.family.get().and_then(|f| f.upward.as_ref()) {
+                    self.rare().pending_requests.remove(i);
+                    if let Some(upward) = self.shared.family().and_then(|f| f.upward.as_ref()) {
                         let mut awaiting = lock(&upward.awaiting);
                         if let Some(i) = awaiting.iter().position(|r| Some(*r) == id) {
                             awaiting.remove(i);
@@ -1621,7 +1631,7 @@ where
 
     /// A child run tells its parent which answer its pending request waits for.
     fn await_response(&self, request: &DynEvent) {
-        if let Some(upward) = self.shared.family.get().and_then(|f| f.upward.as_ref()) {
+        if let Some(upward) = self.shared.family().and_then(|f| f.upward.as_ref()) {
             if let Some(response) = request.meta().response {
                 lock(&upward.awaiting).push(response);
             }
@@ -1674,7 +1684,10 @@ where
             None => "no step ever ran".to_string(),
         };
         // A fan-in that can never complete is usually the real cause: say what it waits for.
-        let joins = lock(&self.shared.collect).incomplete(|step| W::GRAPH.steps[step].name);
+        let joins = match self.shared.rare_if_made() {
+            Some(rare) => lock(&rare.collect).incomplete(|step| W::GRAPH.steps[step].name),
+            None => Vec::new(),
+        };
         let diagnostic = if joins.is_empty() {
             diagnostic
         } else {
@@ -1754,7 +1767,7 @@ where
             }
         }
         let mut collect = Vec::new();
-        let buffers = lock(&self.shared.collect);
+        let buffers = lock(&self.shared.rare().collect);
         for (&(step, key), buffer) in buffers.sorted() {
             let n = collect.len();
             let mut slots = Vec::new();
@@ -1773,7 +1786,7 @@ where
         }
         drop(buffers);
         let pending_requests = self
-            .pending_requests
+            .pending_requests()
             .iter()
             .enumerate()
             .map(|(i, event)| encode(format!("pending_requests[{i}]"), event))
@@ -1781,7 +1794,7 @@ where
         // An answer nobody claimed, of a type outside the graph, cannot be stored: it stays in
         // memory for a later `wait_for` and is left out of the snapshot (it used to fail the
         // checkpoint, and with it the run). Only events of the graph survive a resume.
-        let unclaimed = lock(&self.shared.unclaimed)
+        let unclaimed = lock(&self.shared.rare().unclaimed)
             .iter()
             .filter_map(|event| match encode_event::<W>(event) {
                 Ok(record) => Some(record),
@@ -1807,7 +1820,7 @@ where
             stream_seq: self.shared.stream_seq.load(Ordering::Relaxed),
             invocations: self.started,
             deadline_ms: self
-                .deadline_at
+                .deadline_at()
                 .map(crate::snapshot::instant_to_unix_millis),
             inbox: self.shared.journal.as_ref().map_or(0, |j| j.inbox.routed()),
         })
@@ -1823,7 +1836,7 @@ where
         invocation: u64,
     ) -> std::result::Result<Vec<ChildRecord>, SnapshotError> {
         let mut children = Vec::new();
-        let Some(family) = self.shared.family.get() else {
+        let Some(family) = self.shared.family() else {
             return Ok(Vec::new());
         };
         for (inv, label, child) in family.running() {
@@ -1966,6 +1979,21 @@ where
         Ok(())
     }
 
+    /// What few runs use (made at the first use).
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// When the run's time limit passes, if it has one.
+    fn deadline_at(&self) -> Option<tokio::time::Instant> {
+        self.rare.as_ref().and_then(|r| r.deadline_at)
+    }
+
+    /// Requests published to the outside and not answered yet.
+    fn pending_requests(&self) -> &[DynEvent] {
+        self.rare.as_ref().map_or(&[], |r| &r.pending_requests)
+    }
+
     /// The run's writes (made at the first one).
     fn writes(&mut self) -> &mut Writes<W::Output> {
         self.writes.get_or_insert_with(Box::default)
@@ -1986,7 +2014,7 @@ where
     /// What a cancelled run's record says of the attempts that had failed before the cancel
     /// (`None` when none had).
     fn failures_before_cancel(&self) -> Option<String> {
-        let failures = lock(&self.shared.failures);
+        let failures = lock(&self.shared.rare_if_made()?.failures);
         if failures.is_empty() {
             return None;
         }
@@ -2112,8 +2140,7 @@ impl<W: Workflow, F> Executor<W, F> {
     fn stop_children(&mut self, outcome: &Outcome, saved: bool) {
         if self
             .shared
-            .family
-            .get()
+            .family()
             .is_some_and(|f| f.parent_ended(outcome, saved))
         {
             for call in &mut self.calls {
@@ -2129,14 +2156,16 @@ impl<W: Workflow, F> Drop for Executor<W, F> {
         // runtime shut down): the run is cancelled, and its stream still ends.
         if !self.ended {
             let outcome =
-                if let Some(outcome) = self.shared.family.get().and_then(|f| f.dropped_outcome()) {
+                if let Some(outcome) = self.shared.family().and_then(|f| f.dropped_outcome()) {
                     // A child run stopped by its parent's end.
                     outcome
                 } else if self.shared.timed_out.load(Ordering::Acquire) {
                     // Its handler gave up at the deadline while a step held the thread.
                     let error = WorkflowError::TimedOut {
                         timeout: self
-                            .limit
+                            .rare
+                            .as_ref()
+                            .and_then(|r| r.limit)
                             .or(self.runner.config.timeout)
                             .unwrap_or_default(),
                         active: Vec::new(),
@@ -2391,7 +2420,7 @@ pub(crate) fn restore_buffers<W: Workflow>(
         decode_event::<W>(record)
             .map_err(|(field, reason)| SnapshotError::new(format!("{path}.{field}"), reason))
     };
-    let mut buffers = lock(&shared.collect);
+    let mut buffers = lock(&shared.rare().collect);
     for (i, record) in snapshot.collect.iter().enumerate() {
         let step = W::GRAPH.step_index(&record.step).ok_or_else(|| {
             SnapshotError::new(
@@ -2414,7 +2443,7 @@ pub(crate) fn restore_buffers<W: Workflow>(
         buffers.insert((step, record.key), CollectBuffer::Erased(slots));
     }
     drop(buffers);
-    let mut unclaimed = lock(&shared.unclaimed);
+    let mut unclaimed = lock(&shared.rare().unclaimed);
     for (i, record) in snapshot.unclaimed.iter().enumerate() {
         unclaimed.push(event_of(format!("unclaimed[{i}]"), record)?);
     }

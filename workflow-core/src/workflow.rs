@@ -197,7 +197,7 @@ pub trait Workflow: Sized + Send + Sync + 'static {
 pub struct Runner<W: Workflow> {
     pub(crate) workflow: Arc<W>,
     pub(crate) routes: Arc<RouteTable>,
-    pub(crate) config: RunConfig,
+    pub(crate) config: Arc<RunConfig>,
     pub(crate) fingerprint: Arc<str>,
 }
 
@@ -280,7 +280,7 @@ impl<W: Workflow> Runner<W> {
         Runner {
             workflow: Arc::new(workflow),
             routes: Arc::new(RouteTable::new(W::GRAPH)),
-            config: RunConfig {
+            config: Arc::new(RunConfig {
                 timeout: None,
                 stream_capacity: DEFAULT_STREAM_CAPACITY,
                 internal_events: false,
@@ -297,7 +297,7 @@ impl<W: Workflow> Runner<W> {
                 evict_waiting_after: None,
                 trace: false,
                 poll_every: DEFAULT_POLL_INTERVAL,
-            },
+            }),
             fingerprint: fingerprint(W::GRAPH).into(),
         }
     }
@@ -317,19 +317,19 @@ impl<W: Workflow> Runner<W> {
     /// A run resumed from a snapshot or a store keeps the deadline it had (a crash does not buy
     /// it a fresh `limit`); one resumed after its deadline times out at once.
     pub fn timeout(mut self, limit: Duration) -> Runner<W> {
-        self.config.timeout = Some(limit);
+        Arc::make_mut(&mut self.config).timeout = Some(limit);
         self
     }
 
     /// How many items each stream subscriber buffers before dropping the oldest.
     pub fn stream_capacity(mut self, items: usize) -> Runner<W> {
-        self.config.stream_capacity = items.max(1);
+        Arc::make_mut(&mut self.config).stream_capacity = items.max(1);
         self
     }
 
     /// Publish step-started and step-finished items on the stream.
     pub fn internal_events(mut self, on: bool) -> Runner<W> {
-        self.config.internal_events = on;
+        Arc::make_mut(&mut self.config).internal_events = on;
         self
     }
 
@@ -358,14 +358,14 @@ impl<W: Workflow> Runner<W> {
     ///
     /// [`Trace`]: crate::trace::Trace
     pub fn trace(mut self, on: bool) -> Runner<W> {
-        self.config.trace = on;
+        Arc::make_mut(&mut self.config).trace = on;
         self
     }
 
     /// Print each step's activity (start, finish, failure, retry) and each wait for a human to
     /// stderr, one whole line per fact: a quick look at a run without a tracing subscriber.
     pub fn verbose(mut self, on: bool) -> Runner<W> {
-        self.config.verbose = on;
+        Arc::make_mut(&mut self.config).verbose = on;
         self
     }
 
@@ -374,7 +374,7 @@ impl<W: Workflow> Runner<W> {
     ///
     /// [`StepFailure`]: crate::StepFailure
     pub fn max_recoveries(mut self, n: u32) -> Runner<W> {
-        self.config.max_recoveries = n;
+        Arc::make_mut(&mut self.config).max_recoveries = n;
         self
     }
 
@@ -392,7 +392,7 @@ impl<W: Workflow> Runner<W> {
     /// let unbounded = Flow.runner().max_loop_invocations(None);        // no guard
     /// ```
     pub fn max_loop_invocations(mut self, limit: Option<u64>) -> Runner<W> {
-        self.config.max_loop_invocations = limit;
+        Arc::make_mut(&mut self.config).max_loop_invocations = limit;
         self
     }
 
@@ -403,7 +403,7 @@ impl<W: Workflow> Runner<W> {
     /// When `n` is 0.
     pub fn max_concurrent_runs(mut self, n: usize) -> Runner<W> {
         assert!(n > 0, "`max_concurrent_runs` must be at least 1");
-        self.config.run_limit = Some(Arc::new(Semaphore::new(n)));
+        Arc::make_mut(&mut self.config).run_limit = Some(Arc::new(Semaphore::new(n)));
         self
     }
 
@@ -428,7 +428,7 @@ impl<W: Workflow> Runner<W> {
     /// # let _ = runner;
     /// ```
     pub fn poll_interval(mut self, every: Duration) -> Runner<W> {
-        self.config.poll_every = every.max(Duration::from_millis(1));
+        Arc::make_mut(&mut self.config).poll_every = every.max(Duration::from_millis(1));
         self
     }
 
@@ -622,8 +622,9 @@ impl<W: Workflow> Runner<W> {
     /// the start and after each step completion, each event written to the stream, and the
     /// outcome. Only for `#[workflow(durable)]` workflows.
     pub fn store(mut self, store: Arc<dyn Store>) -> Runner<W> {
-        self.config.committer = Some(crate::commit::Committer::for_store(&store));
-        self.config.store = Some(store);
+        Arc::make_mut(&mut self.config).committer =
+            Some(crate::commit::Committer::for_store(&store));
+        Arc::make_mut(&mut self.config).store = Some(store);
         self
     }
 
@@ -632,7 +633,7 @@ impl<W: Workflow> Runner<W> {
     /// [`Runner::answer`] brings them back when the answer comes. At once when on; see
     /// [`Runner::evict_waiting_after`] to keep them a while first.
     pub fn evict_when_waiting(mut self, on: bool) -> Runner<W> {
-        self.config.evict_waiting_after = on.then_some(Duration::ZERO);
+        Arc::make_mut(&mut self.config).evict_waiting_after = on.then_some(Duration::ZERO);
         self
     }
 
@@ -652,7 +653,7 @@ impl<W: Workflow> Runner<W> {
     /// # let _ = runner;
     /// ```
     pub fn evict_waiting_after(mut self, idle: Duration) -> Runner<W> {
-        self.config.evict_waiting_after = Some(idle);
+        Arc::make_mut(&mut self.config).evict_waiting_after = Some(idle);
         self
     }
 
