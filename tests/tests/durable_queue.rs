@@ -780,3 +780,65 @@ fn a_dead_workers_run_is_claimed_by_the_worker_loop_current_thread() {
 fn a_dead_workers_run_is_claimed_by_the_worker_loop_multi_thread() {
     a_dead_workers_run_is_claimed_by_the_worker_loop(true);
 }
+
+// ---------------------------------------------------------------------------------------------
+
+/// A runtime built without `enable_time`: durable runs are refused with a clear error before
+/// anything is written, instead of their inbox watcher panicking in a task nobody awaits; an
+/// enqueued run (a store write only) stays queued for a worker on a proper runtime.
+fn durable_runs_need_timers(multi: bool) {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let job = Job::default();
+    let runner = job.clone().runner().store(store.clone());
+    let no_timers = if multi {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread().build()
+    }
+    .unwrap();
+    no_timers.block_on(async {
+        let refused = |error: WorkflowError| {
+            let text = error.to_string();
+            assert!(
+                matches!(error, WorkflowError::Durable { .. }) && text.contains("enable_all()"),
+                "{text}"
+            );
+        };
+        refused(runner.start_durable("k", 1).unwrap_err());
+        assert!(
+            store.load("k").unwrap().is_none(),
+            "nothing written for `k`"
+        );
+        runner.enqueue("queued", 2).unwrap();
+        refused(runner.work(1).unwrap_err());
+        refused(runner.adopt_orphans().unwrap_err());
+        refused(runner.resume_stored("queued").unwrap_err());
+    });
+    assert!(job.invocations.lock().unwrap().is_empty(), "no step ran");
+    // The queued run is intact: a worker on a runtime with timers runs it.
+    runtime(multi).block_on(async {
+        let worker = runner.work(1).unwrap();
+        until("the queued run", DEADLINE, || {
+            runner.stored_output("queued").is_ok()
+        })
+        .await;
+        worker.stop().await.unwrap();
+    });
+    assert_eq!(runner.stored_output("queued").unwrap(), 5);
+    assert_eq!(
+        *job.invocations.lock().unwrap(),
+        ["queued/double/1", "queued/finish/2"]
+    );
+}
+
+#[test]
+fn durable_runs_need_timers_current_thread() {
+    durable_runs_need_timers(false);
+}
+
+#[test]
+fn durable_runs_need_timers_multi_thread() {
+    durable_runs_need_timers(true);
+}

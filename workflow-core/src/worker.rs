@@ -208,7 +208,7 @@ impl<W: Workflow> Runner<W> {
     /// Outside a tokio runtime, or when `max_runs` is 0.
     pub fn work(&self, max_runs: usize) -> Result<Worker> {
         assert!(max_runs > 0, "a worker runs at least one run at a time");
-        let store = self.durable_store("*")?;
+        let store = self.live_store("*")?;
         let control = Arc::new(Control {
             stopping: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),

@@ -415,7 +415,8 @@ impl<W: Workflow> Runner<W> {
     /// once; polling is the fallback, and bounds how late a message can be. Runs that are not
     /// durable never poll. The watcher and the worker loop sleep on tokio's clock: a durable
     /// run needs a runtime with timers (`enable_time` or `enable_all`, as `#[tokio::main]`
-    /// and `#[tokio::test]` build).
+    /// and `#[tokio::test]` build); on one without, `start_durable`, `resume_stored`,
+    /// `answer`, `adopt_orphans` and `work` return [`WorkflowError::Durable`] saying so.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -662,13 +663,14 @@ impl<W: Workflow> Runner<W> {
     /// # Errors
     /// [`WorkflowError::Durable`] when the runner has no store, the workflow is not
     /// `#[workflow(durable)]`, a run with this key exists and has not ended, or another live
-    /// owner (a process, or another run of this one) holds the key ("owned by …");
+    /// owner (a process, or another run of this one) holds the key ("owned by …"), or the
+    /// tokio runtime has no timers (see [`Runner::poll_interval`]);
     /// [`WorkflowError::Store`] when the store cannot be read or written.
     ///
     /// # Panics
     /// Outside a tokio runtime.
     pub fn start_durable(&self, key: &str, input: W::Input) -> Result<Handler<W>> {
-        let store = self.durable_store(key)?;
+        let store = self.live_store(key)?;
         let lease = self.acquire(&*store, key, Claim::Start)?;
         let journal = self.journal(store, key, lease);
         let shared = Arc::new(
@@ -703,7 +705,7 @@ impl<W: Workflow> Runner<W> {
     }
 
     fn resume_stored_with(&self, key: &str, answer: Option<DynEvent>) -> Result<Handler<W>> {
-        let store = self.durable_store(key)?;
+        let store = self.live_store(key)?;
         let lease = self.acquire(&*store, key, Claim::Resume)?;
         self.resume_leased(store, key, lease, answer)
     }
@@ -871,7 +873,7 @@ impl<W: Workflow> Runner<W> {
     /// # Panics
     /// Outside a tokio runtime.
     pub fn adopt_orphans(&self) -> Result<Vec<(String, Handler<W>)>> {
-        let store = self.durable_store("*")?;
+        let store = self.live_store("*")?;
         let mut keys = store.keys(RunStatus::Running)?;
         keys.extend(store.keys(RunStatus::Waiting)?);
         let mut adopted = Vec::new();
@@ -998,6 +1000,27 @@ impl<W: Workflow> Runner<W> {
             .store
             .clone()
             .ok_or_else(|| durable("the runner has no store: call `Runner::store` first".into()))
+    }
+
+    /// [`Runner::durable_store`] for the calls that run a durable run in this process: these
+    /// also need tokio's timers (the run's inbox watcher and the worker loop sleep on tokio's
+    /// clock), so a runtime built without them is refused here, before anything is written,
+    /// instead of the watcher panicking later in a task nobody awaits.
+    pub(crate) fn live_store(&self, key: &str) -> Result<Arc<dyn Store>> {
+        let store = self.durable_store(key)?;
+        // Outside any runtime the documented panic comes from `tokio::spawn`, as before.
+        if tokio::runtime::Handle::try_current().is_ok()
+            && std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO))).is_err()
+        {
+            return Err(WorkflowError::Durable {
+                key: key.to_string(),
+                reason: "durable runs need a tokio runtime with timers: build it with \
+                         `enable_all()` or `enable_time()` (`#[tokio::main]` and \
+                         `#[tokio::test]` do)"
+                    .to_string(),
+            });
+        }
+        Ok(store)
     }
 
     /// The time limit a handler keeps for its run (see `Handler`'s poll): the run's, unless runs
