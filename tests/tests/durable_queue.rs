@@ -842,3 +842,144 @@ fn durable_runs_need_timers_current_thread() {
 fn durable_runs_need_timers_multi_thread() {
     durable_runs_need_timers(true);
 }
+
+// ---------------------------------------------------------------------------------------------
+
+/// A store in memory whose inbox reads wait until the test lets them finish (the network to
+/// PostgreSQL, a slow disk), and that records a read that waited in vain.
+#[derive(Default)]
+struct SlowInbox {
+    inner: MemoryStore,
+    /// Set when a read has begun.
+    reading: std::sync::atomic::AtomicBool,
+    /// Sent to by the test to let the reads finish.
+    release: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    /// A read was never let finish: whatever let it go was blocked behind it.
+    stalled: std::sync::atomic::AtomicBool,
+}
+
+impl Store for SlowInbox {
+    fn acquire(
+        &self,
+        key: &str,
+        owner: &tidewater::store::Owner,
+        claim: tidewater::store::Claim,
+    ) -> Result<tidewater::store::Lease, tidewater::store::StoreError> {
+        self.inner.acquire(key, owner, claim)
+    }
+    fn save(
+        &self,
+        key: &str,
+        lease: &tidewater::store::Lease,
+        record: &tidewater::store::RunRecord,
+    ) -> Result<(), tidewater::store::StoreError> {
+        self.inner.save(key, lease, record)
+    }
+    fn release(
+        &self,
+        key: &str,
+        lease: &tidewater::store::Lease,
+    ) -> Result<(), tidewater::store::StoreError> {
+        self.inner.release(key, lease)
+    }
+    fn load(
+        &self,
+        key: &str,
+    ) -> Result<Option<tidewater::store::RunRecord>, tidewater::store::StoreError> {
+        self.inner.load(key)
+    }
+    fn append_event(
+        &self,
+        key: &str,
+        lease: &tidewater::store::Lease,
+        seq: u64,
+        event: &tidewater::snapshot::EventRecord,
+    ) -> Result<(), tidewater::store::StoreError> {
+        self.inner.append_event(key, lease, seq, event)
+    }
+    fn events(
+        &self,
+        key: &str,
+    ) -> Result<Vec<(u64, tidewater::snapshot::EventRecord)>, tidewater::store::StoreError> {
+        self.inner.events(key)
+    }
+    fn keys(&self, status: RunStatus) -> Result<Vec<String>, tidewater::store::StoreError> {
+        self.inner.keys(status)
+    }
+    fn post(
+        &self,
+        key: &str,
+        message: &tidewater::store::Message,
+    ) -> Result<bool, tidewater::store::StoreError> {
+        self.inner.post(key, message)
+    }
+    fn inbox(
+        &self,
+        key: &str,
+        after: u64,
+    ) -> Result<Vec<(u64, tidewater::store::Message)>, tidewater::store::StoreError> {
+        if let Some(release) = self.release.lock().unwrap().take() {
+            self.reading.store(true, Ordering::SeqCst);
+            if release.recv_timeout(DEADLINE).is_err() {
+                self.stalled.store(true, Ordering::SeqCst);
+            }
+        }
+        self.inner.inbox(key, after)
+    }
+    fn wakeups(&self) -> Option<&tidewater::store::Wakeups> {
+        self.inner.wakeups()
+    }
+}
+
+/// A live durable run reads its store inbox off the runtime's threads: while the read waits
+/// (here until the test, a task on the same runtime, lets it finish), the runtime goes on.
+/// On the current-thread runtime a read on the runtime's thread would hold the only thread,
+/// so the test's task could never let it finish.
+fn inbox_reads_do_not_hold_the_runtime(multi: bool) {
+    let store = Arc::new(SlowInbox::default());
+    let desk = Desk::open();
+    let runner = desk
+        .clone()
+        .runner()
+        .store(store.clone())
+        .poll_interval(NEVER);
+    runtime(multi).block_on(async {
+        let run = runner.start_durable("s", 3).unwrap();
+        until("the run to ask", DEADLINE, || {
+            store
+                .load("s")
+                .unwrap()
+                .is_some_and(|r| !r.snapshot.pending_requests.is_empty())
+        })
+        .await;
+        let (release, reads) = std::sync::mpsc::channel();
+        *store.release.lock().unwrap() = Some(reads);
+        assert!(runner.post_event("s", "v-1", Verdict { ok: true }).unwrap());
+        until("the watcher to read its inbox", DEADLINE, || {
+            store.reading.load(Ordering::SeqCst)
+        })
+        .await;
+        release.send(()).unwrap();
+        let output = tokio::time::timeout(DEADLINE, run).await.unwrap().unwrap();
+        assert_eq!(output, "ok=true");
+    });
+    assert!(
+        !store.stalled.load(Ordering::SeqCst),
+        "the inbox read held the runtime"
+    );
+    assert_eq!(journal(&*store, "s"), ["Note(3)", "Ask", "Note(100)"]);
+    assert_eq!(
+        store.load("s").unwrap().unwrap().status,
+        RunStatus::Finished
+    );
+}
+
+#[test]
+fn inbox_reads_do_not_hold_the_runtime_current_thread() {
+    inbox_reads_do_not_hold_the_runtime(false);
+}
+
+#[test]
+fn inbox_reads_do_not_hold_the_runtime_multi_thread() {
+    inbox_reads_do_not_hold_the_runtime(true);
+}

@@ -139,10 +139,19 @@ pub(crate) fn watch<W: Workflow>(shared: &Arc<RunShared<W>>, every: Duration) {
             if cursor.is_closed() {
                 return;
             }
-            let messages = match store.inbox(&key, cursor.read()) {
-                Ok(messages) => messages,
-                Err(error) if error.kind == StoreErrorKind::Unsupported => return,
-                Err(error) => {
+            // On the blocking pool: a store read (a round trip to PostgreSQL, a file read)
+            // never holds a tokio worker, which would stall every run on it (all of them, on a
+            // current-thread runtime).
+            let read = {
+                let (store, key, after) = (store.clone(), key.clone(), cursor.read());
+                tokio::task::spawn_blocking(move || store.inbox(&key, after)).await
+            };
+            let messages = match read {
+                Ok(Ok(messages)) => messages,
+                // The runtime is shutting down.
+                Err(_) => return,
+                Ok(Err(error)) if error.kind == StoreErrorKind::Unsupported => return,
+                Ok(Err(error)) => {
                     tracing::warn!(%key, %error, "cannot read the run's inbox; trying again");
                     continue;
                 }
