@@ -330,7 +330,7 @@ impl<W: Workflow, C: Workflow> ChildCall<'_, W, C> {
             run_id: shared.run_id,
         };
         self.id = Some(id);
-        let cap = ctx.deadline;
+        let cap = ctx.extra.get().and_then(|e| e.deadline);
         shared.stream = Publisher::child(
             runner.config.stream_capacity,
             Forward {
@@ -372,7 +372,7 @@ impl<W: Workflow, C: Workflow> ChildCall<'_, W, C> {
                             reason: "no run with this key in the store".into(),
                         })?;
                         let (state, restored) =
-                            restore::<C>(&record.snapshot, &runner.fingerprint)?;
+                            restore::<C>(&record.snapshot, &runner.config.fingerprint)?;
                         *lock(&shared.state) = state;
                         restore_buffers::<C>(&record.snapshot, &shared)?;
                         let mut journal = runner.journal(store, &key, lease);
@@ -394,7 +394,7 @@ impl<W: Workflow, C: Workflow> ChildCall<'_, W, C> {
             {
                 // Running when the parent's snapshot was taken: it goes on from there.
                 Some(snapshot) => {
-                    let (state, restored) = restore::<C>(&snapshot, &runner.fingerprint)?;
+                    let (state, restored) = restore::<C>(&snapshot, &runner.config.fingerprint)?;
                     *lock(&shared.state) = state;
                     restore_buffers::<C>(&snapshot, &shared)?;
                     Init::Resume(restored)

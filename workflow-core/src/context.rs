@@ -69,11 +69,15 @@ pub(crate) struct RunShared<W: Workflow> {
     pub(crate) stream: Publisher,
     /// Steps waiting inline for an event, in registration order.
     waiters: Mutex<Vec<Waiter>>,
-    next_waiter: AtomicU64,
+    /// The id of the next waiter (ids wrap around: one in use is skipped).
+    next_waiter: std::sync::atomic::AtomicU32,
     /// How many events steps wrote to the stream (the stream position of snapshots).
     pub(crate) stream_seq: AtomicU64,
     /// The run is over: snapshot requests are refused (see `request_snapshot`).
     snapshots_closed: AtomicBool,
+    /// The run's first call is queued to be polled: this state is that call's waker (see
+    /// `runtime::Call::wake`).
+    pub(crate) first_call_queued: AtomicBool,
     /// Durable runs: where the run is journaled.
     /// Boxed: most runs are not durable, and every run pays for the field.
     pub(crate) journal: Option<Box<Journal>>,
@@ -338,19 +342,18 @@ impl CollectBuffers {
 /// A step waiting inline (`ctx.wait_for`) for an event that matches: its entry in the run's
 /// waiter list, which is also where its answer is left (no channel per wait).
 struct Waiter {
-    id: u64,
-    /// `accepts::<R>`: is the event an `R` that `predicate` (a [`Predicate<R>`]) accepts? A
-    /// function pointer, so a wait without a predicate allocates no closure.
-    matches: fn(&DynEvent, Option<&(dyn Any + Send)>) -> bool,
-    predicate: Option<Box<dyn Any + Send>>,
+    id: u32,
+    /// Is the event an `R` (and one the wait's predicate accepts)? A closure that captures
+    /// nothing when the wait has no predicate, so its box allocates nothing.
+    matches: Box<dyn Fn(&DynEvent) -> bool + Send>,
     /// The waker of the waiting step until an answer comes, then the answer, which stays here
     /// until the step takes it (or is dropped with the step).
     slot: Slot,
     /// Durable workflows: the invocation the answer is recorded under (label
-    /// `wait_for:<R::NAME>`, `R::NAME` being `name`), by the loop when it hands the answer
-    /// over, so that the checkpoint after routing holds it.
-    record_as: Option<u64>,
-    name: &'static str,
+    /// `wait_for:<R::NAME>`, the answer's own name; 0: not recorded, invocations are numbered
+    /// from 1), by the loop when it hands the answer over, so that the checkpoint after
+    /// routing holds it.
+    record_as: u64,
 }
 
 /// Where a waiter is: waiting (with the waker of its step, once polled), or answered.
@@ -366,7 +369,7 @@ type WaitAnswer = std::result::Result<DynEvent, Box<dyn Any + Send>>;
 
 impl Waiter {
     fn matches(&self, event: &DynEvent) -> bool {
-        (self.matches)(event, self.predicate.as_deref())
+        (self.matches)(event)
     }
 
     /// Leaves `answer` for the step and wakes it.
@@ -379,13 +382,15 @@ impl Waiter {
     }
 }
 
-fn accepts<R: Event>(event: &DynEvent, predicate: Option<&(dyn Any + Send)>) -> bool {
-    event.downcast_ref::<R>().is_some_and(|r| {
-        predicate.is_none_or(|p| {
-            let p = p.downcast_ref::<Predicate<R>>();
-            p.expect("a waiter's predicate takes its event type")(r)
-        })
-    })
+/// The waker of the run's first call (index 0): queues it for the run loop and wakes the run,
+/// as `runtime::CallWake` does for the others.
+impl<W: Workflow> futures_util::task::ArcWake for RunShared<W> {
+    fn wake_by_ref(this: &Arc<Self>) {
+        if !this.first_call_queued.swap(true, Ordering::AcqRel) {
+            lock(&this.woken).push(0);
+            this.notify();
+        }
+    }
 }
 
 impl<W: Workflow> RunShared<W> {
@@ -404,9 +409,10 @@ impl<W: Workflow> RunShared<W> {
             woken: Mutex::new(Vec::new()),
             stream: Publisher::new(stream_capacity),
             waiters: Mutex::new(Vec::new()),
-            next_waiter: AtomicU64::new(1),
+            next_waiter: std::sync::atomic::AtomicU32::new(1),
             stream_seq: AtomicU64::new(0),
             snapshots_closed: AtomicBool::new(false),
+            first_call_queued: AtomicBool::new(false),
             journal: None,
             rare: std::sync::OnceLock::new(),
         }
@@ -557,12 +563,13 @@ impl<W: Workflow> RunShared<W> {
                 waiter.answer(Err(panic));
                 continue;
             }
-            if let Some(invocation) = waiter.record_as {
+            if waiter.record_as > 0 {
+                let invocation = waiter.record_as;
                 // Recorded before it is handed over: the checkpoint that follows the routing
                 // of an answer from outside holds it, even before the step runs again.
                 if let Ok(record) = crate::snapshot::encode_event::<W>(&event) {
                     let value = serde_json::to_value(record).expect("an event record is JSON");
-                    let label = format!("wait_for:{}", waiter.name);
+                    let label = format!("wait_for:{}", event.name());
                     self.record(invocation, &label, value);
                 }
             }
@@ -660,7 +667,7 @@ impl<W: Workflow> RunShared<W> {
 
     /// Deregisters waiter `id` (its step went away: a time limit, a cancel), with its answer
     /// if one came.
-    fn remove_waiter(&self, id: u64) {
+    fn remove_waiter(&self, id: u32) {
         lock(&self.waiters).retain(|w| w.id != id);
     }
 
@@ -668,7 +675,7 @@ impl<W: Workflow> RunShared<W> {
     /// waker kept for the answer).
     fn poll_waiter(
         &self,
-        id: u64,
+        id: u32,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<WaitAnswer>> {
         let mut waiters = lock(&self.waiters);
@@ -738,20 +745,46 @@ impl<W: Workflow> RunShared<W> {
 /// ```
 pub struct Context<W: Workflow> {
     pub(crate) shared: Arc<RunShared<W>>,
-    pub(crate) step: usize,
+    pub(crate) step: u32,
     pub(crate) attempt: u32,
     pub(crate) worker: u32,
-    pub(crate) last_error: Option<Arc<dyn Error + Send + Sync>>,
     /// The step has a retry policy: its collects remember what they did for the retries.
     pub(crate) retries: bool,
     /// The invocation's number in its run (stable across resumes of a durable run).
     pub(crate) invocation: u64,
-    /// How many times this attempt asked for each label (`once`, `wait_for`): the n-th ask
-    /// gets the n-th recorded value.
-    pub(crate) asked: Mutex<Vec<(String, u32)>>,
+    /// What few invocations have (made with the context when it has a last error or a
+    /// deadline, else at the first ask): a plain step's context is a few words.
+    pub(crate) extra: std::sync::OnceLock<Box<ContextExtra>>,
+}
+
+/// The rarely used part of a [`Context`].
+#[derive(Default)]
+pub(crate) struct ContextExtra {
+    /// The error of the previous attempt, when this invocation is a retry.
+    pub(crate) last_error: Option<Arc<dyn Error + Send + Sync>>,
     /// When the run's time limit passes: the deadline of the children this step starts is
     /// no later.
     pub(crate) deadline: Option<tokio::time::Instant>,
+    /// How many times this attempt asked for each label (`once`, `wait_for`): the n-th ask
+    /// gets the n-th recorded value.
+    asked: Mutex<Vec<(String, u32)>>,
+}
+
+impl ContextExtra {
+    /// The part of a new context, when it has anything: `OnceLock::new()` otherwise.
+    pub(crate) fn slot(
+        last_error: Option<Arc<dyn Error + Send + Sync>>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> std::sync::OnceLock<Box<ContextExtra>> {
+        if last_error.is_none() && deadline.is_none() {
+            return std::sync::OnceLock::new();
+        }
+        std::sync::OnceLock::from(Box::new(ContextExtra {
+            last_error,
+            deadline,
+            asked: Mutex::new(Vec::new()),
+        }))
+    }
 }
 
 impl<W: Workflow> Context<W> {
@@ -762,13 +795,13 @@ impl<W: Workflow> Context<W> {
 
     /// The name of the step this context was given to.
     pub fn step_name(&self) -> &'static str {
-        W::GRAPH.steps[self.step].name
+        W::GRAPH.steps[self.step as usize].name
     }
 
     /// The index of the step in the graph (generated code dispatches on it).
     #[doc(hidden)]
     pub fn step_index(&self) -> usize {
-        self.step
+        self.step as usize
     }
 
     /// Which attempt this invocation is: 1 for the first, 2 for the first retry, and so on.
@@ -778,7 +811,7 @@ impl<W: Workflow> Context<W> {
 
     /// The error of the previous attempt, when this invocation is a retry.
     pub fn last_error(&self) -> Option<&(dyn Error + Send + Sync + 'static)> {
-        self.last_error.as_deref()
+        self.extra.get()?.last_error.as_deref()
     }
 
     /// A key naming this step invocation, the same on every attempt and, in a durable run,
@@ -889,7 +922,7 @@ impl<W: Workflow> Context<W> {
 
     /// The number of the next ask of `label` in this attempt (0 for the first).
     pub(crate) fn ask(&self, label: &str) -> u32 {
-        let mut asked = lock(&self.asked);
+        let mut asked = lock(&self.extra.get_or_init(Box::default).asked);
         match asked.iter_mut().find(|(l, _)| l == label) {
             Some((_, n)) => {
                 *n += 1;
@@ -904,7 +937,10 @@ impl<W: Workflow> Context<W> {
 
     /// How many times this attempt asked for `label` so far.
     fn asked_count(&self, label: &str) -> u32 {
-        lock(&self.asked)
+        let Some(extra) = self.extra.get() else {
+            return 0;
+        };
+        lock(&extra.asked)
             .iter()
             .find(|(l, _)| l == label)
             .map_or(0, |(_, n)| *n)
@@ -976,7 +1012,7 @@ impl<W: Workflow> Context<W> {
                 trace.record(crate::trace::TraceEvent::EventSent {
                     event: event.to_string(),
                     target: target.map(|t| W::GRAPH.steps[t].name.to_string()),
-                    step: Some(W::GRAPH.steps[self.step].name.to_string()),
+                    step: Some(W::GRAPH.steps[self.step as usize].name.to_string()),
                     attempt: Some(self.attempt),
                 });
             }
@@ -1008,13 +1044,13 @@ impl<W: Workflow> Context<W> {
         }
         lock(&self.shared.rare().held)
             .iter()
-            .find(|(at, k, _)| *at == (self.step, self.worker) && *k == key)
+            .find(|(at, k, _)| *at == ((self.step as usize), self.worker) && *k == key)
             .map(|(_, _, held)| held.clone())
     }
 
     fn hold(&self, key: u64, held: Held) {
         let mut all = lock(&self.shared.rare().held);
-        let at = (self.step, self.worker);
+        let at = ((self.step as usize), self.worker);
         match all.iter_mut().find(|(a, k, _)| *a == at && *k == key) {
             Some(entry) => entry.2 = held,
             None => all.push((at, key, held)),
@@ -1084,7 +1120,7 @@ impl<W: Workflow> Context<W> {
         let key = E::ID.raw();
         let mut buffers = lock(&self.shared.rare().collect);
         buffers.want(
-            (self.step, key),
+            ((self.step as usize), key),
             std::slice::from_ref(&E::NAME),
             Per::Set(n),
         );
@@ -1098,7 +1134,7 @@ impl<W: Workflow> Context<W> {
             );
         }
         let buffer = buffers
-            .entry((self.step, key), || {
+            .entry(((self.step as usize), key), || {
                 CollectBuffer::Typed(Box::new(VecDeque::<E>::new()))
             })
             .typed::<E>();
@@ -1167,13 +1203,13 @@ impl<W: Workflow> Context<W> {
             return None;
         }
         let mut buffers = lock(&self.shared.rare().collect);
-        buffers.want((self.step, T::KEY), T::NAMES, Per::Set(1));
+        buffers.want(((self.step as usize), T::KEY), T::NAMES, Per::Set(1));
         let held = self.held(T::KEY);
         if let Some(Held::Set(set)) = held {
             return Some(T::from_events(&mut set.into_iter()));
         }
         let slots = buffers
-            .entry((self.step, T::KEY), || {
+            .entry(((self.step as usize), T::KEY), || {
                 CollectBuffer::Erased(vec![VecDeque::new(); T::LEN])
             })
             .erased();
@@ -1266,7 +1302,7 @@ impl<W: Workflow> Context<W> {
             return Some(items(set));
         }
         let slots = buffers
-            .entry((self.step, key), || {
+            .entry(((self.step as usize), key), || {
                 CollectBuffer::Erased(vec![VecDeque::new(), VecDeque::new()])
             })
             .erased();
@@ -1296,7 +1332,7 @@ impl<W: Workflow> Context<W> {
         }
         let next = told(&slots[0]);
         buffers.want(
-            (self.step, key),
+            ((self.step as usize), key),
             <(C, E) as CollectSet>::NAMES,
             Per::Told(next),
         );
@@ -1304,7 +1340,7 @@ impl<W: Workflow> Context<W> {
         if let Some(c) = again {
             self.shared.post(Envelope {
                 event: c,
-                target: Some(self.step),
+                target: Some(self.step as usize),
                 from: Sender::Run,
             });
         }
@@ -1392,7 +1428,8 @@ impl<W: Workflow> Context<W> {
                     data: serde_json::json!({ "debug": format!("{event:?}") }),
                 }
             });
-            lock(&shared.rare().journal_pending).push(((self.step, self.worker), record));
+            lock(&shared.rare().journal_pending)
+                .push((((self.step as usize), self.worker), record));
         } else {
             shared.stream_seq.fetch_add(1, Ordering::Relaxed);
         }
@@ -1524,13 +1561,17 @@ impl<'a, W: Workflow, R: Event> std::future::IntoFuture for WaitFor<'a, W, R> {
     type IntoFuture = Waiting<'a, W, R>;
 
     fn into_future(self) -> Waiting<'a, W, R> {
+        let options = (self.matches.is_some() || self.request.is_some() || self.timeout.is_some())
+            .then(|| {
+                Box::new(WaitOptions {
+                    matches: self.matches,
+                    request: self.request,
+                    timeout: self.timeout,
+                })
+            });
         Waiting {
             ctx: self.ctx,
-            state: WaitState::Start {
-                matches: self.matches,
-                request: self.request,
-                timeout: self.timeout,
-            },
+            state: WaitState::Start(options),
         }
     }
 }
@@ -1570,18 +1611,25 @@ pub struct Waiting<'a, W: Workflow, R: Event> {
     state: WaitState<'a, R>,
 }
 
+/// What a wait was built with, when it was built with anything (boxed: a plain
+/// `wait_for::<R>()` carries none).
+struct WaitOptions<R: Event> {
+    matches: Option<Predicate<R>>,
+    request: Option<DynEvent>,
+    timeout: Option<std::time::Duration>,
+}
+
+/// A wait's time limit and its timer.
+type WaitLimit = Box<(std::time::Duration, Pin<Box<tokio::time::Sleep>>)>;
+
 enum WaitState<'a, R: Event> {
     /// Not polled yet: the wait as built.
-    Start {
-        matches: Option<Predicate<R>>,
-        request: Option<DynEvent>,
-        timeout: Option<std::time::Duration>,
-    },
+    Start(Option<Box<WaitOptions<R>>>),
     /// Registered as waiter `id` (deregistered when the future is dropped), with its time
     /// limit and timer (boxed: a wait without a time limit, a parked run, carries none).
     Registered {
-        id: u64,
-        limit: Option<(std::time::Duration, Pin<Box<tokio::time::Sleep>>)>,
+        id: u32,
+        limit: Option<WaitLimit>,
     },
     /// Durable workflows: the answer is being recorded and saved before the step sees it.
     Saving(Pin<Box<dyn Future<Output = Result<R>> + Send + 'a>>),
@@ -1613,12 +1661,18 @@ impl<'a, W: Workflow, R: Event> Waiting<'a, W, R> {
 
     /// The first poll: an answer recorded before (durable), an unclaimed answer, or
     /// registered as a waiter.
-    fn start(
-        &mut self,
-        matches: Option<Predicate<R>>,
-        request: Option<DynEvent>,
-        timeout: Option<std::time::Duration>,
-    ) -> std::task::Poll<Result<R>> {
+    fn start(&mut self, options: Option<Box<WaitOptions<R>>>) -> std::task::Poll<Result<R>> {
+        let (matches, request, timeout) = match options {
+            Some(options) => {
+                let WaitOptions {
+                    matches,
+                    request,
+                    timeout,
+                } = *options;
+                (matches, request, timeout)
+            }
+            None => (None, None, None),
+        };
         let ctx = self.ctx;
         let shared = &ctx.shared;
         // Durable workflows: the n-th wait for an `R` of this invocation is answered by the
@@ -1634,16 +1688,22 @@ impl<'a, W: Workflow, R: Event> Waiting<'a, W, R> {
         } else {
             None
         };
-        let id = shared.next_waiter.fetch_add(1, Ordering::Relaxed);
-        let waiter = Waiter {
-            id,
-            matches: accepts::<R>,
-            predicate: matches.map(|p| Box::new(p) as Box<dyn Any + Send>),
+        let mut waiter = Waiter {
+            id: 0,
+            matches: match matches {
+                None => Box::new(|event: &DynEvent| event.is::<R>()),
+                Some(predicate) => Box::new(move |event: &DynEvent| {
+                    event.downcast_ref::<R>().is_some_and(&predicate)
+                }),
+            },
             slot: Slot::Waiting(None),
-            record_as: recorded.is_some().then_some(ctx.invocation),
-            name: R::NAME,
+            record_as: if recorded.is_some() {
+                ctx.invocation
+            } else {
+                0
+            },
         };
-        let early = {
+        let registered = {
             let mut waiters = lock(&shared.waiters);
             // An answer that came before anyone waited is taken at once.
             let mut unclaimed = shared.rare_if_made().map(|r| lock(&r.unclaimed));
@@ -1651,7 +1711,7 @@ impl<'a, W: Workflow, R: Event> Waiting<'a, W, R> {
                 let i = unclaimed.iter().position(|e| waiter.matches(e))?;
                 Some((unclaimed, i))
             }) {
-                Some(unclaimed.remove(i))
+                Err(unclaimed.remove(i))
             } else {
                 // Grown from one: most runs have one waiter, and a parked run pays for the
                 // rest.
@@ -1659,17 +1719,27 @@ impl<'a, W: Workflow, R: Event> Waiting<'a, W, R> {
                     let more = waiters.len().max(1);
                     waiters.reserve_exact(more);
                 }
+                // A 32-bit id, unique among the waiters registered: one still in use after
+                // the ids wrapped around is skipped.
+                let id = loop {
+                    let id = shared.next_waiter.fetch_add(1, Ordering::Relaxed);
+                    if !waiters.iter().any(|w| w.id == id) {
+                        break id;
+                    }
+                };
+                waiter.id = id;
                 waiters.push(waiter);
-                None
+                Ok(id)
             }
         };
-        if let Some(event) = early {
-            return self.got(recorded, event);
-        }
+        let id = match registered {
+            Ok(id) => id,
+            Err(event) => return self.got(recorded, event),
+        };
         // Deregistered on every exit from now on: answered, timed out, or the step dropped.
         self.state = WaitState::Registered {
             id,
-            limit: timeout.map(|limit| (limit, Box::pin(tokio::time::sleep(limit)))),
+            limit: timeout.map(|limit| Box::new((limit, Box::pin(tokio::time::sleep(limit))))),
         };
         if let Some(trace) = shared.trace() {
             // An inline wait is a wait for a human too: drawn as the request it
@@ -1694,12 +1764,8 @@ impl<W: Workflow, R: Event> Future for Waiting<'_, W, R> {
         let this = self.get_mut();
         loop {
             match std::mem::replace(&mut this.state, WaitState::Done) {
-                WaitState::Start {
-                    matches,
-                    request,
-                    timeout,
-                } => {
-                    if let Poll::Ready(result) = this.start(matches, request, timeout) {
+                WaitState::Start(options) => {
+                    if let Poll::Ready(result) = this.start(options) {
                         return Poll::Ready(result);
                     }
                     // Registered (polled below, so that the answer finds the waker), or
@@ -1711,7 +1777,7 @@ impl<W: Workflow, R: Event> Future for Waiting<'_, W, R> {
                     let answer = match this.ctx.shared.poll_waiter(id, cx) {
                         Poll::Ready(answer) => answer,
                         Poll::Pending => {
-                            if let Some((timeout, sleep)) = &mut limit {
+                            if let Some((timeout, sleep)) = limit.as_deref_mut() {
                                 if sleep.as_mut().poll(cx).is_ready() {
                                     this.ctx.shared.remove_waiter(id);
                                     return Poll::Ready(Err(WorkflowError::WaitTimedOut {

@@ -15,7 +15,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context as TaskContext, Poll, Wake, Waker};
+use std::task::{Context as TaskContext, Poll};
 
 use tokio::sync::{AcquireError, OwnedSemaphorePermit};
 use tokio::time::Sleep;
@@ -108,12 +108,13 @@ impl Failed {
 struct StepState {
     queue: VecDeque<DynEvent>,
     busy: u32,
-    limit: u32,
-    /// Workers that finished, reused last-freed first (`next_worker` numbers new ones).
-    free_workers: Vec<u32>,
+    /// The next worker number never used (freed ones are in `Rare::free_workers`).
     next_worker: u32,
-    /// Keep a copy of each input: for snapshots, retries or the catch-error step.
-    keep_input: bool,
+}
+
+/// How many invocations of `step` may run at once (`num_workers`).
+fn limit<W: Workflow>(step: usize) -> u32 {
+    W::GRAPH.steps[step].num_workers.clamp(1, u32::MAX as usize) as u32
 }
 
 /// Where a call is in its invocation.
@@ -137,9 +138,11 @@ type Invoke<W, F> = fn(Arc<W>, Context<W>, DynEvent) -> F;
 /// grows.
 struct Call<W: Workflow, F> {
     future: Pin<Box<Option<F>>>,
-    /// Wakes the run and tells it to poll this call (and no other).
-    wake: Arc<CallWake<W>>,
-    waker: Waker,
+    /// Wakes the run and tells it to poll this call (and no other); polled with a waker
+    /// borrowed from it (`waker_ref`: no count change per poll). `None` for the run's first
+    /// call, whose waker is the run's shared state itself (`RunShared::first_call_queued`):
+    /// a run with one step at a time allocates no waker.
+    wake: Option<Arc<CallWake<W>>>,
     phase: Phase,
     step: usize,
     worker: u32,
@@ -147,6 +150,19 @@ struct Call<W: Workflow, F> {
     /// The invocation's number in its run: its start order (a resumed run starts them again
     /// in the same order), its `Context::invocation_key` and the key of what it recorded.
     order: u64,
+    /// The input, the last error and the timer: made for a step that keeps its input
+    /// (durable runs, retries, a catch-error step) or has a time limit, reused by the call's
+    /// later invocations.
+    kept: Option<Box<Kept>>,
+    /// The `workflow.step` span of the running attempt, when a subscriber records it.
+    span: Option<Box<tracing::Span>>,
+    /// The next free call, while this one is free (`NO_CALL`: none).
+    next_free: u32,
+}
+
+/// What a call keeps for steps that need it (see `Call::kept`).
+#[derive(Default)]
+struct Kept {
     /// The input, when the step's `keep_input` says so: a snapshot re-runs it, a retry gets a
     /// copy, a catch-error step receives it.
     input: Option<DynEvent>,
@@ -154,9 +170,24 @@ struct Call<W: Workflow, F> {
     /// The step's time limit for the running attempt, or the delay before the next attempt.
     /// Only steps with a timeout or a retry policy ever have one.
     timer: Option<Pin<Box<Sleep>>>,
-    /// The `workflow.step` span of the running attempt (disabled when nobody listens).
-    span: tracing::Span,
 }
+
+impl<W: Workflow, F> Call<W, F> {
+    fn input(&self) -> Option<&DynEvent> {
+        self.kept.as_ref().and_then(|k| k.input.as_ref())
+    }
+
+    fn timer(&self) -> Option<&Pin<Box<Sleep>>> {
+        self.kept.as_ref().and_then(|k| k.timer.as_ref())
+    }
+
+    fn kept(&mut self) -> &mut Kept {
+        self.kept.get_or_insert_with(Box::default)
+    }
+}
+
+/// No call (the end of the free list).
+const NO_CALL: u32 = u32::MAX;
 
 /// The waker of one call: queues the call's index for the run loop and wakes the run.
 struct CallWake<W: Workflow> {
@@ -167,15 +198,11 @@ struct CallWake<W: Workflow> {
     shared: Arc<RunShared<W>>,
 }
 
-impl<W: Workflow> Wake for CallWake<W> {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if !self.queued.swap(true, Ordering::AcqRel) {
-            lock(&self.shared.woken).push(self.index);
-            self.shared.notify();
+impl<W: Workflow> futures_util::task::ArcWake for CallWake<W> {
+    fn wake_by_ref(this: &Arc<Self>) {
+        if !this.queued.swap(true, Ordering::AcqRel) {
+            lock(&this.shared.woken).push(this.index);
+            this.shared.notify();
         }
     }
 }
@@ -189,17 +216,22 @@ struct Executor<W: Workflow, F> {
     invoke: Invoke<W, F>,
     shared: Arc<RunShared<W>>,
     steps: Vec<StepState>,
-    queued: usize,
+    /// Events waiting in the steps' queues.
+    queued: u32,
     calls: Vec<Call<W, F>>,
-    free_calls: Vec<u32>,
+    /// The first free call (`NO_CALL`: none); each free call names the next (`Call::next_free`).
+    free_call: u32,
+    /// Calls running an invocation (or waiting out a retry delay).
+    busy_calls: u32,
     /// Calls to poll, in the order they were started or woken.
     ready: VecDeque<u32>,
     /// A spare buffer swapped with `RunShared::inbox`, so draining it keeps its capacity and
     /// sending an event does not allocate.
     inbox: Vec<crate::context::Envelope>,
     output: Option<W::Output>,
-    /// The last step to finish and how many events it emitted, for the stuck diagnostic.
-    last: Option<(&'static str, usize)>,
+    /// The last step to finish and how many events it emitted (`u32::MAX`: an empty batch),
+    /// for the stuck diagnostic.
+    last: Option<(u32, u32)>,
     /// Does a step take `StepFailure`? Then failing invocations keep their input for it.
     catches: bool,
     recoveries: u32,
@@ -211,7 +243,7 @@ struct Executor<W: Workflow, F> {
     init: Option<Init>,
     /// What few runs use (a time limit, a turn under `max_concurrent_runs`, requests, eviction),
     /// made at first use: a run without any of them pays one pointer.
-    rare: Option<Box<Rare>>,
+    rare: Option<Box<Rare<W::Output>>>,
     /// The run's span (`workflow.run`) is made: until then `Run::span` is its parent.
     span_made: bool,
     begun: bool,
@@ -219,7 +251,7 @@ struct Executor<W: Workflow, F> {
     /// Invocations of steps on a loop so far (the runaway-loop guard).
     loop_invocations: u64,
     /// The step whose invocation crossed the loop limit.
-    runaway: Option<usize>,
+    runaway: Option<u32>,
     /// A durable run saved a status that gave up its claim on the store (ended or parked).
     released: bool,
     /// An attempt of a durable run failed and will be retried: checkpoint it.
@@ -227,16 +259,14 @@ struct Executor<W: Workflow, F> {
     /// A durable run routed an input that is in no checkpoint yet (an event from outside, or
     /// one sent by a step that is still running): checkpoint before any step acts on it.
     unsaved_input: bool,
-    /// The run's trace recorder, when the runner records (`Runner::trace`).
-    trace: Option<Arc<Recorder>>,
-    /// Durable runs: their writes in flight (boxed, made at the first one: a run that is not
-    /// durable pays one pointer for them).
-    writes: Option<Box<Writes<W::Output>>>,
 }
 
 /// The parts of a run that few runs use (see `Executor::rare`).
-#[derive(Default)]
-struct Rare {
+struct Rare<O> {
+    /// The run's trace recorder, when the runner records (`Runner::trace`).
+    trace: Option<Arc<Recorder>>,
+    /// Durable runs: their writes in flight (boxed, made at the first one).
+    writes: Option<Box<Writes<O>>>,
     /// Waiting for a turn under `max_concurrent_runs`.
     admission: Option<Admission>,
     permit: Option<OwnedSemaphorePermit>,
@@ -248,9 +278,29 @@ struct Rare {
     limit: Option<std::time::Duration>,
     /// Requests published to the outside and not answered yet: the run waits for them.
     pending_requests: Vec<DynEvent>,
+    /// Workers of steps with several that finished, as (step, worker), reused last-freed
+    /// first (`StepState::next_worker` numbers new ones).
+    free_workers: Vec<(u32, u32)>,
     /// Armed while a durable run is parked on requests alone and evicts after an idle time
     /// (`Runner::evict_waiting_after`); disarmed by any activity.
     evict_timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<O> Default for Rare<O> {
+    fn default() -> Self {
+        Rare {
+            trace: None,
+            writes: None,
+            admission: None,
+            permit: None,
+            deadline: None,
+            deadline_at: None,
+            limit: None,
+            pending_requests: Vec::new(),
+            free_workers: Vec::new(),
+            evict_timer: None,
+        }
+    }
 }
 
 /// A durable run's writes handed to the store's writer (group commit).
@@ -334,7 +384,7 @@ pub(crate) fn execute<W: Workflow>(
         executor: Executor::new(W::__invoke, runner, shared, init),
         // The caller's span where the run is made (`start`, `run`): the parent of the run's
         // span, whichever task polls it first.
-        span: tracing::Span::current(),
+        span: boxed_span(tracing::Span::current()),
     }
 }
 
@@ -433,7 +483,7 @@ pub(crate) fn execute_child<C: Workflow>(
 ) {
     let run = Arc::new(std::sync::Mutex::new(Run {
         executor: Executor::new(C::__invoke, runner, shared, init),
-        span: tracing::Span::current(),
+        span: boxed_span(tracing::Span::current()),
     }));
     let weak = Arc::downgrade(&run);
     let control: std::sync::Weak<std::sync::Mutex<dyn ChildControl>> = weak;
@@ -447,8 +497,14 @@ pub(crate) fn execute_child<C: Workflow>(
 struct Run<W: Workflow, F> {
     executor: Executor<W, F>,
     /// `workflow.run`, made at the first poll (as an `async fn` would); until then the span
-    /// current where the run was made, its parent (`Executor::span_made` tells which).
-    span: tracing::Span,
+    /// current where the run was made, its parent (`Executor::span_made` tells which). Boxed,
+    /// and only when there is a span: with no subscriber listening a run carries none.
+    span: Option<Box<tracing::Span>>,
+}
+
+/// `span`, boxed, unless it is no span at all (no subscriber, or none interested).
+fn boxed_span(span: tracing::Span) -> Option<Box<tracing::Span>> {
+    (!span.is_none()).then(|| Box::new(span))
 }
 
 // Nothing in a run is pinned in place: the invocation futures are pinned in their own boxes,
@@ -466,15 +522,17 @@ where
         if !this.executor.span_made {
             this.executor.span_made = true;
             let (workflow, run_id) = (W::GRAPH.workflow, this.executor.shared.run_id);
-            let parent = std::mem::replace(&mut this.span, tracing::Span::none());
-            this.span = if parent.is_none() {
+            let span = match this.span.take() {
+                Some(parent) => {
+                    tracing::info_span!(parent: &*parent, "workflow.run", workflow, run_id)
+                }
                 // Made outside any span: the span current where it is first polled.
-                tracing::info_span!("workflow.run", workflow, run_id)
-            } else {
-                tracing::info_span!(parent: &parent, "workflow.run", workflow, run_id)
+                None => tracing::info_span!("workflow.run", workflow, run_id),
             };
+            // Kept only when a subscriber records it.
+            this.span = (!span.is_disabled()).then(|| Box::new(span));
         }
-        let _entered = this.span.enter();
+        let _entered = this.span.as_deref().map(tracing::Span::enter);
         this.executor.poll(cx)
     }
 }
@@ -496,14 +554,10 @@ where
         let steps = W::GRAPH
             .steps
             .iter()
-            .zip(runner.config.steps.iter())
-            .map(|(s, config)| StepState {
+            .map(|_| StepState {
                 queue: VecDeque::new(),
                 busy: 0,
-                limit: s.num_workers.clamp(1, u32::MAX as usize) as u32,
-                free_workers: Vec::new(),
                 next_worker: 0,
-                keep_input: W::DURABLE || catches || config.retry.is_some(),
             })
             .collect();
         let trace = runner.config.trace.then(|| {
@@ -513,20 +567,26 @@ where
             let _ = shared.rare().trace.set(recorder.clone());
             recorder
         });
-        let rare = runner.config.run_limit.clone().map(|semaphore| {
+        let admission = runner
+            .config
+            .run_limit
+            .clone()
+            .map(|semaphore| Box::pin(semaphore.acquire_owned()) as Admission);
+        let rare = (admission.is_some() || trace.is_some()).then(|| {
             Box::new(Rare {
-                admission: Some(Box::pin(semaphore.acquire_owned()) as Admission),
+                admission,
+                trace,
                 ..Rare::default()
             })
         });
         Executor {
-            trace,
             invoke,
             shared,
             steps,
             queued: 0,
             calls: Vec::new(),
-            free_calls: Vec::new(),
+            free_call: NO_CALL,
+            busy_calls: 0,
             ready: VecDeque::new(),
             inbox: Vec::new(),
             output: None,
@@ -545,7 +605,6 @@ where
             released: false,
             attempt_failed: false,
             unsaved_input: false,
-            writes: None,
             runner,
         }
     }
@@ -635,7 +694,7 @@ where
     fn begin(&mut self, init: Init) -> Result<()> {
         match init {
             Init::Start(event) => {
-                if let Some(trace) = &self.trace {
+                if let Some(trace) = self.rare.as_ref().and_then(|r| r.trace.as_ref()) {
                     let event = event.name().to_string();
                     trace.record(TraceEvent::Began { event });
                 }
@@ -643,7 +702,7 @@ where
                 self.route(event, None)
             }
             Init::Resume(restored) => {
-                if let Some(trace) = &self.trace {
+                if let Some(trace) = self.rare.as_ref().and_then(|r| r.trace.as_ref()) {
                     trace.record(TraceEvent::Resumed);
                 }
                 let restored = *restored;
@@ -658,7 +717,7 @@ where
                 // their numbers and what they recorded.
                 for call in restored.in_flight {
                     let state = &mut self.steps[call.step];
-                    if state.busy < state.limit {
+                    if state.busy < limit::<W>(call.step) {
                         let invocation = (call.invocation > 0).then_some(call.invocation);
                         if let Some(invocation) = invocation {
                             self.shared.restore_memo(invocation, call.memo);
@@ -743,7 +802,7 @@ where
             if let Some(output) = self.output.take() {
                 return Poll::Ready(Ok(output));
             }
-            if let Some(step) = self.runaway {
+            if let Some(step) = self.runaway.map(|s| s as usize) {
                 let cycle = W::GRAPH
                     .cycle_through(step)
                     .unwrap_or_default()
@@ -810,7 +869,7 @@ where
                 self.shared.polling.store(true, Ordering::Relaxed);
                 continue;
             }
-            let calls_free = self.calls.len() == self.free_calls.len();
+            let calls_free = self.busy_calls == 0;
             let idle = calls_free && self.queued == 0;
             if let Some(rare) = self.rare.as_mut().filter(|_| !idle) {
                 rare.evict_timer = None;
@@ -822,7 +881,7 @@ where
                 // Asked to stop (a server shutting down): nothing runs any more, and the
                 // queues and requests are saved for a resume.
                 let key = self.shared.journal.as_ref().map(|j| j.key.clone());
-                if let Some(trace) = &self.trace {
+                if let Some(trace) = self.rare.as_ref().and_then(|r| r.trace.as_ref()) {
                     let outcome = "suspended".to_string();
                     trace.record(TraceEvent::Ended { outcome });
                 }
@@ -858,7 +917,7 @@ where
                 if let Some(journal) = self.shared.journal.as_ref().filter(|_| evict_now) {
                     // Parked for a human: keep the run in the store, not in memory.
                     let key = journal.key.clone();
-                    if let Some(trace) = &self.trace {
+                    if let Some(trace) = self.rare.as_ref().and_then(|r| r.trace.as_ref()) {
                         let outcome = "suspended".to_string();
                         trace.record(TraceEvent::Ended { outcome });
                     }
@@ -983,8 +1042,9 @@ where
             }
             // A step's send was traced when it was made, with the sending attempt.
             if let Some(trace) = self
-                .trace
+                .rare
                 .as_ref()
+                .and_then(|r| r.trace.as_ref())
                 .filter(|_| !matches!(envelope.from, crate::context::Sender::Step(_)))
             {
                 let event = envelope.event.name().to_string();
@@ -1050,26 +1110,23 @@ where
     /// invocation is over, retries included.
     fn poll_call(&mut self, index: usize) -> Option<Done> {
         // A wake from now on queues the call again.
-        self.calls[index]
-            .wake
-            .queued
-            .store(false, Ordering::Release);
+        self.queued_flag(index).store(false, Ordering::Release);
         loop {
             let call = &mut self.calls[index];
             let timeout = self.runner.config.steps[call.step].timeout;
-            let error = match poll_attempt(call, timeout) {
+            let error = match poll_attempt(&self.shared, call, timeout) {
                 Polled::Pending => return None,
                 Polled::BackoffOver => {
                     call.attempt += 1;
                     let input = call
-                        .input
-                        .clone()
+                        .input()
+                        .cloned()
                         .expect("a step with retries keeps its input");
                     self.begin_attempt(index, input);
                     continue;
                 }
                 Polled::Emitted(emitted) => {
-                    if let Some(trace) = &self.trace {
+                    if let Some(trace) = self.rare.as_ref().and_then(|r| r.trace.as_ref()) {
                         trace.record(TraceEvent::StepFinished {
                             step: W::GRAPH.steps[call.step].name.to_string(),
                             worker: call.worker,
@@ -1096,7 +1153,7 @@ where
                         let run = self.shared.run_id;
                         eprintln!("[run {run}] step `{step}` panicked: {message}");
                     }
-                    if let Some(trace) = &self.trace {
+                    if let Some(trace) = self.rare.as_ref().and_then(|r| r.trace.as_ref()) {
                         trace.record(TraceEvent::StepFailed {
                             step: step.to_string(),
                             worker: call.worker,
@@ -1126,7 +1183,7 @@ where
                         let run = self.shared.run_id;
                         eprintln!("[run {run}] step `{step}` timed out after {timeout:?}");
                     }
-                    if let Some(trace) = &self.trace {
+                    if let Some(trace) = self.rare.as_ref().and_then(|r| r.trace.as_ref()) {
                         trace.record(TraceEvent::StepFailed {
                             step: step.to_string(),
                             worker: call.worker,
@@ -1155,7 +1212,7 @@ where
             let retry = self.runner.config.steps[step].retry;
             if let Some(policy) = retry.filter(|p| p.should_retry(attempt, &*error)) {
                 let delay = policy.delay(attempt, run_id, step);
-                if let Some(trace) = &self.trace {
+                if let Some(trace) = self.rare.as_ref().and_then(|r| r.trace.as_ref()) {
                     trace.record(TraceEvent::StepFailed {
                         step: name.to_string(),
                         worker: call.worker,
@@ -1171,7 +1228,7 @@ where
                 }
                 tracing::debug!(step = name, run_id, attempt, %error, ?delay, "retrying step");
                 call.future.set(None);
-                call.span = tracing::Span::none();
+                call.span = None;
                 let error: Arc<dyn std::error::Error + Send + Sync> = Arc::from(error);
                 self.shared.failed(FailedAttempt {
                     step: name,
@@ -1180,8 +1237,8 @@ where
                     error: error.clone(),
                     retried: true,
                 });
-                call.last_error = Some(error);
-                arm(&mut call.timer, delay);
+                call.kept().last_error = Some(error);
+                arm(&mut call.kept().timer, delay);
                 call.phase = Phase::Backoff;
                 // Durable runs save the failed attempt before the delay: a crash during it
                 // resumes with the next attempt, never the one that already failed.
@@ -1192,7 +1249,7 @@ where
             if verbose {
                 eprintln!("[run {run_id}] step `{name}` failed (attempt {attempt}): {error}");
             }
-            if let Some(trace) = &self.trace {
+            if let Some(trace) = self.rare.as_ref().and_then(|r| r.trace.as_ref()) {
                 trace.record(TraceEvent::StepFailed {
                     step: name.to_string(),
                     worker: call.worker,
@@ -1215,7 +1272,7 @@ where
                     attempts: attempt,
                     source: Box::new(SharedError(last.clone())),
                 },
-                input: call.input.take(),
+                input: call.kept.as_mut().and_then(|k| k.input.take()),
                 last: Some(last),
             };
             return Some(self.finish(index, Err(failed)));
@@ -1227,16 +1284,20 @@ where
         let call = &mut self.calls[index];
         // The step's future goes now, with its context: no step outlives its invocation.
         call.future.set(None);
-        call.span = tracing::Span::none();
+        call.span = None;
         call.phase = Phase::Idle;
-        call.input = None;
+        if let Some(kept) = &mut call.kept {
+            kept.input = None;
+            kept.last_error = None;
+        }
         if W::DURABLE {
             self.shared.forget(call.order);
         }
-        call.last_error = None;
         // A timer still armed stays for the call's next invocation, which re-arms it if its
         // step has a time limit; if it fires first, it only polls an idle call for nothing.
-        self.free_calls.push(index as u32);
+        call.next_free = self.free_call;
+        self.free_call = index as u32;
+        self.busy_calls -= 1;
         if self.runner.config.steps[call.step].retry.is_some() {
             // The invocation is over: its retries no longer need what its collects did.
             let at = (call.step, call.worker);
@@ -1259,16 +1320,17 @@ where
         let run_id = self.shared.run_id;
         let ctx = Context {
             shared: self.shared.clone(),
-            step,
+            step: step as u32,
             attempt,
             worker,
-            last_error: call.last_error.clone(),
             retries: self.runner.config.steps[step].retry.is_some(),
             invocation: call.order,
-            asked: std::sync::Mutex::new(Vec::new()),
-            deadline: self.rare.as_ref().and_then(|r| r.deadline_at),
+            extra: crate::context::ContextExtra::slot(
+                call.kept.as_ref().and_then(|k| k.last_error.clone()),
+                self.rare.as_ref().and_then(|r| r.deadline_at),
+            ),
         };
-        call.span = tracing::debug_span!(
+        let span = tracing::debug_span!(
             "workflow.step",
             workflow = W::GRAPH.workflow,
             step = name,
@@ -1276,6 +1338,8 @@ where
             attempt,
             worker
         );
+        // Kept only when a subscriber records it.
+        call.span = (!span.is_disabled()).then(|| Box::new(span));
         let input_name = input.name();
         call.future.set(Some((self.invoke)(
             self.runner.workflow.clone(),
@@ -1284,9 +1348,9 @@ where
         )));
         call.phase = Phase::Running;
         if let Some(limit) = self.runner.config.steps[step].timeout {
-            arm(&mut call.timer, limit);
+            arm(&mut call.kept().timer, limit);
         }
-        if let Some(trace) = &self.trace {
+        if let Some(trace) = self.rare.as_ref().and_then(|r| r.trace.as_ref()) {
             trace.record(TraceEvent::StepStarted {
                 step: name.to_string(),
                 worker,
@@ -1301,32 +1365,35 @@ where
 
     /// A free call, or a new one.
     fn free_call(&mut self) -> usize {
-        if let Some(index) = self.free_calls.pop() {
-            return index as usize;
+        self.busy_calls += 1;
+        if self.free_call != NO_CALL {
+            let index = self.free_call as usize;
+            self.free_call = self.calls[index].next_free;
+            return index;
         }
         let index = self.calls.len();
         // Grown from one: a run with one step at a time (a chain, a parked run) needs one call.
         if index == self.calls.capacity() {
             self.calls.reserve_exact(index.max(1));
         }
-        let wake = Arc::new(CallWake {
-            index: index as u32,
-            queued: AtomicBool::new(false),
-            shared: self.shared.clone(),
+        let wake = (index > 0).then(|| {
+            Arc::new(CallWake {
+                index: index as u32,
+                queued: AtomicBool::new(false),
+                shared: self.shared.clone(),
+            })
         });
         self.calls.push(Call {
             future: Box::pin(None),
-            waker: Waker::from(wake.clone()),
             wake,
             phase: Phase::Idle,
             step: 0,
             worker: 0,
             attempt: 0,
             order: 0,
-            input: None,
-            last_error: None,
-            timer: None,
-            span: tracing::Span::none(),
+            kept: None,
+            span: None,
+            next_free: NO_CALL,
         });
         index
     }
@@ -1355,20 +1422,30 @@ where
                 .max_loop_invocations
                 .is_some_and(|limit| self.loop_invocations > limit)
             {
-                self.runaway.get_or_insert(step);
+                self.runaway.get_or_insert(step as u32);
             }
         }
-        let state = &mut self.steps[step];
-        state.busy += 1;
-        let worker = if state.limit == 1 {
+        self.steps[step].busy += 1;
+        let worker = if limit::<W>(step) == 1 {
             0
         } else {
-            state.free_workers.pop().unwrap_or_else(|| {
+            // The last freed worker of this step, or a new number.
+            let freed = self.rare.as_mut().and_then(|rare| {
+                let at = rare
+                    .free_workers
+                    .iter()
+                    .rposition(|(s, _)| *s == step as u32)?;
+                Some(rare.free_workers.remove(at).1)
+            });
+            freed.unwrap_or_else(|| {
+                let state = &mut self.steps[step];
                 state.next_worker += 1;
                 state.next_worker - 1
             })
         };
-        let keep_input = state.keep_input;
+        // A copy of each input: for snapshots, retries or the catch-error step.
+        let keep_input =
+            W::DURABLE || self.catches || self.runner.config.steps[step].retry.is_some();
         if self.runner.config.internal_events && self.shared.stream.has_subscribers() {
             self.shared.stream.publish(StreamItem::StepStarted {
                 step: W::GRAPH.steps[step].name,
@@ -1386,28 +1463,37 @@ where
         call.attempt = attempt.max(1);
         call.order = invocation;
         if keep_input {
-            call.input = Some(event.clone());
+            call.kept().input = Some(event.clone());
         }
-        call.wake.queued.store(true, Ordering::Relaxed);
+        match &call.wake {
+            Some(wake) => &wake.queued,
+            None => &self.shared.first_call_queued,
+        }
+        .store(true, Ordering::Relaxed);
         match retry_at {
             Some(at) if call.attempt > 1 => {
                 // The attempt before it failed: back off until `at`, then `BackoffOver` starts
                 // this one (polled at once, so that the timer knows whom to wake).
                 call.attempt -= 1;
-                arm_until(&mut call.timer, at);
+                arm_until(&mut call.kept().timer, at);
                 call.phase = Phase::Backoff;
             }
             _ => self.begin_attempt(index, event),
+        }
+        if self.ready.capacity() == 0 {
+            // Grown from one: a run with one step at a time needs one slot.
+            self.ready.reserve_exact(1);
         }
         self.ready.push_back(index as u32);
     }
 
     fn complete(&mut self, done: Done) -> Result<()> {
         self.journal_stream_events(done.step, done.worker)?;
-        let state = &mut self.steps[done.step];
-        state.busy -= 1;
-        if state.limit > 1 {
-            state.free_workers.push(done.worker);
+        self.steps[done.step].busy -= 1;
+        if limit::<W>(done.step) > 1 {
+            self.rare()
+                .free_workers
+                .push((done.step as u32, done.worker));
         }
         self.completed += 1;
         let name = W::GRAPH.steps[done.step].name;
@@ -1418,20 +1504,20 @@ where
             });
         }
         match done.result {
-            Ok(Emitted::Nothing) => self.last = Some((name, 0)),
+            Ok(Emitted::Nothing) => self.last = Some((done.step as u32, 0)),
             Ok(Emitted::One(event)) => {
-                self.last = Some((name, 1));
+                self.last = Some((done.step as u32, 1));
                 self.route(event, None)?;
             }
             Ok(Emitted::Many(events)) => {
                 // An empty batch is told apart from "nothing" (usize::MAX) for the stuck
                 // diagnostic: it is a fan-out of zero items.
                 self.last = Some((
-                    name,
+                    done.step as u32,
                     if events.is_empty() {
-                        usize::MAX
+                        u32::MAX
                     } else {
-                        events.len()
+                        events.len().min(u32::MAX as usize - 1) as u32
                     },
                 ));
                 for event in events {
@@ -1559,7 +1645,7 @@ where
                 };
             }
             EventKind::Request => {
-                if let Some(trace) = &self.trace {
+                if let Some(trace) = self.rare.as_ref().and_then(|r| r.trace.as_ref()) {
                     let request = meta.name.to_string();
                     trace.record(TraceEvent::HumanWait { request });
                 }
@@ -1647,7 +1733,7 @@ where
     fn deliver(&mut self, step: usize, event: DynEvent) {
         let suspending = self.suspending();
         let state = &mut self.steps[step];
-        if state.busy < state.limit && state.queue.is_empty() && !suspending {
+        if state.busy < limit::<W>(step) && state.queue.is_empty() && !suspending {
             self.start(step, event, 1, None);
         } else {
             state.queue.push_back(event);
@@ -1666,12 +1752,15 @@ where
     }
 
     fn stuck(&self) -> WorkflowError {
-        let diagnostic = match self.last {
+        let diagnostic = match self
+            .last
+            .map(|(step, n)| (W::GRAPH.steps[step as usize].name, n))
+        {
             Some((step, 0)) => format!(
                 "step `{step}` finished without emitting an event, and no step is running, no \
                  event is queued and nothing waits for outside input"
             ),
-            Some((step, usize::MAX)) => format!(
+            Some((step, u32::MAX)) => format!(
                 "step `{step}` emitted an empty batch (a fan-out of 0 items), and no step is \
                  running, no event is queued and nothing waits for outside input: a step that \
                  fans out a count known only at run time must handle 0 itself: tell the join \
@@ -1727,11 +1816,11 @@ where
             .collect();
         running.sort_by_key(|c| c.order);
         for call in running {
-            let input = call.input.as_ref().expect("durable runs keep every input");
+            let input = call.input().expect("durable runs keep every input");
             // Waiting out a retry delay: that attempt failed, the next one is due when the
             // delay ends.
             let (attempt, retry_at_ms) = if call.phase == Phase::Backoff {
-                let timer = call.timer.as_ref().expect("a retry delay has a timer");
+                let timer = call.timer().expect("a retry delay has a timer");
                 let at = crate::snapshot::instant_to_unix_millis(timer.deadline());
                 (call.attempt + 1, Some(at))
             } else {
@@ -1807,7 +1896,7 @@ where
         Ok(Snapshot {
             format: SNAPSHOT_FORMAT,
             workflow: W::GRAPH.workflow.to_string(),
-            fingerprint: self.runner.fingerprint.to_string(),
+            fingerprint: self.runner.config.fingerprint.to_string(),
             run_id: self.shared.run_id,
             completed: self.completed,
             state,
@@ -1912,7 +2001,11 @@ where
             snapshot,
             output,
             error,
-            trace: self.trace.as_ref().map(|t| t.trace()),
+            trace: self
+                .rare
+                .as_ref()
+                .and_then(|r| r.trace.as_ref())
+                .map(|t| t.trace()),
         };
         // Handed to the store's writer with the events journaled since the last checkpoint;
         // the loop waits for it before it polls a step again (`poll_commits`).
@@ -1933,7 +2026,7 @@ where
     /// Ready once every write handed to the store's writer is durable (then the steps waiting
     /// for their records go on), or with the first one's error.
     fn poll_commits(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
-        let Some(writes) = self.writes.as_mut() else {
+        let Some(writes) = self.rare.as_mut().and_then(|r| r.writes.as_mut()) else {
             return Poll::Ready(Ok(()));
         };
         let mut failed = None;
@@ -1960,7 +2053,7 @@ where
     /// Blocks until every write handed to the store's writer is durable (the few writes made
     /// outside the run's poll: a child stopped by its parent's end).
     fn wait_commits(&mut self) -> Result<()> {
-        let Some(writes) = self.writes.as_mut() else {
+        let Some(writes) = self.rare.as_mut().and_then(|r| r.writes.as_mut()) else {
             return Ok(());
         };
         let mut failed = None;
@@ -1979,8 +2072,16 @@ where
         Ok(())
     }
 
+    /// Call `index` is queued to be polled (see `CallWake::queued`).
+    fn queued_flag(&self, index: usize) -> &AtomicBool {
+        match &self.calls[index].wake {
+            Some(wake) => &wake.queued,
+            None => &self.shared.first_call_queued,
+        }
+    }
+
     /// What few runs use (made at the first use).
-    fn rare(&mut self) -> &mut Rare {
+    fn rare(&mut self) -> &mut Rare<W::Output> {
         self.rare.get_or_insert_with(Box::default)
     }
 
@@ -1996,19 +2097,23 @@ where
 
     /// The run's writes (made at the first one).
     fn writes(&mut self) -> &mut Writes<W::Output> {
-        self.writes.get_or_insert_with(Box::default)
+        self.rare().writes.get_or_insert_with(Box::default)
     }
 
     /// Writes handed to the store's writer are not durable yet, or steps wait for them.
     fn writes_in_flight(&self) -> bool {
-        self.writes
+        self.rare
             .as_ref()
+            .and_then(|r| r.writes.as_ref())
             .is_some_and(|w| !w.commits.is_empty() || !w.then.is_empty())
     }
 
     /// The run's end is being written.
     fn ending(&self) -> bool {
-        self.writes.as_ref().is_some_and(|w| w.ending.is_some())
+        self.rare
+            .as_ref()
+            .and_then(|r| r.writes.as_ref())
+            .is_some_and(|w| w.ending.is_some())
     }
 
     /// What a cancelled run's record says of the attempts that had failed before the cancel
@@ -2040,7 +2145,7 @@ where
         cx: &mut TaskContext<'_>,
     ) -> Poll<Result<W::Output>> {
         let result = self.save_outcome(result);
-        if self.writes.is_none() {
+        if self.rare.as_ref().is_none_or(|r| r.writes.is_none()) {
             // Nothing written (a run that is not durable): it ends now.
             return Poll::Ready(self.ended_with(result, Ok(())));
         }
@@ -2054,8 +2159,9 @@ where
     fn poll_end(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<W::Output>> {
         let saved = std::task::ready!(self.poll_commits(cx));
         let result = self
-            .writes
+            .rare
             .as_mut()
+            .and_then(|r| r.writes.as_mut())
             .and_then(|w| w.ending.take())
             .expect("a run ends once");
         Poll::Ready(self.ended_with(result, saved))
@@ -2093,8 +2199,9 @@ where
     fn save_outcome(&mut self, result: Result<W::Output>) -> Result<W::Output> {
         let mut result = result;
         if let Some(trace) = self
-            .trace
+            .rare
             .as_ref()
+            .and_then(|r| r.trace.as_ref())
             .filter(|_| !matches!(result, Err(WorkflowError::Suspended { .. })))
         {
             let outcome = match &result {
@@ -2218,18 +2325,27 @@ enum Polled {
 /// Polls the attempt or the retry delay of `call` once, with the call's own waker, inside the
 /// attempt's span; a panic of the step is caught and reported, never unwound into the run.
 fn poll_attempt<W: Workflow, F>(
+    shared: &Arc<RunShared<W>>,
     call: &mut Call<W, F>,
     timeout: Option<std::time::Duration>,
 ) -> Polled
 where
     F: Future<Output = std::result::Result<Emitted, BoxError>>,
 {
-    let mut cx = TaskContext::from_waker(&call.waker);
+    let waker = match &call.wake {
+        Some(wake) => futures_util::task::waker_ref(wake),
+        None => futures_util::task::waker_ref(shared),
+    };
+    let mut cx = TaskContext::from_waker(&waker);
     match call.phase {
         // A stale wake of a call that finished.
         Phase::Idle => return Polled::Pending,
         Phase::Backoff => {
-            let timer = call.timer.as_mut().expect("a retry delay has a timer");
+            let timer = call
+                .kept
+                .as_mut()
+                .and_then(|k| k.timer.as_mut())
+                .expect("a retry delay has a timer");
             return match timer.as_mut().poll(&mut cx) {
                 Poll::Pending => Polled::Pending,
                 Poll::Ready(()) => Polled::BackoffOver,
@@ -2242,13 +2358,13 @@ where
     // deadline (it is late) from one polled late by a busy runtime (it is not).
     let began = timeout.map(|_| tokio::time::Instant::now());
     let polled = {
-        let _entered = call.span.enter();
+        let _entered = call.span.as_deref().map(tracing::Span::enter);
         std::panic::catch_unwind(AssertUnwindSafe(|| {
             future.as_pin_mut().expect("a running call").poll(&mut cx)
         }))
     };
     if let (Some(began), Some(timer), Some(limit), Ok(Poll::Ready(_))) =
-        (began, &call.timer, timeout, &polled)
+        (began, call.timer(), timeout, &polled)
     {
         let deadline = timer.deadline();
         if began < deadline && tokio::time::Instant::now() > deadline {
@@ -2262,7 +2378,9 @@ where
         Ok(Poll::Pending) => {
             // The attempt's time limit, checked after the step as `tokio::time::timeout`
             // does: a step that is ready in time is never cut off.
-            if let (Some(timer), Some(limit)) = (&mut call.timer, timeout) {
+            if let (Some(timer), Some(limit)) =
+                (call.kept.as_mut().and_then(|k| k.timer.as_mut()), timeout)
+            {
                 if timer.as_mut().poll(&mut cx).is_ready() {
                     return Polled::TimedOut(limit);
                 }

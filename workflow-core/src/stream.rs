@@ -177,23 +177,41 @@ pub(crate) struct Publisher {
     /// Can anyone read what is published? A handler exists, or a subscription does.
     open: AtomicBool,
     ended: AtomicBool,
-    capacity: usize,
+    capacity: u32,
 }
 
 #[derive(Debug, Default)]
 struct Subscribers {
-    list: Vec<Weak<Subscriber>>,
+    /// The subscriptions and the history, made at the first item published before the end or
+    /// the first subscription: a run nobody reads that publishes nothing but its end (a
+    /// parked run, most runs awaited for their output) has neither.
+    lists: Option<Box<Lists>>,
     /// The handler's own stream, which sees the run from its very start.
     reserved: Reserved,
-    /// The last `capacity` items published (the terminal one is kept apart, in `end`), for
-    /// late subscribers.
-    history: VecDeque<(u64, StreamItem)>,
     /// The number the next item gets.
     next: u64,
     /// The terminal item's number and outcome, once published: never dropped.
     end: Option<(u64, Outcome)>,
     /// The run's handler exists (so someone may subscribe later).
     handler: bool,
+}
+
+#[derive(Debug, Default)]
+struct Lists {
+    list: Vec<Weak<Subscriber>>,
+    /// The last `capacity` items published (the terminal one is kept apart, in `end`), for
+    /// late subscribers.
+    history: VecDeque<(u64, StreamItem)>,
+}
+
+impl Subscribers {
+    fn lists(&mut self) -> &mut Lists {
+        self.lists.get_or_insert_with(Box::default)
+    }
+
+    fn has_list(&self) -> bool {
+        self.lists.as_ref().is_some_and(|l| !l.list.is_empty())
+    }
 }
 
 /// The handler's stream is made lazily: a run nobody reads (a parked run, most runs awaited
@@ -241,7 +259,7 @@ impl Publisher {
             subscribers: Mutex::new(Subscribers::default()),
             open: AtomicBool::new(false),
             ended: AtomicBool::new(false),
-            capacity: capacity.max(1),
+            capacity: capacity.clamp(1, u32::MAX as usize) as u32,
         }
     }
 
@@ -258,8 +276,7 @@ impl Publisher {
     }
 
     fn update_open(&self, subscribers: &Subscribers) {
-        let open =
-            subscribers.end.is_none() && (subscribers.handler || !subscribers.list.is_empty());
+        let open = subscribers.end.is_none() && (subscribers.handler || subscribers.has_list());
         self.open.store(open, Ordering::Release);
     }
 
@@ -271,7 +288,7 @@ impl Publisher {
                 ended: false,
                 waker: None,
             }),
-            capacity: self.capacity,
+            capacity: self.capacity as usize,
         })
     }
 
@@ -296,20 +313,18 @@ impl Publisher {
         };
         {
             let mut buffer = lock(&subscriber.buffer);
-            let oldest = subscribers
-                .history
-                .front()
+            let history = subscribers.lists.as_ref().map(|l| &l.history);
+            let oldest = history
+                .and_then(VecDeque::front)
                 .map_or(subscribers.next, |(seq, _)| *seq);
             let end_seq = subscribers.end.as_ref().map(|(seq, _)| *seq);
             let published = end_seq.unwrap_or(subscribers.next);
             buffer.lagged = oldest.min(published).saturating_sub(first);
-            buffer.items.extend(
-                subscribers
-                    .history
-                    .iter()
-                    .filter(|(seq, _)| *seq >= first)
-                    .cloned(),
-            );
+            if let Some(history) = history {
+                buffer
+                    .items
+                    .extend(history.iter().filter(|(seq, _)| *seq >= first).cloned());
+            }
             if let Some((seq, outcome)) = &subscribers.end {
                 buffer
                     .items
@@ -318,7 +333,7 @@ impl Publisher {
             }
         }
         if subscribers.end.is_none() {
-            subscribers.list.push(Arc::downgrade(&subscriber));
+            subscribers.lists().list.push(Arc::downgrade(&subscriber));
         }
         self.update_open(subscribers);
         EventStream {
@@ -350,7 +365,9 @@ impl Publisher {
         let mut subscribers = lock(&self.subscribers);
         subscribers.reserved = Reserved::None;
         subscribers.handler = false;
-        subscribers.list.retain(|weak| weak.strong_count() > 0);
+        if let Some(lists) = &mut subscribers.lists {
+            lists.list.retain(|weak| weak.strong_count() > 0);
+        }
         self.update_open(&subscribers);
     }
 
@@ -390,13 +407,19 @@ impl Publisher {
         match &item {
             StreamItem::End(outcome) => subscribers.end = Some((seq, outcome.clone())),
             _ => {
-                if subscribers.history.len() >= self.capacity {
-                    subscribers.history.pop_front();
+                let history = &mut subscribers.lists().history;
+                if history.len() >= self.capacity as usize {
+                    history.pop_front();
                 }
-                subscribers.history.push_back((seq, item.clone()));
+                history.push_back((seq, item.clone()));
             }
         }
-        subscribers.list.retain(|weak| {
+        let empty = &mut Vec::new();
+        let list = match &mut subscribers.lists {
+            Some(lists) => &mut lists.list,
+            None => empty,
+        };
+        list.retain(|weak| {
             let Some(subscriber) = weak.upgrade() else {
                 return false;
             };
@@ -414,7 +437,9 @@ impl Publisher {
         });
         if terminal {
             self.ended.store(true, Ordering::Release);
-            subscribers.list.clear();
+            if let Some(lists) = &mut subscribers.lists {
+                lists.list.clear();
+            }
         }
         self.update_open(subscribers);
     }

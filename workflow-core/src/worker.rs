@@ -91,7 +91,7 @@ impl<W: Workflow> Runner<W> {
         Ok(Snapshot {
             format: SNAPSHOT_FORMAT,
             workflow: W::GRAPH.workflow.to_string(),
-            fingerprint: self.fingerprint.to_string(),
+            fingerprint: self.config.fingerprint.to_string(),
             run_id: crate::context::NEXT_RUN_ID.fetch_add(1, Ordering::Relaxed),
             completed: 0,
             state,

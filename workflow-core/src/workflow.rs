@@ -198,7 +198,6 @@ pub struct Runner<W: Workflow> {
     pub(crate) workflow: Arc<W>,
     pub(crate) routes: Arc<RouteTable>,
     pub(crate) config: Arc<RunConfig>,
-    pub(crate) fingerprint: Arc<str>,
 }
 
 /// How many invocations of steps on a loop one run may make by default before it fails with
@@ -240,6 +239,8 @@ pub(crate) struct RunConfig {
     /// How often a durable run's inbox watcher and a worker loop look at the store when no
     /// wake-up came (`Runner::poll_interval`).
     pub(crate) poll_every: Duration,
+    /// The graph's fingerprint, which snapshots carry and restores check.
+    pub(crate) fingerprint: Arc<str>,
 }
 
 /// How often a durable run looks at its store inbox, and a worker loop at the run queue, when
@@ -268,7 +269,6 @@ impl<W: Workflow> Clone for Runner<W> {
             workflow: self.workflow.clone(),
             routes: self.routes.clone(),
             config: self.config.clone(),
-            fingerprint: self.fingerprint.clone(),
         }
     }
 }
@@ -297,8 +297,8 @@ impl<W: Workflow> Runner<W> {
                 evict_waiting_after: None,
                 trace: false,
                 poll_every: DEFAULT_POLL_INTERVAL,
+                fingerprint: fingerprint(W::GRAPH).into(),
             }),
-            fingerprint: fingerprint(W::GRAPH).into(),
         }
     }
 
@@ -587,7 +587,7 @@ impl<W: Workflow> Runner<W> {
         answer: Option<DynEvent>,
         unread: Vec<(u64, crate::store::Message)>,
     ) -> std::result::Result<Handler<W>, SnapshotError> {
-        let (state, restored) = restore::<W>(snapshot, &self.fingerprint)?;
+        let (state, restored) = restore::<W>(snapshot, &self.config.fingerprint)?;
         let journal = journal.map(|mut journal| {
             journal.republished = restored.pending_requests.len();
             journal
