@@ -498,6 +498,16 @@ pub(crate) async fn cancel(
     }
     if !terminal {
         let _reviving = entry.revive.lock().await;
+        if !entry.lock().parked {
+            if let Some(control) = entry.control() {
+                control.cancel();
+            }
+            // The run ends at its next await point; a step that never yields is not waited
+            // for. A run that was leaving memory as the cancel came (its eviction decided, its
+            // record being written as waiting, its handler not parked yet) never sees it: it
+            // ends parked, and is cancelled in the store below.
+            let _ = tokio::time::timeout(Duration::from_secs(5), entry.quiet()).await;
+        }
         if entry.lock().parked {
             // Out of memory: brought back only to be cancelled, so that its record ends too.
             if let (Some(wf), Some(p)) = (state.workflows.get(&entry.workflow_name), &state.persist)
@@ -513,12 +523,8 @@ pub(crate) async fn cancel(
                 run.control.cancel();
                 crate::handlers::revive(&entry, run, None, None);
             }
+            let _ = tokio::time::timeout(Duration::from_secs(5), entry.ended()).await;
         }
-        if let Some(control) = entry.control() {
-            control.cancel();
-        }
-        // The run ends at its next await point; a step that never yields is not waited for.
-        let _ = tokio::time::timeout(Duration::from_secs(5), entry.ended()).await;
     }
     if purge {
         if !state.handlers.remove(&id) {
