@@ -141,6 +141,10 @@ pub(crate) struct Journal {
     pub(crate) stream_from: Option<u64>,
     /// How far the run read its store inbox (`crate::inbox`).
     pub(crate) inbox: Arc<crate::inbox::InboxCursor>,
+    /// The run is leaving memory, parked for a human: set under the mail's lock when it found
+    /// no mail, so that an event posted later is refused (`RunShared::post_unless_left`)
+    /// instead of lost with the run.
+    pub(crate) left: AtomicBool,
 }
 
 /// What the collects of invocations did, by (step, worker) and buffer key.
@@ -494,6 +498,39 @@ impl<W: Workflow> RunShared<W> {
     pub(crate) fn post(&self, envelope: Envelope) {
         lock(&self.inbox).push(envelope);
         self.notify();
+    }
+
+    /// Posts `envelope` unless the run is leaving memory parked (`leave_unless_mail`): then it
+    /// is handed back, not delivered, for the caller to answer the run in its store.
+    pub(crate) fn post_unless_left(&self, envelope: Envelope) -> std::result::Result<(), Envelope> {
+        let mut inbox = lock(&self.inbox);
+        if self
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.left.load(Ordering::Relaxed))
+        {
+            return Err(envelope);
+        }
+        inbox.push(envelope);
+        drop(inbox);
+        self.notify();
+        Ok(())
+    }
+
+    /// A durable run about to be evicted leaves memory only if no mail came since it last
+    /// looked (an answer posted as it decided): under the mail's lock, so that an event is
+    /// either seen here (the run stays and routes it) or refused by `post_unless_left`.
+    pub(crate) fn leave_unless_mail(&self) -> bool {
+        let Some(journal) = &self.journal else {
+            return false;
+        };
+        let inbox = lock(&self.inbox);
+        if !inbox.is_empty() {
+            return false;
+        }
+        journal.left.store(true, Ordering::Relaxed);
+        drop(inbox);
+        true
     }
 
     /// Posts message `n` of the run's store inbox (an event, or `None` for a message that

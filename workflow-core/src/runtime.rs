@@ -914,6 +914,11 @@ where
                         timer.as_mut().poll(cx).is_ready()
                     }
                 };
+                if evict_now && !self.shared.leave_unless_mail() {
+                    // An event came as the run was leaving: its poster wakes the run (it saw
+                    // the run not polling), which routes it.
+                    return self.check_deadline(cx);
+                }
                 if let Some(journal) = self.shared.journal.as_ref().filter(|_| evict_now) {
                     // Parked for a human: keep the run in the store, not in memory.
                     let key = journal.key.clone();

@@ -50,7 +50,7 @@ use crate::graph::Graph;
 use crate::handler::Handler;
 use crate::store::Store;
 use crate::stream::EventStream;
-use crate::workflow::{Runner, Workflow, post_external};
+use crate::workflow::{Runner, Workflow};
 
 /// A workflow registered with `#[workflow(serve = "name")]`, found by [`registered`].
 #[derive(Debug)]
@@ -233,7 +233,8 @@ impl std::fmt::Debug for RunControl {
 }
 
 trait Control: Send + Sync {
-    fn send(&self, event: DynEvent, step: Option<&str>) -> Result<(), InvalidEvent>;
+    /// `Ok(false)`: the run had left memory parked, nothing was delivered.
+    fn send(&self, event: DynEvent, step: Option<&str>) -> Result<bool, InvalidEvent>;
     fn cancel(&self);
     fn suspend(&self);
     fn decode(&self, kind: &str, value: Value) -> Result<DynEvent, InvalidEvent>;
@@ -253,6 +254,53 @@ impl RunControl {
         value: Value,
         step: Option<&str>,
     ) -> Result<(), InvalidEvent> {
+        self.offer_json(kind, value, step).map(|_| ())
+    }
+
+    /// [`RunControl::send_json`], telling whether the run took the event: `Ok(false)` when a
+    /// durable run had left memory, parked for a human in its store (its eviction decided
+    /// before the event came, its outcome [`WorkflowError::Suspended`] on its way): nothing
+    /// was delivered, and [`ServedWorkflow::answer_stored`] answers it there.
+    ///
+    /// ```
+    /// use tidewater::prelude::*;
+    /// use tidewater::serve::served;
+    ///
+    /// #[derive(Debug, Clone, Event, serde::Serialize, serde::Deserialize)]
+    /// #[event(request = Go)]
+    /// struct Ask;
+    ///
+    /// #[derive(Debug, Clone, Event, serde::Serialize, serde::Deserialize)]
+    /// #[event(response)]
+    /// struct Go { n: u8 }
+    ///
+    /// struct Wait;
+    ///
+    /// #[workflow]
+    /// impl Wait {
+    ///     #[step]
+    ///     async fn ask(&self, _ev: StartEvent<()>) -> Ask { Ask }
+    ///     #[step]
+    ///     async fn go(&self, ev: Go) -> StopEvent<u8> { StopEvent(ev.n) }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let run = served(Wait.runner()).start(serde_json::json!(null)).unwrap();
+    /// let taken = run.control.offer_json("Go", serde_json::json!({ "n": 7 }), None);
+    /// assert_eq!(taken, Ok(true));
+    /// assert_eq!(run.outcome.await.unwrap(), serde_json::json!(7));
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`RunControl::send_json`].
+    pub fn offer_json(
+        &self,
+        kind: &str,
+        value: Value,
+        step: Option<&str>,
+    ) -> Result<bool, InvalidEvent> {
         let event = self.0.decode(kind, value)?;
         self.0.send(event, step)
     }
@@ -560,7 +608,7 @@ struct Controls<W: Workflow> {
 }
 
 impl<W: Workflow> Control for Controls<W> {
-    fn send(&self, event: DynEvent, step: Option<&str>) -> Result<(), InvalidEvent> {
+    fn send(&self, event: DynEvent, step: Option<&str>) -> Result<bool, InvalidEvent> {
         let target = match step {
             Some(step) => Some(
                 crate::context::target_step::<W>(step, event.id(), event.name())
@@ -568,8 +616,12 @@ impl<W: Workflow> Control for Controls<W> {
             ),
             None => None,
         };
-        post_external(&self.shared, event, target);
-        Ok(())
+        let envelope = crate::context::Envelope {
+            event,
+            target,
+            from: crate::context::Sender::Outside,
+        };
+        Ok(self.shared.post_unless_left(envelope).is_ok())
     }
 
     fn cancel(&self) {

@@ -1045,6 +1045,7 @@ impl<W: Workflow> Runner<W> {
             republished: 0,
             stream_from: None,
             inbox: crate::inbox::InboxCursor::new(0),
+            left: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }

@@ -609,9 +609,24 @@ pub(crate) async fn post_event(
             "Workflow already completed",
         ));
     };
-    control
-        .send_json(kind, value, step)
+    let taken = control
+        .offer_json(kind, value.clone(), step)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.message))?;
+    if !taken {
+        // The run was leaving memory as the event came (its eviction decided, its record
+        // being written as waiting, its handler not parked yet): it refused the event, which
+        // goes to the run in the store once it has left.
+        let _ = tokio::time::timeout(Duration::from_secs(5), entry.quiet()).await;
+        if !entry.lock().parked {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "Workflow already completed",
+            ));
+        }
+        answer_parked(&state, &entry, kind, value, step, traceparent(&headers))?;
+        tracing::info!(handler_id = %id, event = kind, "event sent to a run that had just left memory: resumed");
+        return Ok(Json(json!({ "status": "sent" })).into_response());
+    }
     tracing::info!(handler_id = %id, event = kind, "event sent");
     Ok(Json(json!({ "status": "sent" })).into_response())
 }

@@ -363,15 +363,13 @@ impl ServedWorkflow for Gated {
     }
 }
 
-/// A cancel that comes while the run is leaving memory (its file says waiting, the commit of
-/// that write not reported yet, so its handler is not parked) reaches a run that will never
-/// look at it again: the run is cancelled in the store once it has left, and the cancel
-/// still ends it (it used to stay parked, its handler running, the reply coming after 5 s).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_cancelled_while_it_is_evicted_is_cancelled() {
-    let scratch = Scratch::new("evict-cancel-race");
-    let db = scratch.0.join("server.db");
-    let proposals = Arc::new(AtomicU32::new(0));
+/// A server whose runs' first eviction is held back by a gate; returns once a run started on
+/// `topic` is being evicted: its file says waiting, its handler is still running (not parked).
+async fn held_eviction(
+    db: &std::path::Path,
+    proposals: &Arc<AtomicU32>,
+    topic: &str,
+) -> (std::net::SocketAddr, String, Arc<Gate>) {
     let gate = Arc::new(Gate::default());
     gate.armed.store(true, Ordering::SeqCst);
     let gated = Arc::new(Gated {
@@ -386,12 +384,10 @@ async fn a_run_cancelled_while_it_is_evicted_is_cancelled() {
     });
     let server = tidewater_server::Server::new()
         .serve_erased("ask", gated)
-        .sqlite(&db)
+        .sqlite(db)
         .evict_idle_after(Some(Duration::from_millis(150)));
     let addr = common::spawn(server).await;
-    let id = start(addr, "never").await;
-
-    // The eviction is written, and held there: the file says waiting, the handler runs.
+    let id = start(addr, topic).await;
     for _ in 0..2000 {
         if gate.held.load(Ordering::SeqCst) {
             break;
@@ -402,34 +398,81 @@ async fn a_run_cancelled_while_it_is_evicted_is_cancelled() {
         gate.held.load(Ordering::SeqCst),
         "the run was never evicted"
     );
-    wait_status(&db, &id, RunStatus::Waiting).await;
+    wait_status(db, &id, RunStatus::Waiting).await;
     let handler = get(addr, &format!("/handlers/{id}")).await;
     assert_eq!(handler.status, 202, "{}", handler.body);
+    (addr, id, gate)
+}
 
-    // The cancel reaches the run in memory, which has stopped looking; then the eviction
-    // commits and the run leaves. (A cancel slower than the pause below finds the run parked:
-    // the test then passes the ordinary way.)
-    let path = format!("/handlers/{id}/cancel");
-    let cancel = tokio::spawn(async move { post(addr, &path, "").await });
+/// Posts `body` to `path` while the eviction is held, lets the eviction commit once the
+/// request has had time to reach the run in memory (a request slower than that finds the run
+/// parked: the test then passes the ordinary way), and returns the reply, which must come
+/// before the server's 5 s bound on waiting for the run.
+async fn post_during_eviction(
+    addr: std::net::SocketAddr,
+    path: String,
+    body: String,
+    gate: &Gate,
+) -> common::Reply {
+    let request = tokio::spawn(async move { post(addr, &path, &body).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     gate.release();
-    let cancelled = tokio::time::timeout(Duration::from_secs(4), cancel)
+    tokio::time::timeout(Duration::from_secs(4), request)
         .await
-        .expect("the cancel is answered once the run is cancelled, not after its 5 s bound")
-        .unwrap();
+        .expect("answered once the run has left memory, not after the server's 5 s bound")
+        .unwrap()
+}
+
+/// The types of the handler's whole event log.
+async fn log(addr: std::net::SocketAddr, id: &str) -> Vec<String> {
+    let (_, mut sse) = Sse::open(addr, &format!("/events/{id}?after_sequence=-1"), &[]).await;
+    sse.events()
+        .await
+        .iter()
+        .map(|(_, e)| e["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A cancel that comes while the run is leaving memory (its file says waiting, the commit of
+/// that write not reported yet, so its handler is not parked) reaches a run that will never
+/// look at it again: the run is cancelled in the store once it has left, and the cancel
+/// still ends it (it used to stay parked, its handler running, the reply coming after 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_cancelled_while_it_is_evicted_is_cancelled() {
+    let scratch = Scratch::new("evict-cancel-race");
+    let db = scratch.0.join("server.db");
+    let proposals = Arc::new(AtomicU32::new(0));
+    let (addr, id, gate) = held_eviction(&db, &proposals, "never").await;
+
+    let path = format!("/handlers/{id}/cancel");
+    let cancelled = post_during_eviction(addr, path, String::new(), &gate).await;
     assert_eq!(cancelled.status, 200, "{}", cancelled.body);
     assert_eq!(cancelled.json()["status"], "cancelled");
     let handler = wait_ended(addr, &id).await;
     assert_eq!(handler["status"], "cancelled", "{handler}");
-    let (_, mut sse) = Sse::open(addr, &format!("/events/{id}?after_sequence=-1"), &[]).await;
-    let types: Vec<String> = sse
-        .events()
-        .await
-        .iter()
-        .map(|(_, e)| e["type"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(types, ["Review", "WorkflowCancelledEvent"]);
+    assert_eq!(log(addr, &id).await, ["Review", "WorkflowCancelledEvent"]);
     let record = SqliteStore::open(&db).unwrap().load(&id).unwrap().unwrap();
     assert_eq!(record.status, RunStatus::Cancelled);
+    assert_eq!(proposals.load(Ordering::SeqCst), 1);
+}
+
+/// An answer that comes while the run is leaving memory is refused by the run (it decided to
+/// leave, under its mail's lock, with no mail) and given to it in the store once it has left:
+/// the run finishes with it (it used to be lost with the run, which stayed parked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_answered_while_it_is_evicted_takes_its_answer() {
+    let scratch = Scratch::new("evict-answer-race");
+    let db = scratch.0.join("server.db");
+    let proposals = Arc::new(AtomicU32::new(0));
+    let (addr, id, gate) = held_eviction(&db, &proposals, "tidewater").await;
+
+    let sent = post_during_eviction(addr, format!("/events/{id}"), answer(true), &gate).await;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    assert_eq!(sent.json()["status"], "sent");
+    let done = wait_ended(addr, &id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result"]["value"]["result"], "published", "{done}");
+    assert_eq!(log(addr, &id).await, ["Review", "StopEvent"]);
+    wait_status(&db, &id, RunStatus::Finished).await;
     assert_eq!(proposals.load(Ordering::SeqCst), 1);
 }
