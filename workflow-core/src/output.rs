@@ -21,6 +21,11 @@ pub enum Emitted {
 impl Emitted {
     /// Appends an event.
     pub fn push(&mut self, event: DynEvent) {
+        // The usual case, one event, without moving `self` out and back.
+        if matches!(self, Emitted::Nothing) {
+            *self = Emitted::One(event);
+            return;
+        }
         *self = match std::mem::take(self) {
             Emitted::Nothing => Emitted::One(event),
             Emitted::One(first) => Emitted::Many(vec![first, event]),

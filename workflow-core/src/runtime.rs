@@ -2,12 +2,13 @@
 //! invocations itself.
 //!
 //! Hot path (an event leaves a step, its consumers run): the event's [`EventId`] is looked up in
-//! a sorted table built once per runner (a binary search over a few integers, no strings), the
-//! event is cloned only when several steps accept it, and the consumer's invocation future is
-//! written into a free [`Call`] of the run and polled by the run's own loop: no task spawn, no
-//! lock, no allocation beyond the event box once the run has as many calls as it ever runs at
-//! once. Retries, time limits and the catch-error step's copy of the input are kept beside the
-//! call, by the loop, so a step without them pays nothing for them.
+//! a table built once per runner (a scan of a few integers, or a binary search in a large
+//! graph; no strings), the event is cloned only when several steps accept it, and the
+//! consumer's invocation future is written into a free [`Call`] of the run and polled by the
+//! run's own loop: no task spawn, no lock, no allocation once the run has as many calls as it
+//! ever runs at once (an event of up to 16 bytes is stored inside its `DynEvent`; a larger one
+//! is boxed). Retries, time limits and the catch-error step's copy of the input are kept beside
+//! the call, by the loop, so a step without them pays nothing for them.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -67,14 +68,20 @@ impl RouteTable {
         &self.consumers[self.range(id)]
     }
 
-    /// Where the consumers of `id` are in `consumers`.
+    /// Where the consumers of `id` are in `consumers`. A graph with a few event types (most)
+    /// is scanned: cheaper than a binary search at that size.
     fn range(&self, id: EventId) -> std::ops::Range<usize> {
-        match self.entries.binary_search_by_key(&id, |e| e.0) {
-            Ok(i) => {
+        let found = if self.entries.len() <= 8 {
+            self.entries.iter().position(|e| e.0 == id)
+        } else {
+            self.entries.binary_search_by_key(&id, |e| e.0).ok()
+        };
+        match found {
+            Some(i) => {
                 let (_, start, len) = self.entries[i];
                 start as usize..(start + len) as usize
             }
-            Err(_) => 0..0,
+            None => 0..0,
         }
     }
 }
