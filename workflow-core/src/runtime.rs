@@ -2582,3 +2582,54 @@ pub(crate) fn restore_buffers<W: Workflow>(
         .store(snapshot.stream_seq, Ordering::Relaxed);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RouteTable;
+    use crate::event::{EventId, EventMeta, StopEvent};
+    use crate::graph::{Graph, StepSpec};
+
+    /// Event type `i` of a made-up graph (only the id matters to the table).
+    fn meta(i: usize) -> EventMeta {
+        let name: &'static str = Box::leak(format!("tests::E{i}").into_boxed_str());
+        EventMeta {
+            name,
+            id: EventId::of(name),
+            ..EventMeta::of::<StopEvent<()>>()
+        }
+    }
+
+    /// `types` event types; step `s` accepts the types `t` with `t % (s + 1) == 0`.
+    fn graph(types: usize, steps: usize) -> &'static Graph {
+        let steps: Vec<StepSpec> = (0..steps)
+            .map(|s| StepSpec {
+                name: "step",
+                accepts: Vec::leak((0..types).filter(|t| t % (s + 1) == 0).map(meta).collect()),
+                emits: &[],
+                num_workers: 1,
+                skip_graph_checks: true,
+            })
+            .collect();
+        Box::leak(Box::new(Graph {
+            workflow: "tests::Made",
+            steps: Vec::leak(steps),
+        }))
+    }
+
+    #[test]
+    fn small_and_large_tables_find_the_same_consumers() {
+        // Up to 8 types the table is scanned, past that binary-searched: both must agree with
+        // the graph.
+        for types in [1, 3, 8, 9, 40] {
+            let graph = graph(types, 4);
+            let table = RouteTable::new(graph);
+            for t in 0..types {
+                let id = meta(t).id;
+                let expected: Vec<usize> = graph.consumers(id).collect();
+                assert!(!expected.is_empty());
+                assert_eq!(table.consumers(id), expected.as_slice(), "{types} types, E{t}");
+            }
+            assert!(table.consumers(EventId::of("tests::Nobody")).is_empty());
+        }
+    }
+}
