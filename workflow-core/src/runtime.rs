@@ -90,7 +90,9 @@ impl RouteTable {
 struct Done {
     step: usize,
     worker: u32,
-    result: std::result::Result<Emitted, Failed>,
+    /// A failure is boxed: it is rare and large, and `Done` is moved through the loop at every
+    /// hop.
+    result: std::result::Result<Emitted, Box<Failed>>,
 }
 
 /// A failed invocation: the error, and the input when a catch-error step may want it.
@@ -1187,7 +1189,7 @@ where
                         retried: false,
                     });
                     let error = WorkflowError::StepPanicked { step, message };
-                    return Some(self.finish(index, Err(Failed::fatal(error))));
+                    return Some(self.finish(index, Err(Box::new(Failed::fatal(error)))));
                 }
                 Polled::TimedOut(timeout) => {
                     let step = W::GRAPH.steps[call.step].name;
@@ -1212,7 +1214,7 @@ where
                         error: Arc::new(WorkflowError::StepTimedOut { step, timeout }),
                         retried: false,
                     });
-                    return Some(self.finish(index, Err(Failed::fatal(error))));
+                    return Some(self.finish(index, Err(Box::new(Failed::fatal(error)))));
                 }
                 Polled::Failed(error) => error,
             };
@@ -1287,12 +1289,12 @@ where
                 input: call.kept.as_mut().and_then(|k| k.input.take()),
                 last: Some(last),
             };
-            return Some(self.finish(index, Err(failed)));
+            return Some(self.finish(index, Err(Box::new(failed))));
         }
     }
 
     /// Frees call `index` for the next invocation.
-    fn finish(&mut self, index: usize, result: std::result::Result<Emitted, Failed>) -> Done {
+    fn finish(&mut self, index: usize, result: std::result::Result<Emitted, Box<Failed>>) -> Done {
         let call = &mut self.calls[index];
         // The step's future goes now, with its context: no step outlives its invocation.
         call.future.set(None);
@@ -1508,10 +1510,9 @@ where
                 .push((done.step as u32, done.worker));
         }
         self.completed += 1;
-        let name = W::GRAPH.steps[done.step].name;
         if self.runner.config.internal_events && self.shared.stream.has_subscribers() {
             self.shared.stream.publish(StreamItem::StepFinished {
-                step: name,
+                step: W::GRAPH.steps[done.step].name,
                 worker: done.worker,
             });
         }
@@ -1541,7 +1542,7 @@ where
             }
             // Handed to the catch-error step (or the run fails); either way the worker is
             // free for the next queued event, like after a success.
-            Err(failed) => self.recover(done.step, failed)?,
+            Err(failed) => self.recover(done.step, *failed)?,
         }
         // A worker of this step is free again: give it the next waiting event.
         if self.output.is_none() {
@@ -2627,7 +2628,11 @@ mod tests {
                 let id = meta(t).id;
                 let expected: Vec<usize> = graph.consumers(id).collect();
                 assert!(!expected.is_empty());
-                assert_eq!(table.consumers(id), expected.as_slice(), "{types} types, E{t}");
+                assert_eq!(
+                    table.consumers(id),
+                    expected.as_slice(),
+                    "{types} types, E{t}"
+                );
             }
             assert!(table.consumers(EventId::of("tests::Nobody")).is_empty());
         }
