@@ -210,6 +210,7 @@ pub(crate) async fn parked(n: u64) -> Result<crate::ParkedCost, String> {
         },
     )
     .await;
+    let answering = std::time::Instant::now();
     for handler in &handlers {
         handler.send_response(Answer(crate::ANSWER));
     }
@@ -219,5 +220,8 @@ pub(crate) async fn parked(n: u64) -> Result<crate::ParkedCost, String> {
             format!("parked run {i} answered {out}")
         })?;
     }
-    Ok(cost)
+    Ok(crate::ParkedCost {
+        answer_seconds: answering.elapsed().as_secs_f64(),
+        ..cost
+    })
 }

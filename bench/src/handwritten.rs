@@ -211,6 +211,7 @@ pub(crate) async fn parked(n: u64) -> Result<crate::ParkedCost, String> {
         }
     })
     .await;
+    let answering = std::time::Instant::now();
     crate::answer(&waiters);
     for (i, run) in (0..n).zip(runs) {
         let out = run.await.map_err(|e| e.to_string())?;
@@ -218,5 +219,8 @@ pub(crate) async fn parked(n: u64) -> Result<crate::ParkedCost, String> {
             format!("parked task {i} answered {out}")
         })?;
     }
-    Ok(cost)
+    Ok(crate::ParkedCost {
+        answer_seconds: answering.elapsed().as_secs_f64(),
+        ..cost
+    })
 }

@@ -1445,11 +1445,18 @@ where
         } else {
             // The last freed worker of this step, or a new number.
             let freed = self.rare.as_mut().and_then(|rare| {
-                let at = rare
-                    .free_workers
-                    .iter()
-                    .rposition(|(s, _)| *s == step as u32)?;
-                Some(rare.free_workers.remove(at).1)
+                let free = &mut rare.free_workers;
+                match free.last() {
+                    // Mostly the one freed last (one step with several workers).
+                    Some(&(s, worker)) if s == step as u32 => {
+                        free.pop();
+                        Some(worker)
+                    }
+                    _ => {
+                        let at = free.iter().rposition(|(s, _)| *s == step as u32)?;
+                        Some(free.remove(at).1)
+                    }
+                }
             });
             freed.unwrap_or_else(|| {
                 let state = &mut self.steps[step];
