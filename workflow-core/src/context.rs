@@ -502,6 +502,7 @@ impl<W: Workflow> RunShared<W> {
 
     /// Posts `envelope` unless the run is leaving memory parked (`leave_unless_mail`): then it
     /// is handed back, not delivered, for the caller to answer the run in its store.
+    #[cfg(feature = "serve")]
     pub(crate) fn post_unless_left(&self, envelope: Envelope) -> std::result::Result<(), Envelope> {
         let mut inbox = lock(&self.inbox);
         if self
