@@ -40,7 +40,12 @@
 //! [`Store::claim`] takes one runnable run of a workflow in one transaction,
 //! `SELECT … FOR UPDATE SKIP LOCKED` over the free runs (no holder, or a lease run out) oldest
 //! first, so workers on many machines (`Runner::work`) never take the same run nor wait for each
-//! other. [`Store::post`] appends to a run's inbox (`tidewater_inbox`) under the run's row lock,
+//! other. A worker frozen in the middle of a transaction (a claim holds the rows it looked at)
+//! cannot keep them from the others for longer than a lease: the store's sessions run with
+//! `idle_in_transaction_session_timeout` at the lease TTL (at least a second), after which the
+//! server rolls the transaction back and frees the rows.
+//!
+//! [`Store::post`] appends to a run's inbox (`tidewater_inbox`) under the run's row lock,
 //! numbered per run without gaps and idempotent by message id. Each store keeps one more
 //! connection doing `LISTEN tidewater` ([`PgOptions::listen`]); a post, an enqueue or a release
 //! sends `NOTIFY tidewater, '<workflow>/<key>'` at commit, which wakes the worker loops and the
@@ -175,7 +180,9 @@ impl PgOptions {
     }
 
     /// How long a lease lasts without a renewal (10 s by default): how long the runs of a
-    /// worker that died on another host wait before another worker takes them.
+    /// worker that died on another host wait before another worker takes them. It also bounds
+    /// (at least a second) how long a session may sit idle in a transaction: the server rolls
+    /// back the transaction of a process frozen mid-claim, freeing the runs it had locked.
     pub fn lease_ttl(mut self, ttl: Duration) -> PgOptions {
         self.lease_ttl = ttl.max(Duration::from_millis(30));
         self
@@ -245,9 +252,10 @@ impl Connection {
 /// of that kind runs in an explicit transaction, and between its statement and its `COMMIT`
 /// the connection thread appends `<point> <key>` to the marker file and stops there for good,
 /// holding the transaction open, so that the test can kill the process mid-commit. Points:
-/// `mid_commit` (a checkpoint of a running or ended run) and `idle_release` (a run parked
-/// waiting for an answer, or given back with [`Store::release`]). Read once, when the store
-/// opens; without the variable nothing changes.
+/// `mid_commit` (a checkpoint of a running or ended run), `idle_release` (a run parked
+/// waiting for an answer, or given back with [`Store::release`]) and `mid_claim` (a
+/// [`Store::claim`] that has locked the free runs and written itself as the owner of one).
+/// Read once, when the store opens; without the variable nothing changes.
 struct Fault {
     point: String,
     nth: u64,
@@ -310,13 +318,16 @@ fn execute_write(
 }
 
 /// Whether `error` says the server is going away or not up yet (SQLSTATE `57P01`
-/// admin shutdown, `57P02` crash shutdown, `57P03` cannot connect now) or the connection
-/// failed (class `08`): the transaction did not commit, and the call can be retried on a new
+/// admin shutdown, `57P02` crash shutdown, `57P03` cannot connect now), the connection
+/// failed (class `08`), or the server ended the session because it sat idle in a transaction
+/// for longer than `idle_in_transaction_session_timeout` (`25P03`: this process was frozen
+/// mid-transaction): the transaction did not commit, and the call can be retried on a new
 /// connection.
 fn server_going(error: &postgres::Error) -> bool {
-    error
-        .code()
-        .is_some_and(|code| code.code().starts_with("57P") || code.code().starts_with("08"))
+    error.code().is_some_and(|code| {
+        let code = code.code();
+        code.starts_with("57P") || code.starts_with("08") || code == "25P03"
+    })
 }
 
 impl PgStore {
@@ -343,6 +354,19 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name(&format!("tidewater pid {}", std::process::id()));
         }
+        // A process that stops between two statements of a transaction (frozen, paused, cut
+        // off) would keep the rows it locked from every other worker for as long as its
+        // connection lives: a claim skips them (`SKIP LOCKED`), an acquire waits for them. The
+        // server ends such a session once it has been idle in its transaction for a lease
+        // (at least a second), rolling the transaction back; the process reconnects when it
+        // wakes, and its call is retried. Options of the connection string's own come after
+        // (and win).
+        let idle_ms = options.lease_ttl.max(Duration::from_secs(1)).as_millis();
+        let startup = match config.get_options() {
+            Some(given) => format!("-c idle_in_transaction_session_timeout={idle_ms} {given}"),
+            None => format!("-c idle_in_transaction_session_timeout={idle_ms}"),
+        };
+        config.options(&startup);
         let (sender, receiver) = mpsc::channel::<Job>();
         let receiver = Arc::new(Mutex::new(receiver));
         // Every connection lives on its own thread, opened there: the sync client runs a
@@ -972,6 +996,7 @@ impl Store for PgStore {
         let owner_json = serde_json::to_string(owner)
             .map_err(|e| StoreError::new(format!("cannot serialize the owner: {e}")))?;
         let (w, o, ttl) = (workflow.to_string(), owner.clone(), self.ttl_ms());
+        let fault = self.fault.clone();
         let (claimed, orphans) = self.call(move |connection| {
             connection.run(&format!("cannot claim a run of `{w}`"), |client| {
                 let mut tx = client.transaction()?;
@@ -1020,6 +1045,9 @@ impl Store for PgStore {
                             &[&key, &o.id, &owner_json, &ttl],
                         )?
                         .get(0);
+                    if let Some(fault) = Fault::armed(&fault, "mid_claim") {
+                        fault.stop_here(&key);
+                    }
                     tx.commit()?;
                     return Ok((Some((key, epoch)), Vec::new()));
                 }

@@ -1,8 +1,8 @@
 //! The fault matrix of issue 14 on a real PostgreSQL: worker **processes** (this test binary
 //! started again with `FAULTS_ROLE=worker`) run a durable workflow from the run queue
 //! (`Runner::work`) while the test kills them with `SIGKILL` at named points, replaces them,
-//! crash-restarts PostgreSQL, freezes one with `SIGSTOP` past its lease, and posts answers
-//! twice from two processes. After each fault, everything is checked **from the database**:
+//! crash-restarts PostgreSQL, freezes one with `SIGSTOP` past its lease, stops one for good in
+//! the middle of a claim, and posts answers twice from two processes. After each fault, everything is checked **from the database**:
 //!
 //! - every run reaches its end once the faults stop, with the output of an in-memory reference
 //!   run of the same input (and the same state, and as many step completions);
@@ -592,13 +592,25 @@ impl<'a> Cluster<'a> {
                             has_work::text, inbox_last::text, inbox_read::text
                      FROM tidewater_runs ORDER BY key",
                 );
-                panic!(
-                    "{}: gave up waiting for {what} ({sql} < {n}); the runs (key, status, owner, epoch, lease left ms, has work, inbox last, read):\n{}",
-                    self.name,
-                    runs.iter()
+                // A session left in a transaction holds the rows it locked: a claim skips them.
+                let open = self.server.rows(
+                    &self.name,
+                    "SELECT application_name, state,
+                            (extract(epoch from clock_timestamp() - state_change) * 1000)::bigint::text
+                     FROM pg_stat_activity
+                     WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+                );
+                let lines = |rows: &[Vec<Option<String>>]| {
+                    rows.iter()
                         .map(|r| format!("{r:?}"))
                         .collect::<Vec<_>>()
                         .join("\n")
+                };
+                panic!(
+                    "{}: gave up waiting for {what} ({sql} < {n}); the runs (key, status, owner, epoch, lease left ms, has work, inbox last, read):\n{}\nthe sessions idle in a transaction (application, state, for ms):\n{}",
+                    self.name,
+                    lines(&runs),
+                    lines(&open)
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -1096,6 +1108,42 @@ fn zombie(server: &PgServer, refs: &References) -> Report {
     report
 }
 
+/// A worker that stops for good in the middle of a claim, alive (a fault hook in `PgStore`:
+/// after the claim's `SELECT … FOR UPDATE SKIP LOCKED` over the free runs and its owner write,
+/// before the `COMMIT`), as `zombie_fenced`'s worker does when its `SIGSTOP` lands mid-claim:
+/// its open transaction locks every run it looked at, which the other workers' claims skip.
+/// The server ends the idle transaction after a lease (`idle_in_transaction_session_timeout`),
+/// and another worker takes and finishes every run.
+fn frozen_mid_claim(server: &PgServer, refs: &References) -> Report {
+    let mut cluster = Cluster::new(server, "frozen_claim", 4, false);
+    cluster.lease_ms = 1000;
+    let frozen = cluster.spawn(&[(
+        "TIDEWATER_PG_FAULT",
+        format!("mid_claim:1:{}", cluster.marker().display()),
+    )]);
+    let frozen_pid = cluster.workers[frozen].pid();
+    cluster.wait_marker("mid_claim");
+    assert_eq!(
+        cluster.value("SELECT count(*)::text FROM tidewater_runs WHERE owner_id IS NOT NULL"),
+        0,
+        "the frozen claim did not commit"
+    );
+    cluster.spawn(&[]);
+    let report = cluster.settle_and_check(refs);
+    assert!(
+        cluster.workers[frozen].alive(),
+        "the frozen worker lives on, stuck in its claim"
+    );
+    assert_eq!(
+        cluster.value(&format!(
+            "SELECT count(*)::text FROM audit WHERE writer = 'tidewater pid {frozen_pid}'"
+        )),
+        0,
+        "nothing the frozen worker wrote committed"
+    );
+    report
+}
+
 /// An answer posted twice to each run, at once, from two processes (as two servers would),
 /// and once more from this one: each run's inbox holds it once.
 fn answer_twice(server: &PgServer, refs: &References) -> Report {
@@ -1231,6 +1279,10 @@ fn main() {
             Box::new(|| postgres_crash(&server, &refs)),
         ),
         ("zombie_fenced", Box::new(|| zombie(&server, &refs))),
+        (
+            "frozen_mid_claim",
+            Box::new(|| frozen_mid_claim(&server, &refs)),
+        ),
         (
             "answer_posted_twice",
             Box::new(|| answer_twice(&server, &refs)),
