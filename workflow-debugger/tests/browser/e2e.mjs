@@ -37,8 +37,9 @@ function check(name, ok, detail = "") {
   }
 }
 
+let page;
 try {
-  const page = context.pages()[0] || (await context.newPage());
+  page = context.pages()[0] || (await context.newPage());
   const external = [];
   page.on("request", (request) => {
     if (!request.url().startsWith(base)) external.push(request.url());
@@ -103,6 +104,16 @@ try {
 } catch (error) {
   failures.push(String(error));
   console.log(`not ok - ${error}`);
+  // What the page and the server saw, to tell a run that did not go on from a page that did
+  // not show it.
+  try {
+    const logged = page ? await page.$$eval("#log li", (lis) => lis.map((li) => li.textContent)) : [];
+    console.log(`# the page's log: ${logged.join(" | ")}`);
+    const handlers = await fetch(base + "/handlers").then((r) => r.text());
+    console.log(`# GET /handlers: ${handlers}`);
+  } catch (dump) {
+    console.log(`# could not dump the page's log or the handlers: ${dump}`);
+  }
 } finally {
   await context.close();
 }
