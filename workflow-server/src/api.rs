@@ -243,19 +243,7 @@ fn start(
     let _entered = span.as_ref().map(tracing::Span::enter);
     // Recorded first: on a shared persistence, another server may take the id at once.
     let durable = wf.durable() && state.persist.is_some();
-    let origin = crate::handlers::record(state.persist.as_ref(), &handler_id, name, durable)
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("Initial persistence failed: {e}"),
-            )
-        })?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                format!("Handler '{handler_id}' already exists"),
-            )
-        })?;
+    let origin = record_new(state.persist.as_ref(), &handler_id, name, durable)?;
     let started = match &state.persist {
         Some(p) => wf
             .start_stored(&handler_id, input, p.store(), state.evict_after)
@@ -288,15 +276,15 @@ fn start(
     )))
 }
 
-/// A start on an API-only server: the handler recorded, the run enqueued for the workers.
-fn enqueue(
-    p: &Persist,
-    wf: &dyn ServedWorkflow,
+/// Records a new handler (`crate::handlers::record`): a failed write is a 500, an id that
+/// exists already a 409.
+fn record_new(
+    persist: Option<&Persist>,
+    handler_id: &str,
     name: &str,
-    handler_id: String,
-    input: Value,
-) -> Result<Started, ApiError> {
-    crate::handlers::record(Some(p), &handler_id, name, true)
+    durable: bool,
+) -> Result<crate::handlers::Origin, ApiError> {
+    crate::handlers::record(persist, handler_id, name, durable)
         .map_err(|e| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -308,7 +296,18 @@ fn enqueue(
                 StatusCode::CONFLICT,
                 format!("Handler '{handler_id}' already exists"),
             )
-        })?;
+        })
+}
+
+/// A start on an API-only server: the handler recorded, the run enqueued for the workers.
+fn enqueue(
+    p: &Persist,
+    wf: &dyn ServedWorkflow,
+    name: &str,
+    handler_id: String,
+    input: Value,
+) -> Result<Started, ApiError> {
+    record_new(Some(p), &handler_id, name, true)?;
     match wf.enqueue_stored(&handler_id, input, p.store()) {
         Ok(()) => Ok(Started::Queued(handler_id)),
         Err(e) => {
